@@ -1,0 +1,69 @@
+# mgll-loss developer tasks.
+#
+#   make install    create .venv (if missing) and install the package editable with the dev extras
+#   make test       fast test suite (everything not marked slow), 2 pytest-xdist workers
+#   make test-slow  only the tests marked slow
+#   make demo       placeholder until the examples issue lands (see below)
+#   make dist       build sdist + wheel into dist/ and run twine check
+#   make clean      remove build artefacts and caches (keeps .venv)
+
+VENV ?= .venv
+PY = $(VENV)/bin/python
+PIP = $(PY) -m pip
+
+# Stamp files make re-runs cheap: the dev install only re-runs when pyproject.toml changes.
+INSTALL_STAMP = $(VENV)/.installed-dev
+BUILD_STAMP = $(VENV)/.installed-build
+
+PYTEST_WORKERS ?= 2
+
+.DEFAULT_GOAL := test
+.PHONY: install test test-slow demo dist clean
+
+# --- environment -------------------------------------------------------------------------
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(INSTALL_STAMP): pyproject.toml | $(PY)
+	$(PIP) install -e ".[dev]"
+	@touch $@
+
+# Only what `make dist` needs (build + twine), so building does not pull in torch.
+$(BUILD_STAMP): | $(PY)
+	$(PIP) install --upgrade build twine
+	@touch $@
+
+install: $(INSTALL_STAMP)
+
+# --- tests -------------------------------------------------------------------------------
+
+# Tests never reach the Hugging Face Hub.
+test test-slow: export HF_HUB_OFFLINE = 1
+test test-slow: export TRANSFORMERS_OFFLINE = 1
+
+test: install
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS)
+
+# Exit status 5 means "no tests collected" (no slow tests yet): not a failure.
+test-slow: install
+	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) || [ $$? -eq 5 ]
+
+# --- demo --------------------------------------------------------------------------------
+
+# PLACEHOLDER: the examples issue replaces this target with the real demo
+# (a short fundus pretraining run on synthetic data).
+demo:
+	@echo "make demo: the demo (a short fundus pretraining run on synthetic data) arrives with the examples issue; nothing to run yet."
+
+# --- packaging ---------------------------------------------------------------------------
+
+dist: $(BUILD_STAMP)
+	rm -rf dist/
+	$(PY) -m build
+	$(PY) -m twine check --strict dist/*
+
+clean:
+	rm -rf build/ dist/ *.egg-info .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

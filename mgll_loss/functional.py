@@ -1,0 +1,383 @@
+"""The MGLL losses as pure functions (Li et al., "Boosting Medical Visual Understanding From
+Multi-Granular Language Learning", ICLR 2026, arXiv:2511.15943).
+
+Every function takes L2-normalised ``image_features`` [B, D], text features, and an already
+exponentiated ``logit_scale`` ``s`` (plus an optional ``logit_bias`` ``b``), and forms the logits
+:math:`z^g_{ij} = s \\langle v_i, t^g_j \\rangle + b`. Positives :math:`P^g` come from ``labels`` /
+``targets`` (see :mod:`mgll_loss.targets`); ``text_mask`` drops absent texts. The computation runs
+in float32 for float16/bfloat16/float32 inputs (float64 for float64 inputs) and returns a 0-dim
+tensor of that dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .backends import LevelLosses, LossProblem, LossRequest, check_backend, resolve_backend
+from .targets import level_targets
+from .validation import (
+    KL_DIRECTIONS,
+    MATCH_MODES,
+    NORMALIZATIONS,
+    POINTWISE_TARGETS,
+    check_choice,
+    check_image_features,
+    check_level_weights,
+    check_multi_level_text,
+    check_multi_level_text_mask,
+    check_per_level,
+    check_scalar,
+    check_single_level_text,
+    check_text_mask,
+    check_weight,
+    shape_of,
+)
+
+__all__ = ["soft_clip_loss", "pointwise_loss", "smooth_kl_loss", "mgll_loss"]
+
+TextFeatures = Union[Tensor, Sequence[Tensor]]
+PerLevel = Optional[Sequence[Optional[Tensor]]]
+
+
+def soft_clip_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Union[Tensor, float],
+    logit_bias: Union[Tensor, float, None] = None,
+    *,
+    labels: Optional[Tensor] = None,
+    targets: Optional[Tensor] = None,
+    text_mask: Optional[Tensor] = None,
+    match: str = "exact",
+    backend: str = "auto",
+) -> Tensor:
+    """Soft CLIP loss: symmetric cross-entropy against row/column-normalised positives (paper Eqs. 1-3).
+
+    .. math::
+        \\mathcal{L}_{sCLIP} = \\tfrac12 \\Big[\\operatorname{mean}_{i: \\sum_j P_{ij} > 0}
+        \\operatorname{CE}(z_{i\\cdot}, P_{i\\cdot} / \\textstyle\\sum_j P_{ij})
+        + \\operatorname{mean}_{j: \\sum_i P_{ij} > 0} \\operatorname{CE}(z_{\\cdot j}, P_{\\cdot j} / \\textstyle\\sum_i P_{ij})\\Big]
+
+    with :math:`\\operatorname{CE}(z, w) = -\\sum_k w_k \\log \\operatorname{softmax}(z)_k`. Rows or
+    columns with no positive are left out of their mean. With no labels this equals open_clip's
+    ``ClipLoss``.
+
+    Args:
+        image_features: L2-normalised image embeddings.
+        text_features: L2-normalised text embeddings (text j belongs to image j when N == B).
+        logit_scale: exponentiated temperature ``s`` (a number or one-element tensor).
+        logit_bias: optional additive bias ``b``.
+        labels: class ids [B] or multi-hot labels [B, C]; None for plain CLIP positives.
+        targets: explicit positives [B, N] in [0, 1] (instead of ``labels``).
+        text_mask: bool [N], False for absent texts (their columns are dropped).
+        match: multi-hot comparison, "exact" | "overlap" | "jaccard".
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D], text_features [N, D]; returns a 0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> soft_clip_loss(images, texts, 10.0, labels=torch.tensor([0, 0, 1, 2])).shape
+        torch.Size([])
+    """
+    check_choice("match", match, MATCH_MODES)
+    problem = _single_level_problem(image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match)
+    request = LossRequest(soft_clip=True, pointwise=False, smooth_kl=False)
+    return _run(problem, request, backend).soft_clip[0]
+
+
+def pointwise_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Union[Tensor, float],
+    logit_bias: Union[Tensor, float, None] = None,
+    *,
+    labels: Optional[Tensor] = None,
+    targets: Optional[Tensor] = None,
+    text_mask: Optional[Tensor] = None,
+    match: str = "exact",
+    normalization: str = "pairs",
+    pointwise_target: str = "mask",
+    backend: str = "auto",
+) -> Tensor:
+    """Point-wise loss: binary cross-entropy with logits on every image-text pair (paper Eq. 4).
+
+    .. math::
+        \\mathcal{L}_{P} = \\frac{1}{K} \\sum_{i,j} -\\big[y_{ij} \\log \\sigma(z_{ij})
+        + (1 - y_{ij}) \\log(1 - \\sigma(z_{ij}))\\big]
+
+    with :math:`y = P` (``pointwise_target="mask"``) or :math:`y = P / \\operatorname{rowsum}(P)`
+    (``"row_normalized"``, the authors' released code), and :math:`K` the number of present pairs
+    (``normalization="pairs"``, the default) or :math:`B` (``"rows"``: paper Eq. 4 as printed and
+    SigLIP; with no labels and a bias this equals open_clip's ``SigLipLoss``).
+
+    Args:
+        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match:
+            as in :func:`soft_clip_loss`.
+        normalization: "pairs" | "rows".
+        pointwise_target: "mask" | "row_normalized".
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D], text_features [N, D]; returns a 0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> bool(pointwise_loss(images, texts, 10.0, -10.0, normalization="rows") > 0)
+        True
+    """
+    check_choice("match", match, MATCH_MODES)
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
+    problem = _single_level_problem(image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match)
+    request = LossRequest(
+        soft_clip=False, pointwise=True, smooth_kl=False, normalization=normalization, pointwise_target=pointwise_target
+    )
+    return _run(problem, request, backend).pointwise[0]
+
+
+def smooth_kl_loss(
+    image_features: Tensor,
+    text_features: TextFeatures,
+    logit_scale: Union[Tensor, float],
+    logit_bias: Union[Tensor, float, None] = None,
+    *,
+    text_mask: Union[Tensor, PerLevel] = None,
+    kl_direction: str = "to_mean",
+    backend: str = "auto",
+) -> Tensor:
+    """Smooth KL divergence that keeps the granularities consistent (paper Eqs. 5-6).
+
+    .. math::
+        p^g_i = \\operatorname{softmax}(z^g_{i\\cdot}), \\quad
+        m_i = \\frac1G \\sum_g p^g_i, \\quad
+        \\mathcal{L}_{sKL} = \\sum_g \\operatorname{mean}_i \\operatorname{KL}(p^g_i \\,\\|\\, m_i)
+
+    computed in log space (:math:`\\log m = \\operatorname{logsumexp}_g \\log p^g - \\log G`), over the
+    columns present in every level. ``kl_direction="from_mean"`` uses
+    :math:`\\operatorname{KL}(m_i \\| p^g_i)` (the authors' released code).
+
+    Args:
+        image_features, logit_scale, logit_bias: as in :func:`soft_clip_loss`.
+        text_features: G >= 2 levels with the same N: a [G, N, D] tensor or a list of G [N, D] tensors.
+        text_mask: bool [G, N] or a list of G masks (None or bool [N]).
+        kl_direction: "to_mean" | "from_mean".
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D], text_features [G, N, D]; returns a 0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> round(float(smooth_kl_loss(images, torch.stack([texts, texts]), 10.0)), 6)
+        0.0
+    """
+    check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
+    problem = _multi_level_problem(image_features, text_features, logit_scale, logit_bias, None, None, text_mask, "exact")
+    _require_smooth_kl_levels(problem.level_sizes, "text_features")
+    request = LossRequest(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
+    return _run(problem, request, backend).smooth_kl
+
+
+def mgll_loss(
+    image_features: Tensor,
+    text_features: TextFeatures,
+    logit_scale: Union[Tensor, float],
+    logit_bias: Union[Tensor, float, None] = None,
+    *,
+    labels: PerLevel = None,
+    targets: PerLevel = None,
+    text_mask: Union[Tensor, PerLevel] = None,
+    soft_clip_weight: float = 0.5,
+    pointwise_weight: float = 1.0,
+    smooth_kl_weight: float = 1.0,
+    level_weights: Optional[Sequence[float]] = None,
+    match: str = "exact",
+    normalization: str = "pairs",
+    pointwise_target: str = "mask",
+    kl_direction: str = "to_mean",
+    output_dict: bool = False,
+    backend: str = "auto",
+) -> Union[Tensor, Dict[str, Tensor]]:
+    """The full MGLL objective over G text granularities (paper Eq. 7).
+
+    .. math::
+        \\mathcal{L} = a_1 \\sum_g w_g \\mathcal{L}^g_{sCLIP} + a_2 \\sum_g w_g \\mathcal{L}^g_{P}
+        + a_3 \\mathcal{L}_{sKL}
+
+    with :math:`a = ` (``soft_clip_weight``, ``pointwise_weight``, ``smooth_kl_weight``) and level
+    weights :math:`w_g` (``level_weights``, default 1). The smooth KL is 0 for a single level and
+    needs equal N_g when its weight is positive.
+
+    Args:
+        image_features, logit_scale, logit_bias, match: as in :func:`soft_clip_loss`.
+        text_features: a [G, N, D] tensor or a list of G tensors [N_g, D].
+        labels: None or a list with one entry per level: None, class ids [B] or multi-hot [B, C].
+        targets: None or a list with one entry per level: None or explicit positives [B, N_g].
+        text_mask: bool [G, N] or a list of G masks (None or bool [N_g]).
+        soft_clip_weight, pointwise_weight, smooth_kl_weight: non-negative term weights.
+        level_weights: G non-negative weights of the per-level terms.
+        normalization, pointwise_target: as in :func:`pointwise_loss`.
+        kl_direction: as in :func:`smooth_kl_loss`.
+        output_dict: return ``{"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}``, already
+            weighted (their sum is the total), instead of the total.
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D], text_features [G, N, D]; returns a 0-dim tensor or a dict of them.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(3, 4, 8), dim=-1)
+        >>> labels = [torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 2, 2]), None]
+        >>> sorted(mgll_loss(images, texts, 10.0, labels=labels, output_dict=True))
+        ['pointwise_loss', 'smooth_kl_loss', 'soft_clip_loss']
+    """
+    weights = {
+        "soft_clip_loss": check_weight("soft_clip_weight", soft_clip_weight),
+        "pointwise_loss": check_weight("pointwise_weight", pointwise_weight),
+        "smooth_kl_loss": check_weight("smooth_kl_weight", smooth_kl_weight),
+    }
+    check_choice("match", match, MATCH_MODES)
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
+    check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
+    problem = _multi_level_problem(image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match)
+    per_level = check_level_weights(level_weights, problem.num_levels)
+    wants_kl = weights["smooth_kl_loss"] > 0 and problem.num_levels > 1
+    if wants_kl:
+        _require_smooth_kl_levels(problem.level_sizes, "text_features", hint=" (or set smooth_kl_weight=0)")
+    request = LossRequest(
+        soft_clip=weights["soft_clip_loss"] > 0,
+        pointwise=weights["pointwise_loss"] > 0,
+        smooth_kl=wants_kl,
+        normalization=normalization,
+        pointwise_target=pointwise_target,
+        kl_direction=kl_direction,
+    )
+    losses = _run(problem, request, backend)
+    terms = _weighted_terms(losses, weights, per_level, problem)
+    return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
+
+
+def _weighted_terms(
+    losses: LevelLosses, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
+) -> Dict[str, Tensor]:
+    zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
+    level_weights = torch.tensor(per_level, dtype=problem.compute_dtype, device=zero.device)
+    values = {
+        "soft_clip_loss": None if losses.soft_clip is None else (level_weights * losses.soft_clip).sum(),
+        "pointwise_loss": None if losses.pointwise is None else (level_weights * losses.pointwise).sum(),
+        "smooth_kl_loss": losses.smooth_kl,
+    }
+    return {name: zero if value is None else weights[name] * value for name, value in values.items()}
+
+
+def _run(problem: LossProblem, request: LossRequest, backend: str) -> LevelLosses:
+    return resolve_backend(backend, problem)(problem, request)
+
+
+def _require_smooth_kl_levels(sizes: Tuple[int, ...], name: str, hint: str = "") -> None:
+    if len(sizes) < 2:
+        raise ValueError(f"{name}: the smooth KL compares levels and needs G >= 2, got G={len(sizes)}")
+    if len(set(sizes)) != 1:
+        raise ValueError(f"{name}: the smooth KL needs the same number of texts N in every level, got N_g={list(sizes)}{hint}")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _single_level_problem(
+    image_features: Any,
+    text_features: Any,
+    logit_scale: Any,
+    logit_bias: Any,
+    labels: Any,
+    targets: Any,
+    text_mask: Any,
+    match: str,
+) -> LossProblem:
+    image_features = check_image_features(image_features)
+    text_features = check_single_level_text(text_features, image_features)
+    num_texts = text_features.shape[0]
+    mask = None if text_mask is None else check_text_mask("text_mask", text_mask, num_texts, image_features)
+    return _problem(image_features, text_features, (num_texts,), logit_scale, logit_bias, (labels,), (targets,), (mask,), match, single=True)
+
+
+def _multi_level_problem(
+    image_features: Any,
+    text_features: Any,
+    logit_scale: Any,
+    logit_bias: Any,
+    labels: Any,
+    targets: Any,
+    text_mask: Any,
+    match: str,
+) -> LossProblem:
+    image_features = check_image_features(image_features)
+    stacked, sizes = check_multi_level_text(text_features, image_features)
+    levels = len(sizes)
+    masks = check_multi_level_text_mask(text_mask, sizes, image_features)
+    return _problem(
+        image_features,
+        stacked,
+        sizes,
+        logit_scale,
+        logit_bias,
+        check_per_level("labels", labels, levels),
+        check_per_level("targets", targets, levels),
+        masks,
+        match,
+        single=False,
+    )
+
+
+def _problem(
+    image_features: Tensor,
+    text_features: Tensor,
+    sizes: Tuple[int, ...],
+    logit_scale: Any,
+    logit_bias: Any,
+    labels: Tuple[Any, ...],
+    targets: Tuple[Any, ...],
+    masks: Tuple[Optional[Tensor], ...],
+    match: str,
+    single: bool,
+) -> LossProblem:
+    scale = check_scalar("logit_scale", logit_scale, image_features)
+    bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias, image_features)
+    num_images = image_features.shape[0]
+    level_targets_ = tuple(
+        level_targets(
+            labels[g],
+            targets[g],
+            num_images=num_images,
+            num_texts=sizes[g],
+            match=match,
+            device=image_features.device,
+            name="labels" if single else f"labels[{g}]",
+        )
+        for g in range(len(sizes))
+    )
+    return LossProblem(
+        image_features=image_features,
+        text_features=text_features,
+        level_sizes=sizes,
+        logit_scale=scale,
+        logit_bias=bias,
+        targets=level_targets_,
+        text_masks=masks,
+        compute_dtype=_compute_dtype(image_features, text_features),
+    )

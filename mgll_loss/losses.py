@@ -1,0 +1,289 @@
+"""``nn.Module`` wrappers of :mod:`mgll_loss.functional` that hold the configuration.
+
+All share the open_clip call convention::
+
+    loss(image_features, text_features, logit_scale, logit_bias=None, *,
+         labels=None, targets=None, text_mask=None, output_dict=False)
+
+With ``output_dict=True`` each returns a dict keyed by its term name(s), ready for open_clip's
+trainer, which sums every value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+from torch import Tensor, nn
+
+from . import functional
+from .backends import check_backend
+from .validation import (
+    KL_DIRECTIONS,
+    MATCH_MODES,
+    NORMALIZATIONS,
+    POINTWISE_TARGETS,
+    check_choice,
+    check_level_weights,
+    check_weight,
+)
+
+__all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
+
+LossOutput = Union[Tensor, Dict[str, Tensor]]
+
+
+class SoftCLIPLoss(nn.Module):
+    """Soft CLIP loss with multi-positive targets built from labels (paper Eqs. 1-3).
+
+    See :func:`mgll_loss.functional.soft_clip_loss` for the math.
+
+    Args:
+        match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D], text_features [N, D], labels [B] or [B, C], targets [B, N],
+        text_mask [N]; returns a 0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> loss = SoftCLIPLoss()
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> loss(images, texts, 10.0, labels=torch.tensor([0, 0, 1, 2]), output_dict=True).keys()
+        dict_keys(['soft_clip_loss'])
+    """
+
+    def __init__(self, *, match: str = "exact", backend: str = "auto") -> None:
+        super().__init__()
+        self.match = check_choice("match", match, MATCH_MODES)
+        self.backend = check_backend(backend)
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Union[Tensor, float],
+        logit_bias: Union[Tensor, float, None] = None,
+        *,
+        labels: Optional[Tensor] = None,
+        targets: Optional[Tensor] = None,
+        text_mask: Optional[Tensor] = None,
+        output_dict: bool = False,
+    ) -> LossOutput:
+        loss = functional.soft_clip_loss(
+            image_features, text_features, logit_scale, logit_bias,
+            labels=labels, targets=targets, text_mask=text_mask, match=self.match, backend=self.backend,
+        )
+        return {"soft_clip_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return f"match={self.match!r}, backend={self.backend!r}"
+
+
+class PointwiseLoss(nn.Module):
+    """Point-wise sigmoid (binary cross-entropy) loss on every image-text pair (paper Eq. 4).
+
+    See :func:`mgll_loss.functional.pointwise_loss` for the math.
+
+    Args:
+        match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
+        normalization: "pairs" (mean over pairs, default) | "rows" (sum / B, SigLIP).
+        pointwise_target: "mask" (P) | "row_normalized" (P / rowsum P, the released code).
+        backend: "auto" | "dense".
+
+    Shape:
+        as :class:`SoftCLIPLoss`.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> loss = PointwiseLoss(normalization="rows")
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> loss(images, texts, 10.0, -10.0).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        *,
+        match: str = "exact",
+        normalization: str = "pairs",
+        pointwise_target: str = "mask",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.match = check_choice("match", match, MATCH_MODES)
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self.pointwise_target = check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
+        self.backend = check_backend(backend)
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Union[Tensor, float],
+        logit_bias: Union[Tensor, float, None] = None,
+        *,
+        labels: Optional[Tensor] = None,
+        targets: Optional[Tensor] = None,
+        text_mask: Optional[Tensor] = None,
+        output_dict: bool = False,
+    ) -> LossOutput:
+        loss = functional.pointwise_loss(
+            image_features, text_features, logit_scale, logit_bias,
+            labels=labels, targets=targets, text_mask=text_mask, match=self.match,
+            normalization=self.normalization, pointwise_target=self.pointwise_target, backend=self.backend,
+        )
+        return {"pointwise_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"match={self.match!r}, normalization={self.normalization!r}, "
+            f"pointwise_target={self.pointwise_target!r}, backend={self.backend!r}"
+        )
+
+
+class SmoothKLLoss(nn.Module):
+    """Smooth KL divergence between each level's image-to-text distribution and their mean (paper Eqs. 5-6).
+
+    See :func:`mgll_loss.functional.smooth_kl_loss` for the math. ``labels`` and ``targets`` are
+    accepted (and validated) for a uniform call convention; the smooth KL does not depend on them.
+
+    Args:
+        kl_direction: "to_mean" (KL(p^g || m), default) | "from_mean" (KL(m || p^g), the released code).
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D], text_features [G, N, D] (G >= 2) or a list of G [N, D];
+        text_mask [G, N]; returns a 0-dim tensor.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> loss = SmoothKLLoss()
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(3, 4, 8), dim=-1)
+        >>> bool(loss(images, texts, 10.0) >= 0)
+        True
+    """
+
+    def __init__(self, *, kl_direction: str = "to_mean", backend: str = "auto") -> None:
+        super().__init__()
+        self.kl_direction = check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
+        self.backend = check_backend(backend)
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Union[Tensor, Sequence[Tensor]],
+        logit_scale: Union[Tensor, float],
+        logit_bias: Union[Tensor, float, None] = None,
+        *,
+        labels: Optional[Sequence[Optional[Tensor]]] = None,
+        targets: Optional[Sequence[Optional[Tensor]]] = None,
+        text_mask: Any = None,
+        output_dict: bool = False,
+    ) -> LossOutput:
+        if labels is not None or targets is not None:
+            functional.mgll_loss(
+                image_features, text_features, logit_scale, logit_bias, labels=labels, targets=targets,
+                text_mask=text_mask, soft_clip_weight=0.0, pointwise_weight=0.0, smooth_kl_weight=0.0,
+            )
+        loss = functional.smooth_kl_loss(
+            image_features, text_features, logit_scale, logit_bias,
+            text_mask=text_mask, kl_direction=self.kl_direction, backend=self.backend,
+        )
+        return {"smooth_kl_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return f"kl_direction={self.kl_direction!r}, backend={self.backend!r}"
+
+
+class MGLLLoss(nn.Module):
+    """The multi-granular language learning objective (paper Eq. 7).
+
+    .. math::
+        \\mathcal{L} = a_1 \\sum_g w_g \\mathcal{L}^g_{sCLIP} + a_2 \\sum_g w_g \\mathcal{L}^g_{P}
+        + a_3 \\mathcal{L}_{sKL}
+
+    See :func:`mgll_loss.functional.mgll_loss`.
+
+    Args:
+        soft_clip_weight: :math:`a_1` (0.5).
+        pointwise_weight: :math:`a_2` (1.0).
+        smooth_kl_weight: :math:`a_3` (1.0).
+        level_weights: :math:`w_g`, one non-negative number per level (default all 1).
+        match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
+        normalization: point-wise reduction, "pairs" | "rows".
+        pointwise_target: point-wise target, "mask" | "row_normalized".
+        kl_direction: "to_mean" | "from_mean".
+        backend: "auto" | "dense".
+
+    Shape:
+        image_features [B, D]; text_features [G, N, D] or a list of G [N_g, D]; labels and
+        targets lists of G entries; text_mask [G, N] or a list of G masks; returns a 0-dim
+        tensor, or with ``output_dict=True`` the three weighted terms.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> loss = MGLLLoss()
+        >>> images = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> texts = F.normalize(torch.randn(3, 4, 8), dim=-1)
+        >>> labels = [torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 2, 2]), None]
+        >>> terms = loss(images, texts, 10.0, labels=labels, output_dict=True)
+        >>> torch.allclose(sum(terms.values()), loss(images, texts, 10.0, labels=labels))
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        soft_clip_weight: float = 0.5,
+        pointwise_weight: float = 1.0,
+        smooth_kl_weight: float = 1.0,
+        level_weights: Optional[Sequence[float]] = None,
+        match: str = "exact",
+        normalization: str = "pairs",
+        pointwise_target: str = "mask",
+        kl_direction: str = "to_mean",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.soft_clip_weight = check_weight("soft_clip_weight", soft_clip_weight)
+        self.pointwise_weight = check_weight("pointwise_weight", pointwise_weight)
+        self.smooth_kl_weight = check_weight("smooth_kl_weight", smooth_kl_weight)
+        self.level_weights = None if level_weights is None else check_level_weights(level_weights, len(level_weights))
+        self.match = check_choice("match", match, MATCH_MODES)
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self.pointwise_target = check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
+        self.kl_direction = check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
+        self.backend = check_backend(backend)
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Union[Tensor, Sequence[Tensor]],
+        logit_scale: Union[Tensor, float],
+        logit_bias: Union[Tensor, float, None] = None,
+        *,
+        labels: Optional[Sequence[Optional[Tensor]]] = None,
+        targets: Optional[Sequence[Optional[Tensor]]] = None,
+        text_mask: Any = None,
+        output_dict: bool = False,
+    ) -> LossOutput:
+        return functional.mgll_loss(
+            image_features, text_features, logit_scale, logit_bias,
+            labels=labels, targets=targets, text_mask=text_mask,
+            soft_clip_weight=self.soft_clip_weight, pointwise_weight=self.pointwise_weight,
+            smooth_kl_weight=self.smooth_kl_weight, level_weights=self.level_weights, match=self.match,
+            normalization=self.normalization, pointwise_target=self.pointwise_target,
+            kl_direction=self.kl_direction, output_dict=output_dict, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"soft_clip_weight={self.soft_clip_weight}, pointwise_weight={self.pointwise_weight}, "
+            f"smooth_kl_weight={self.smooth_kl_weight}, level_weights={self.level_weights}, match={self.match!r}, "
+            f"normalization={self.normalization!r}, pointwise_target={self.pointwise_target!r}, "
+            f"kl_direction={self.kl_direction!r}, backend={self.backend!r}"
+        )

@@ -1,0 +1,225 @@
+"""Input checks shared by every loss.
+
+Each check raises a ``TypeError`` or ``ValueError`` that names the argument, the expected
+shape and the shape received, before any heavy work is done.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+MATCH_MODES = ("exact", "overlap", "jaccard")
+NORMALIZATIONS = ("pairs", "rows")
+POINTWISE_TARGETS = ("mask", "row_normalized")
+KL_DIRECTIONS = ("to_mean", "from_mean")
+
+
+def shape_of(value: Any) -> str:
+    """Format a tensor's shape as ``[a, b]`` for error messages."""
+    return "[" + ", ".join(str(s) for s in value.shape) + "]"
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: expected one of {options}, got {value!r}")
+    return value
+
+
+def check_weight(name: str, value: Any) -> float:
+    """Return a finite, non-negative weight as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a non-negative number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite non-negative number, got {value}")
+    return value
+
+
+def check_level_weights(level_weights: Optional[Sequence[Any]], num_levels: int) -> Tuple[float, ...]:
+    """Return one non-negative weight per level (all 1 when ``level_weights`` is None)."""
+    if level_weights is None:
+        return (1.0,) * num_levels
+    if isinstance(level_weights, Tensor):
+        level_weights = level_weights.tolist()
+    if not isinstance(level_weights, Sequence) or isinstance(level_weights, str):
+        raise TypeError(
+            f"level_weights: expected a sequence of {num_levels} numbers, got {type(level_weights).__name__}"
+        )
+    if len(level_weights) != num_levels:
+        raise ValueError(
+            f"level_weights: expected {num_levels} weights (one per level, G={num_levels}), got {len(level_weights)}"
+        )
+    return tuple(check_weight(f"level_weights[{g}]", w) for g, w in enumerate(level_weights))
+
+
+def check_image_features(image_features: Any) -> Tensor:
+    """Check ``image_features`` is a non-empty floating tensor of shape [B, D]."""
+    if not isinstance(image_features, Tensor):
+        raise TypeError(f"image_features: expected a torch.Tensor of shape [B, D], got {type(image_features).__name__}")
+    if not image_features.is_floating_point():
+        raise TypeError(f"image_features: expected a floating-point tensor, got dtype {image_features.dtype}")
+    if image_features.dim() != 2:
+        raise ValueError(f"image_features: expected shape [B, D], got {shape_of(image_features)}")
+    if image_features.shape[0] == 0 or image_features.shape[1] == 0:
+        raise ValueError(
+            f"image_features: expected a non-empty batch [B, D] with B >= 1 and D >= 1, got {shape_of(image_features)}"
+        )
+    return image_features
+
+
+def _check_text_tensor(name: str, text: Any, image_features: Tensor) -> Tensor:
+    batch, dim = image_features.shape
+    if not isinstance(text, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape [N, D], got {type(text).__name__}")
+    if not text.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {text.dtype}")
+    if text.dim() != 2 or text.shape[1] != dim or text.shape[0] == 0:
+        raise ValueError(
+            f"{name}: expected shape [N, D] with N >= 1 and D={dim} "
+            f"(image_features is {shape_of(image_features)}), got {shape_of(text)}"
+        )
+    _check_device(name, text, image_features)
+    return text
+
+
+def _check_device(name: str, value: Tensor, image_features: Tensor) -> None:
+    if value.device != image_features.device:
+        raise ValueError(f"{name}: expected a tensor on {image_features.device} like image_features, got {value.device}")
+
+
+def check_single_level_text(text_features: Any, image_features: Tensor) -> Tensor:
+    """Check one level of text features [N, D]."""
+    return _check_text_tensor("text_features", text_features, image_features)
+
+
+def check_multi_level_text(text_features: Any, image_features: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+    """Check G levels of text features; return them stacked as [sum N_g, D] and the sizes N_g.
+
+    Accepts a [G, N, D] tensor (a free reshape) or a list/tuple of G tensors [N_g, D].
+    """
+    if isinstance(text_features, Tensor):
+        if not text_features.is_floating_point():
+            raise TypeError(f"text_features: expected a floating-point tensor, got dtype {text_features.dtype}")
+        dim = image_features.shape[1]
+        if text_features.dim() != 3 or text_features.shape[2] != dim or 0 in text_features.shape[:2]:
+            raise ValueError(
+                f"text_features: expected shape [G, N, D] with G, N >= 1 and D={dim} "
+                f"(image_features is {shape_of(image_features)}), got {shape_of(text_features)}"
+            )
+        _check_device("text_features", text_features, image_features)
+        levels, count, _ = text_features.shape
+        return text_features.reshape(levels * count, dim), (count,) * levels
+    if not isinstance(text_features, (list, tuple)):
+        raise TypeError(
+            "text_features: expected a [G, N, D] tensor or a list of G tensors [N_g, D], "
+            f"got {type(text_features).__name__}"
+        )
+    if len(text_features) == 0:
+        raise ValueError("text_features: expected at least one level, got an empty sequence")
+    levels = [_check_text_tensor(f"text_features[{g}]", t, image_features) for g, t in enumerate(text_features)]
+    sizes = tuple(t.shape[0] for t in levels)
+    stacked = levels[0] if len(levels) == 1 else torch.cat(levels)
+    return stacked, sizes
+
+
+def check_scalar(name: str, value: Any, image_features: Tensor) -> Tensor:
+    """Return ``value`` (a number or a one-element tensor) as a 0-dim tensor."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name}: expected a scalar (a number or a one-element tensor), got shape {shape_of(value)}")
+        if not value.is_floating_point():
+            value = value.to(torch.get_default_dtype())
+        _check_device(name, value, image_features)
+        return value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
+    return torch.tensor(float(value), device=image_features.device)
+
+
+def check_per_level(name: str, value: Any, num_levels: int) -> Tuple[Any, ...]:
+    """Return a per-level argument as a tuple of ``num_levels`` entries (None -> all None)."""
+    if value is None:
+        return (None,) * num_levels
+    if not isinstance(value, (list, tuple)):
+        got = f"a Tensor of shape {shape_of(value)}" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(
+            f"{name}: expected a list or tuple with one entry (or None) per level (G={num_levels}), got {got}; "
+            f"wrap a per-level tensor as [t] or list(t)"
+        )
+    if len(value) != num_levels:
+        raise ValueError(f"{name}: expected {num_levels} entries (one per level, G={num_levels}), got {len(value)}")
+    return tuple(value)
+
+
+def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
+    """Check class ids [B] (integer) or multi-hot labels [B, C] (values 0/1)."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name}: expected a tensor of class ids [B] or multi-hot labels [B, C], got {type(labels).__name__}")
+    _check_device(name, labels, image_features)
+    if num_texts != num_images:
+        raise ValueError(
+            f"{name}: labels pair text j with image j and need N == B, got N={num_texts} texts for "
+            f"B={num_images} images; pass an explicit targets matrix [B, N] instead"
+        )
+    if labels.dim() == 1:
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"{name}: class ids [B] must be an integer tensor, got dtype {labels.dtype}")
+        if labels.shape[0] != num_images:
+            raise ValueError(f"{name}: expected class ids of shape [B] with B={num_images}, got {shape_of(labels)}")
+        return labels
+    if labels.dim() == 2:
+        if labels.shape[0] != num_images:
+            raise ValueError(f"{name}: expected multi-hot labels of shape [B, C] with B={num_images}, got {shape_of(labels)}")
+        if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError(f"{name}: multi-hot labels [B, C] must contain only 0 and 1")
+        return labels
+    raise ValueError(f"{name}: expected class ids [B] or multi-hot labels [B, C] with B={num_images}, got {shape_of(labels)}")
+
+
+def check_targets(name: str, targets: Any, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
+    """Check an explicit target matrix [B, N] with values in [0, 1]."""
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"{name}: expected a tensor of shape [B, N], got {type(targets).__name__}")
+    _check_device(name, targets, image_features)
+    if targets.dim() != 2 or tuple(targets.shape) != (num_images, num_texts):
+        raise ValueError(f"{name}: expected shape [B, N] = [{num_images}, {num_texts}], got {shape_of(targets)}")
+    if targets.is_complex():
+        raise TypeError(f"{name}: expected a real tensor, got dtype {targets.dtype}")
+    if targets.dtype != torch.bool:
+        if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()) or bool((targets > 1).any()):
+            raise ValueError(f"{name}: target values must lie in [0, 1] (negative, > 1 or non-finite values found)")
+    return targets
+
+
+def check_text_mask(name: str, mask: Any, num_texts: int, image_features: Tensor) -> Tensor:
+    """Check one level's text mask: a boolean tensor [N] (True = text present)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name}: expected a boolean tensor of shape [N], got {type(mask).__name__}")
+    _check_device(name, mask, image_features)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a boolean tensor (True = text present), got dtype {mask.dtype}")
+    if mask.dim() != 1 or mask.shape[0] != num_texts:
+        raise ValueError(f"{name}: expected shape [N] with N={num_texts}, got {shape_of(mask)}")
+    return mask
+
+
+def check_multi_level_text_mask(text_mask: Any, sizes: Tuple[int, ...], image_features: Tensor) -> Tuple[Optional[Tensor], ...]:
+    """Return one mask (or None) per level from a [G, N] tensor or a list of G entries."""
+    if isinstance(text_mask, Tensor):
+        levels = len(sizes)
+        if len(set(sizes)) != 1 or text_mask.dim() != 2 or tuple(text_mask.shape) != (levels, sizes[0]):
+            expected = f"[G, N] = [{levels}, {sizes[0]}]" if len(set(sizes)) == 1 else "a list of G masks [N_g]"
+            raise ValueError(f"text_mask: expected {expected} (text sizes N_g={list(sizes)}), got {shape_of(text_mask)}")
+        text_mask = list(text_mask.unbind(0))
+    masks = check_per_level("text_mask", text_mask, len(sizes))
+    return tuple(
+        None if m is None else check_text_mask(f"text_mask[{g}]", m, sizes[g], image_features)
+        for g, m in enumerate(masks)
+    )

@@ -1,0 +1,68 @@
+"""Extreme logits and low-precision inputs: finite losses and gradients, fp32 accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mgll_loss import MGLLLoss, functional
+
+from .helpers import level_labels, unit_features
+
+B, D, G = 12, 8, 3
+
+
+@pytest.mark.parametrize("scale", [100.0, 1e4])
+@pytest.mark.parametrize("bias", [None, 100.0, -1e4])
+@pytest.mark.parametrize("kl_direction", ["to_mean", "from_mean"])
+def test_extreme_logits_give_finite_losses_and_gradients(scale, bias, kl_direction):
+    images = unit_features(B, D, seed=3, requires_grad=True)
+    texts = unit_features(G, B, D, seed=4, requires_grad=True)
+    mask = torch.ones(G, B, dtype=torch.bool)
+    mask[1, :3] = False
+    terms = MGLLLoss(kl_direction=kl_direction)(images, texts, torch.tensor(scale), bias,
+                                                labels=level_labels(B), text_mask=mask, output_dict=True)
+    total = sum(terms.values())
+    total.backward()
+    assert all(torch.isfinite(v) for v in terms.values()), terms
+    assert torch.isfinite(images.grad).all() and torch.isfinite(texts.grad).all()
+
+
+def test_extreme_logits_match_float64():
+    images = unit_features(B, D, seed=5, dtype=torch.float64)
+    texts = unit_features(G, B, D, seed=6, dtype=torch.float64)
+    expected = functional.mgll_loss(images, texts, 1e4, labels=level_labels(B), output_dict=True)
+    got = functional.mgll_loss(images.float(), texts.float(), 1e4, labels=level_labels(B), output_dict=True)
+    for name in expected:
+        # logits of size 1e4 in float32 carry an absolute error of ~1e4 * 2^-24 per entry
+        torch.testing.assert_close(got[name].double(), expected[name], rtol=1e-4, atol=5e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_accumulate_in_float32(dtype):
+    images = unit_features(B, D, seed=7, dtype=dtype, requires_grad=True)
+    texts = unit_features(G, B, D, seed=8, dtype=dtype, requires_grad=True)
+    loss = MGLLLoss()(images, texts, torch.tensor(100.0, dtype=dtype), labels=level_labels(B))
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert images.grad.dtype == dtype and torch.isfinite(images.grad.float()).all()
+    reference = MGLLLoss()(images.detach().double(), texts.detach().double(), 100.0, labels=level_labels(B))
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_inputs_compute_in_float64():
+    images = unit_features(B, D, seed=9, dtype=torch.float64)
+    texts = unit_features(G, B, D, seed=10, dtype=torch.float64)
+    assert MGLLLoss()(images, texts, 10.0).dtype == torch.float64
+
+
+def test_all_texts_of_a_level_missing_gives_finite_zero_terms_for_that_level():
+    images = unit_features(B, D, seed=11, requires_grad=True)
+    texts = unit_features(2, B, D, seed=12)
+    mask = torch.ones(2, B, dtype=torch.bool)
+    mask[1] = False
+    loss = MGLLLoss(smooth_kl_weight=0.0, level_weights=[0.0, 1.0])(images, texts, 10.0, text_mask=mask)
+    assert float(loss.detach()) == 0.0
+    total = MGLLLoss()(images, texts, 10.0, text_mask=mask)
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(images.grad).all()

@@ -1,0 +1,61 @@
+"""The package imports with torch alone, and the README's code runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import mgll_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OPTIONAL_FRAMEWORKS = ("open_clip", "transformers", "triton")
+
+USE_WITH_TORCH_ALONE = """
+import sys
+import torch
+import mgll_loss
+from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss, functional, targets, utils
+images = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+texts = torch.nn.functional.normalize(torch.randn(3, 4, 8), dim=-1)
+MGLLLoss()(images, texts, 10.0, labels=[torch.tensor([0, 0, 1, 1]), None, None]).item()
+SoftCLIPLoss()(images, texts[0], 10.0).item()
+PointwiseLoss()(images, texts[0], 10.0, -5.0).item()
+SmoothKLLoss()(images, texts, 10.0).item()
+for name in ("open_clip", "transformers", "triton"):
+    try:
+        __import__(name)
+    except ImportError:
+        continue
+    raise AssertionError(name + " was importable: the test did not block it")
+print("ok")
+"""
+
+
+def test_import_works_without_optional_frameworks(tmp_path):
+    # Shadow each optional framework with a package whose import fails, as if it were not installed.
+    for name in OPTIONAL_FRAMEWORKS:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed (blocked by the test)')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", USE_WITH_TORCH_ALONE], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_version_is_set():
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)?", mgll_loss.__version__)
+
+
+def test_py_typed_is_shipped():
+    assert (Path(mgll_loss.__file__).parent / "py.typed").is_file()
+
+
+def test_readme_python_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks, "README.md has no python code blocks"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
