@@ -11,13 +11,15 @@ tensor of that dtype.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .backends import LevelLosses, LossProblem, LossRequest, check_backend, resolve_backend
-from .targets import level_targets
+from .backends import LevelSums, LossProblem, LossRequest, check_backend, resolve_backend
+from .distributed import World, all_reduce_sum
+from .gathering import DistributedOptions, build_problem
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -33,7 +35,6 @@ from .validation import (
     check_single_level_text,
     check_text_mask,
     check_weight,
-    shape_of,
 )
 
 __all__ = ["soft_clip_loss", "pointwise_loss", "smooth_kl_loss", "mgll_loss"]
@@ -53,6 +54,10 @@ def soft_clip_loss(
     text_mask: Optional[Tensor] = None,
     match: str = "exact",
     backend: str = "auto",
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
 ) -> Tensor:
     """Soft CLIP loss: symmetric cross-entropy against row/column-normalised positives (paper Eqs. 1-3).
 
@@ -75,6 +80,11 @@ def soft_clip_loss(
         text_mask: bool [N], False for absent texts (their columns are dropped).
         match: multi-hot comparison, "exact" | "overlap" | "jaccard".
         backend: "auto" | "dense".
+        local_loss: with torch.distributed, compute this rank's rows and columns against the
+            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
+        gather_with_grad: gather features through the autograd-aware all-gather.
+        rank, world_size: this process's rank and the number of ranks; None reads them from the
+            initialised process group. All four are no-ops in a single process.
 
     Shape:
         image_features [B, D], text_features [N, D]; returns a 0-dim tensor.
@@ -87,9 +97,13 @@ def soft_clip_loss(
         torch.Size([])
     """
     check_choice("match", match, MATCH_MODES)
-    problem = _single_level_problem(image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match)
     request = LossRequest(soft_clip=True, pointwise=False, smooth_kl=False)
-    return _run(problem, request, backend).soft_clip[0]
+    means = _evaluate(
+        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=True,
+        match=match, request=request, backend=backend,
+        distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
+    )
+    return means.soft_clip[0]
 
 
 def pointwise_loss(
@@ -105,6 +119,10 @@ def pointwise_loss(
     normalization: str = "pairs",
     pointwise_target: str = "mask",
     backend: str = "auto",
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
 ) -> Tensor:
     """Point-wise loss: binary cross-entropy with logits on every image-text pair (paper Eq. 4).
 
@@ -123,6 +141,11 @@ def pointwise_loss(
         normalization: "pairs" | "rows".
         pointwise_target: "mask" | "row_normalized".
         backend: "auto" | "dense".
+        local_loss: with torch.distributed, compute this rank's rows and columns against the
+            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
+        gather_with_grad: gather features through the autograd-aware all-gather.
+        rank, world_size: this process's rank and the number of ranks; None reads them from the
+            initialised process group. All four are no-ops in a single process.
 
     Shape:
         image_features [B, D], text_features [N, D]; returns a 0-dim tensor.
@@ -137,11 +160,15 @@ def pointwise_loss(
     check_choice("match", match, MATCH_MODES)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
-    problem = _single_level_problem(image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match)
     request = LossRequest(
         soft_clip=False, pointwise=True, smooth_kl=False, normalization=normalization, pointwise_target=pointwise_target
     )
-    return _run(problem, request, backend).pointwise[0]
+    means = _evaluate(
+        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=True,
+        match=match, request=request, backend=backend,
+        distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
+    )
+    return means.pointwise[0]
 
 
 def smooth_kl_loss(
@@ -150,9 +177,15 @@ def smooth_kl_loss(
     logit_scale: Union[Tensor, float],
     logit_bias: Union[Tensor, float, None] = None,
     *,
+    labels: PerLevel = None,
+    targets: PerLevel = None,
     text_mask: Union[Tensor, PerLevel] = None,
     kl_direction: str = "to_mean",
     backend: str = "auto",
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
 ) -> Tensor:
     """Smooth KL divergence that keeps the granularities consistent (paper Eqs. 5-6).
 
@@ -168,9 +201,16 @@ def smooth_kl_loss(
     Args:
         image_features, logit_scale, logit_bias: as in :func:`soft_clip_loss`.
         text_features: G >= 2 levels with the same N: a [G, N, D] tensor or a list of G [N, D] tensors.
+        labels, targets: accepted (and validated) for a uniform call convention; the smooth KL
+            does not depend on them.
         text_mask: bool [G, N] or a list of G masks (None or bool [N]).
         kl_direction: "to_mean" | "from_mean".
         backend: "auto" | "dense".
+        local_loss: with torch.distributed, compute this rank's rows and columns against the
+            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
+        gather_with_grad: gather features through the autograd-aware all-gather.
+        rank, world_size: this process's rank and the number of ranks; None reads them from the
+            initialised process group. All four are no-ops in a single process.
 
     Shape:
         image_features [B, D], text_features [G, N, D]; returns a 0-dim tensor.
@@ -183,10 +223,13 @@ def smooth_kl_loss(
         0.0
     """
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
-    problem = _multi_level_problem(image_features, text_features, logit_scale, logit_bias, None, None, text_mask, "exact")
-    _require_smooth_kl_levels(problem.level_sizes, "text_features")
     request = LossRequest(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
-    return _run(problem, request, backend).smooth_kl
+    means = _evaluate(
+        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
+        match="exact", request=request, backend=backend,
+        distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
+    )
+    return means.smooth_kl
 
 
 def mgll_loss(
@@ -208,6 +251,10 @@ def mgll_loss(
     kl_direction: str = "to_mean",
     output_dict: bool = False,
     backend: str = "auto",
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
 ) -> Union[Tensor, Dict[str, Tensor]]:
     """The full MGLL objective over G text granularities (paper Eq. 7).
 
@@ -215,8 +262,8 @@ def mgll_loss(
         \\mathcal{L} = a_1 \\sum_g w_g \\mathcal{L}^g_{sCLIP} + a_2 \\sum_g w_g \\mathcal{L}^g_{P}
         + a_3 \\mathcal{L}_{sKL}
 
-    with :math:`a = ` (``soft_clip_weight``, ``pointwise_weight``, ``smooth_kl_weight``) and level
-    weights :math:`w_g` (``level_weights``, default 1). The smooth KL is 0 for a single level and
+    with :math:`(a_1, a_2, a_3)` = (``soft_clip_weight``, ``pointwise_weight``, ``smooth_kl_weight``)
+    and level weights :math:`w_g` (``level_weights``, default 1). The smooth KL is 0 for a single level and
     needs equal N_g when its weight is positive.
 
     Args:
@@ -232,6 +279,11 @@ def mgll_loss(
         output_dict: return ``{"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}``, already
             weighted (their sum is the total), instead of the total.
         backend: "auto" | "dense".
+        local_loss: with torch.distributed, compute this rank's rows and columns against the
+            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
+        gather_with_grad: gather features through the autograd-aware all-gather.
+        rank, world_size: this process's rank and the number of ranks; None reads them from the
+            initialised process group. All four are no-ops in a single process.
 
     Shape:
         image_features [B, D], text_features [G, N, D]; returns a 0-dim tensor or a dict of them.
@@ -253,39 +305,126 @@ def mgll_loss(
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
-    problem = _multi_level_problem(image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, match)
-    per_level = check_level_weights(level_weights, problem.num_levels)
-    wants_kl = weights["smooth_kl_loss"] > 0 and problem.num_levels > 1
-    if wants_kl:
-        _require_smooth_kl_levels(problem.level_sizes, "text_features", hint=" (or set smooth_kl_weight=0)")
+    distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
     request = LossRequest(
         soft_clip=weights["soft_clip_loss"] > 0,
         pointwise=weights["pointwise_loss"] > 0,
-        smooth_kl=wants_kl,
+        smooth_kl=weights["smooth_kl_loss"] > 0,
         normalization=normalization,
         pointwise_target=pointwise_target,
         kl_direction=kl_direction,
     )
-    losses = _run(problem, request, backend)
-    terms = _weighted_terms(losses, weights, per_level, problem)
+    problem, request, world = _prepare(
+        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
+        match=match, request=request, backend=backend, distributed=distributed, kl_hint=" (or set smooth_kl_weight=0)",
+    )
+    per_level = check_level_weights(level_weights, problem.num_levels)
+    means = _compute(problem, request, world, backend, local_loss)
+    terms = _weighted_terms(means, weights, per_level, problem)
     return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
 
 
+@dataclass(frozen=True)
+class _LevelMeans:
+    soft_clip: Optional[Tensor]  # [G]
+    pointwise: Optional[Tensor]  # [G]
+    smooth_kl: Optional[Tensor]  # 0-dim
+
+
+def _prepare(
+    image_features: Any,
+    text_features: Any,
+    logit_scale: Any,
+    logit_bias: Any,
+    labels: Any,
+    targets: Any,
+    text_mask: Any,
+    *,
+    single_level: bool,
+    match: str,
+    request: LossRequest,
+    backend: str,
+    distributed: DistributedOptions,
+    kl_hint: Optional[str] = None,
+) -> Tuple[LossProblem, LossRequest, World]:
+    """Validate the inputs and build the problem this process computes (gathering when distributed).
+
+    ``kl_hint`` None means the smooth KL is required (G >= 2); a string means a single level
+    quietly has no smooth KL, and the string ends the error for unequal N_g.
+    """
+    check_backend(backend)
+    image_features = check_image_features(image_features)
+    if single_level:
+        stacked = check_single_level_text(text_features, image_features)
+        sizes = (stacked.shape[0],)
+        masks = (None if text_mask is None else check_text_mask("text_mask", text_mask, sizes[0], image_features),)
+        labels, targets, names = (labels,), (targets,), ("labels",)
+    else:
+        stacked, sizes = check_multi_level_text(text_features, image_features)
+        masks = check_multi_level_text_mask(text_mask, sizes, image_features)
+        labels = check_per_level("labels", labels, len(sizes))
+        targets = check_per_level("targets", targets, len(sizes))
+        names = tuple(f"labels[{g}]" for g in range(len(sizes)))
+    if request.smooth_kl:
+        if len(sizes) == 1 and kl_hint is not None:
+            request = replace(request, smooth_kl=False)
+        else:
+            _require_smooth_kl_levels(sizes, "text_features", kl_hint or "")
+    scale = check_scalar("logit_scale", logit_scale, image_features)
+    bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias, image_features)
+    world = distributed.world()
+    problem = build_problem(
+        image_features, stacked, sizes, scale, bias, labels, targets, masks, match, world, distributed, names,
+        needs_positives=request.soft_clip or request.pointwise,
+    )
+    return problem, request, world
+
+
+def _evaluate(*args: Any, backend: str, distributed: DistributedOptions, **kwargs: Any) -> _LevelMeans:
+    """:func:`_prepare`, then run the backend and normalise its sums into means."""
+    problem, request, world = _prepare(*args, backend=backend, distributed=distributed, **kwargs)
+    return _compute(problem, request, world, backend, distributed.local_loss)
+
+
+def _compute(problem: LossProblem, request: LossRequest, world: World, backend: str, local_loss: bool) -> _LevelMeans:
+    sums = resolve_backend(backend, problem)(problem, request)
+    return _means(sums, problem, request, world, local_loss)
+
+
+def _means(sums: LevelSums, problem: LossProblem, request: LossRequest, world: World, local_loss: bool) -> _LevelMeans:
+    """Divide the backend's sums by their counts; with ``local_loss`` the counts span every rank and
+    the result is multiplied by ``world_size``, so that the ranks' losses average to the global loss."""
+    split = local_loss and world.is_distributed
+    factor = float(world.world_size) if split else 1.0
+    num_images = problem.image_features.shape[0]
+    soft_clip = pointwise = smooth_kl = None
+    if sums.soft_clip_rows is not None:
+        counts = torch.stack([sums.soft_clip_row_count, sums.soft_clip_col_count])
+        counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
+        soft_clip = factor * 0.5 * (sums.soft_clip_rows / counts[0] + sums.soft_clip_cols / counts[1])
+    if sums.pointwise is not None:
+        pairs = num_images
+        if request.normalization == "pairs":
+            present = [n if m is None else m.sum() for m, n in zip(problem.text_masks, problem.level_sizes)]
+            pairs = num_images * torch.stack([torch.as_tensor(p, device=sums.pointwise.device) for p in present])
+            pairs = pairs.to(sums.pointwise.dtype).clamp_min(1)
+        pointwise = factor * sums.pointwise / pairs
+    if sums.smooth_kl is not None:
+        smooth_kl = factor * sums.smooth_kl / num_images
+    return _LevelMeans(soft_clip, pointwise, smooth_kl)
+
+
 def _weighted_terms(
-    losses: LevelLosses, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
+    means: _LevelMeans, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
 ) -> Dict[str, Tensor]:
     zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
     level_weights = torch.tensor(per_level, dtype=problem.compute_dtype, device=zero.device)
     values = {
-        "soft_clip_loss": None if losses.soft_clip is None else (level_weights * losses.soft_clip).sum(),
-        "pointwise_loss": None if losses.pointwise is None else (level_weights * losses.pointwise).sum(),
-        "smooth_kl_loss": losses.smooth_kl,
+        "soft_clip_loss": None if means.soft_clip is None else (level_weights * means.soft_clip).sum(),
+        "pointwise_loss": None if means.pointwise is None else (level_weights * means.pointwise).sum(),
+        "smooth_kl_loss": means.smooth_kl,
     }
     return {name: zero if value is None else weights[name] * value for name, value in values.items()}
-
-
-def _run(problem: LossProblem, request: LossRequest, backend: str) -> LevelLosses:
-    return resolve_backend(backend, problem)(problem, request)
 
 
 def _require_smooth_kl_levels(sizes: Tuple[int, ...], name: str, hint: str = "") -> None:
@@ -293,91 +432,3 @@ def _require_smooth_kl_levels(sizes: Tuple[int, ...], name: str, hint: str = "")
         raise ValueError(f"{name}: the smooth KL compares levels and needs G >= 2, got G={len(sizes)}")
     if len(set(sizes)) != 1:
         raise ValueError(f"{name}: the smooth KL needs the same number of texts N in every level, got N_g={list(sizes)}{hint}")
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _single_level_problem(
-    image_features: Any,
-    text_features: Any,
-    logit_scale: Any,
-    logit_bias: Any,
-    labels: Any,
-    targets: Any,
-    text_mask: Any,
-    match: str,
-) -> LossProblem:
-    image_features = check_image_features(image_features)
-    text_features = check_single_level_text(text_features, image_features)
-    num_texts = text_features.shape[0]
-    mask = None if text_mask is None else check_text_mask("text_mask", text_mask, num_texts, image_features)
-    return _problem(image_features, text_features, (num_texts,), logit_scale, logit_bias, (labels,), (targets,), (mask,), match, single=True)
-
-
-def _multi_level_problem(
-    image_features: Any,
-    text_features: Any,
-    logit_scale: Any,
-    logit_bias: Any,
-    labels: Any,
-    targets: Any,
-    text_mask: Any,
-    match: str,
-) -> LossProblem:
-    image_features = check_image_features(image_features)
-    stacked, sizes = check_multi_level_text(text_features, image_features)
-    levels = len(sizes)
-    masks = check_multi_level_text_mask(text_mask, sizes, image_features)
-    return _problem(
-        image_features,
-        stacked,
-        sizes,
-        logit_scale,
-        logit_bias,
-        check_per_level("labels", labels, levels),
-        check_per_level("targets", targets, levels),
-        masks,
-        match,
-        single=False,
-    )
-
-
-def _problem(
-    image_features: Tensor,
-    text_features: Tensor,
-    sizes: Tuple[int, ...],
-    logit_scale: Any,
-    logit_bias: Any,
-    labels: Tuple[Any, ...],
-    targets: Tuple[Any, ...],
-    masks: Tuple[Optional[Tensor], ...],
-    match: str,
-    single: bool,
-) -> LossProblem:
-    scale = check_scalar("logit_scale", logit_scale, image_features)
-    bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias, image_features)
-    num_images = image_features.shape[0]
-    level_targets_ = tuple(
-        level_targets(
-            labels[g],
-            targets[g],
-            num_images=num_images,
-            num_texts=sizes[g],
-            match=match,
-            device=image_features.device,
-            name="labels" if single else f"labels[{g}]",
-        )
-        for g in range(len(sizes))
-    )
-    return LossProblem(
-        image_features=image_features,
-        text_features=text_features,
-        level_sizes=sizes,
-        logit_scale=scale,
-        logit_bias=bias,
-        targets=level_targets_,
-        text_masks=masks,
-        compute_dtype=_compute_dtype(image_features, text_features),
-    )

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from . import functional
 from .backends import check_backend
+from .gathering import DistributedOptions
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -31,8 +32,31 @@ __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
 
 LossOutput = Union[Tensor, Dict[str, Tensor]]
 
+class _GatheringLoss(nn.Module):
+    """Holds the backend and the torch.distributed options shared by every loss."""
 
-class SoftCLIPLoss(nn.Module):
+    def __init__(
+        self, backend: str, local_loss: bool, gather_with_grad: bool, rank: Optional[int], world_size: Optional[int]
+    ) -> None:
+        super().__init__()
+        self.backend = check_backend(backend)
+        DistributedOptions(local_loss, gather_with_grad, rank, world_size)  # validates the combination
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.rank = rank
+        self.world_size = world_size
+
+    def _common_options(self) -> Dict[str, Any]:
+        return dict(
+            backend=self.backend, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
+            rank=self.rank, world_size=self.world_size,
+        )
+
+    def _common_repr(self) -> str:
+        return f"backend={self.backend!r}, local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}"
+
+
+class SoftCLIPLoss(_GatheringLoss):
     """Soft CLIP loss with multi-positive targets built from labels (paper Eqs. 1-3).
 
     See :func:`mgll_loss.functional.soft_clip_loss` for the math.
@@ -40,6 +64,8 @@ class SoftCLIPLoss(nn.Module):
     Args:
         match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
         backend: "auto" | "dense".
+        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
+            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
     Shape:
         image_features [B, D], text_features [N, D], labels [B] or [B, C], targets [B, N],
@@ -54,10 +80,18 @@ class SoftCLIPLoss(nn.Module):
         dict_keys(['soft_clip_loss'])
     """
 
-    def __init__(self, *, match: str = "exact", backend: str = "auto") -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        match: str = "exact",
+        backend: str = "auto",
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ) -> None:
+        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
         self.match = check_choice("match", match, MATCH_MODES)
-        self.backend = check_backend(backend)
 
     def forward(
         self,
@@ -71,17 +105,18 @@ class SoftCLIPLoss(nn.Module):
         text_mask: Optional[Tensor] = None,
         output_dict: bool = False,
     ) -> LossOutput:
+        """Compute the loss (arguments and shapes in the class docstring)."""
         loss = functional.soft_clip_loss(
             image_features, text_features, logit_scale, logit_bias,
-            labels=labels, targets=targets, text_mask=text_mask, match=self.match, backend=self.backend,
+            labels=labels, targets=targets, text_mask=text_mask, match=self.match, **self._common_options(),
         )
         return {"soft_clip_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
-        return f"match={self.match!r}, backend={self.backend!r}"
+        return f"match={self.match!r}, {self._common_repr()}"
 
 
-class PointwiseLoss(nn.Module):
+class PointwiseLoss(_GatheringLoss):
     """Point-wise sigmoid (binary cross-entropy) loss on every image-text pair (paper Eq. 4).
 
     See :func:`mgll_loss.functional.pointwise_loss` for the math.
@@ -91,6 +126,8 @@ class PointwiseLoss(nn.Module):
         normalization: "pairs" (mean over pairs, default) | "rows" (sum / B, SigLIP).
         pointwise_target: "mask" (P) | "row_normalized" (P / rowsum P, the released code).
         backend: "auto" | "dense".
+        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
+            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
     Shape:
         as :class:`SoftCLIPLoss`.
@@ -111,12 +148,15 @@ class PointwiseLoss(nn.Module):
         normalization: str = "pairs",
         pointwise_target: str = "mask",
         backend: str = "auto",
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
         self.match = check_choice("match", match, MATCH_MODES)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.pointwise_target = check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
-        self.backend = check_backend(backend)
 
     def forward(
         self,
@@ -130,21 +170,22 @@ class PointwiseLoss(nn.Module):
         text_mask: Optional[Tensor] = None,
         output_dict: bool = False,
     ) -> LossOutput:
+        """Compute the loss (arguments and shapes in the class docstring)."""
         loss = functional.pointwise_loss(
             image_features, text_features, logit_scale, logit_bias,
             labels=labels, targets=targets, text_mask=text_mask, match=self.match,
-            normalization=self.normalization, pointwise_target=self.pointwise_target, backend=self.backend,
+            normalization=self.normalization, pointwise_target=self.pointwise_target, **self._common_options(),
         )
         return {"pointwise_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
         return (
             f"match={self.match!r}, normalization={self.normalization!r}, "
-            f"pointwise_target={self.pointwise_target!r}, backend={self.backend!r}"
+            f"pointwise_target={self.pointwise_target!r}, {self._common_repr()}"
         )
 
 
-class SmoothKLLoss(nn.Module):
+class SmoothKLLoss(_GatheringLoss):
     """Smooth KL divergence between each level's image-to-text distribution and their mean (paper Eqs. 5-6).
 
     See :func:`mgll_loss.functional.smooth_kl_loss` for the math. ``labels`` and ``targets`` are
@@ -153,6 +194,8 @@ class SmoothKLLoss(nn.Module):
     Args:
         kl_direction: "to_mean" (KL(p^g || m), default) | "from_mean" (KL(m || p^g), the released code).
         backend: "auto" | "dense".
+        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
+            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
     Shape:
         image_features [B, D], text_features [G, N, D] (G >= 2) or a list of G [N, D];
@@ -167,10 +210,18 @@ class SmoothKLLoss(nn.Module):
         True
     """
 
-    def __init__(self, *, kl_direction: str = "to_mean", backend: str = "auto") -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        kl_direction: str = "to_mean",
+        backend: str = "auto",
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ) -> None:
+        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
         self.kl_direction = check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
-        self.backend = check_backend(backend)
 
     def forward(
         self,
@@ -184,22 +235,18 @@ class SmoothKLLoss(nn.Module):
         text_mask: Any = None,
         output_dict: bool = False,
     ) -> LossOutput:
-        if labels is not None or targets is not None:
-            functional.mgll_loss(
-                image_features, text_features, logit_scale, logit_bias, labels=labels, targets=targets,
-                text_mask=text_mask, soft_clip_weight=0.0, pointwise_weight=0.0, smooth_kl_weight=0.0,
-            )
+        """Compute the loss (arguments and shapes in the class docstring)."""
         loss = functional.smooth_kl_loss(
-            image_features, text_features, logit_scale, logit_bias,
-            text_mask=text_mask, kl_direction=self.kl_direction, backend=self.backend,
+            image_features, text_features, logit_scale, logit_bias, labels=labels, targets=targets,
+            text_mask=text_mask, kl_direction=self.kl_direction, **self._common_options(),
         )
         return {"smooth_kl_loss": loss} if output_dict else loss
 
     def extra_repr(self) -> str:
-        return f"kl_direction={self.kl_direction!r}, backend={self.backend!r}"
+        return f"kl_direction={self.kl_direction!r}, {self._common_repr()}"
 
 
-class MGLLLoss(nn.Module):
+class MGLLLoss(_GatheringLoss):
     """The multi-granular language learning objective (paper Eq. 7).
 
     .. math::
@@ -218,6 +265,8 @@ class MGLLLoss(nn.Module):
         pointwise_target: point-wise target, "mask" | "row_normalized".
         kl_direction: "to_mean" | "from_mean".
         backend: "auto" | "dense".
+        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
+            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
     Shape:
         image_features [B, D]; text_features [G, N, D] or a list of G [N_g, D]; labels and
@@ -247,17 +296,20 @@ class MGLLLoss(nn.Module):
         pointwise_target: str = "mask",
         kl_direction: str = "to_mean",
         backend: str = "auto",
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
         self.soft_clip_weight = check_weight("soft_clip_weight", soft_clip_weight)
         self.pointwise_weight = check_weight("pointwise_weight", pointwise_weight)
         self.smooth_kl_weight = check_weight("smooth_kl_weight", smooth_kl_weight)
-        self.level_weights = None if level_weights is None else check_level_weights(level_weights, len(level_weights))
+        self.level_weights = check_level_weights(level_weights, None)
         self.match = check_choice("match", match, MATCH_MODES)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.pointwise_target = check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
         self.kl_direction = check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
-        self.backend = check_backend(backend)
 
     def forward(
         self,
@@ -271,13 +323,14 @@ class MGLLLoss(nn.Module):
         text_mask: Any = None,
         output_dict: bool = False,
     ) -> LossOutput:
+        """Compute the loss, or its three weighted terms with ``output_dict=True``."""
         return functional.mgll_loss(
             image_features, text_features, logit_scale, logit_bias,
             labels=labels, targets=targets, text_mask=text_mask,
             soft_clip_weight=self.soft_clip_weight, pointwise_weight=self.pointwise_weight,
             smooth_kl_weight=self.smooth_kl_weight, level_weights=self.level_weights, match=self.match,
             normalization=self.normalization, pointwise_target=self.pointwise_target,
-            kl_direction=self.kl_direction, output_dict=output_dict, backend=self.backend,
+            kl_direction=self.kl_direction, output_dict=output_dict, **self._common_options(),
         )
 
     def extra_repr(self) -> str:
@@ -285,5 +338,5 @@ class MGLLLoss(nn.Module):
             f"soft_clip_weight={self.soft_clip_weight}, pointwise_weight={self.pointwise_weight}, "
             f"smooth_kl_weight={self.smooth_kl_weight}, level_weights={self.level_weights}, match={self.match!r}, "
             f"normalization={self.normalization!r}, pointwise_target={self.pointwise_target!r}, "
-            f"kl_direction={self.kl_direction!r}, backend={self.backend!r}"
+            f"kl_direction={self.kl_direction!r}, {self._common_repr()}"
         )

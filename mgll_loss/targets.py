@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .validation import MATCH_MODES, check_choice, check_labels, check_targets
+from .validation import MATCH_MODES, check_choice, check_labels, check_targets, check_text_mask
 
 __all__ = [
     "LevelTargets",
@@ -38,8 +38,8 @@ class LevelTargets:
     """One level's positive mask, described by labels and built tile by tile.
 
     Args:
-        num_images: B, rows of the mask.
-        num_texts: N, columns of the mask.
+        num_images: the number of images (rows of the mask), B.
+        num_texts: the number of texts (columns of the mask), N.
         class_ids: integer class ids [B] (N == B), or None.
         multi_hot: 0/1 labels [B, C] (N == B), or None.
         dense: explicit targets [B, N] with values in [0, 1], or None.
@@ -61,8 +61,7 @@ class LevelTargets:
         self.num_images = num_images
         self.num_texts = num_texts
         self.class_ids = class_ids
-        self.multi_hot = None if multi_hot is None else multi_hot.to(torch.float32)
-        self.label_counts = None if multi_hot is None else self.multi_hot.sum(1)
+        self.multi_hot = multi_hot
         self.dense = dense
         self.match = check_choice("match", match, MATCH_MODES)
 
@@ -78,9 +77,7 @@ class LevelTargets:
         if self.class_ids is not None:
             return (self.class_ids[rows, None] == self.class_ids[None, cols]).to(dtype)
         if self.multi_hot is not None:
-            return _match_label_sets(
-                self.multi_hot[rows], self.multi_hot[cols], self.label_counts[rows], self.label_counts[cols], self.match
-            ).to(dtype)
+            return _match_label_sets(self.multi_hot[rows].to(dtype), self.multi_hot[cols].to(dtype), self.match)
         row_ids = torch.arange(rows.start, rows.stop, device=device)
         col_ids = torch.arange(cols.start, cols.stop, device=device)
         return (row_ids[:, None] == col_ids[None, :]).to(dtype)
@@ -90,14 +87,14 @@ class LevelTargets:
         return self.tile(slice(0, self.num_images), slice(0, self.num_texts), dtype, device)
 
 
-def _match_label_sets(rows: Tensor, cols: Tensor, row_counts: Tensor, col_counts: Tensor, match: str) -> Tensor:
-    """Compare label sets given as float 0/1 rows [R, C] and cols [K, C]; returns [R, K]."""
+def _match_label_sets(rows: Tensor, cols: Tensor, match: str) -> Tensor:
+    """Compare label sets given as 0/1 float rows [R, C] and cols [K, C]; returns [R, K] in their dtype."""
     shared = rows @ cols.t()
-    union = row_counts[:, None] + col_counts[None, :] - shared
+    union = rows.sum(1)[:, None] + cols.sum(1)[None, :] - shared
     if match == "exact":
-        return (shared == union).float()
+        return (shared == union).to(rows.dtype)
     if match == "overlap":
-        return ((shared > 0) | (union == 0)).float()
+        return ((shared > 0) | (union == 0)).to(rows.dtype)
     return torch.where(union > 0, shared / union.clamp_min(1), torch.ones_like(shared))
 
 
@@ -116,8 +113,8 @@ def level_targets(
     Args:
         labels: None, class ids [B] or multi-hot labels [B, C] (text j belongs to image j, N == B).
         targets: None or an explicit target matrix [B, N] with values in [0, 1].
-        num_images: B.
-        num_texts: N.
+        num_images: the number of images, B.
+        num_texts: the number of texts, N.
         match: comparison of multi-hot label sets ("exact", "overlap", "jaccard").
         name: how the argument is named in error messages (e.g. ``"labels[1]"``).
     """
@@ -166,7 +163,7 @@ def positive_mask(
     mask = level_targets(labels, targets, num_images=num_images, num_texts=num_texts, match=match, device=device)
     full = mask.full(torch.float32, device if device is not None else torch.device("cpu"))
     if text_mask is not None:
-        full = full * text_mask.to(full.dtype)
+        full = full * check_text_mask("text_mask", text_mask, num_texts, full)
     return full
 
 
@@ -179,7 +176,12 @@ def mask_from_class_ids(class_ids: Tensor) -> Tensor:
                 [1., 1., 0.],
                 [0., 0., 1.]])
     """
-    return positive_mask(class_ids, num_images=_length(class_ids, "class_ids"))
+    if not isinstance(class_ids, Tensor):
+        raise TypeError(f"class_ids: expected an integer tensor of shape [B], got {type(class_ids).__name__}")
+    if class_ids.dim() != 1:
+        raise ValueError(f"class_ids: expected an integer tensor of shape [B], got shape {list(class_ids.shape)}")
+    return LevelTargets(len(class_ids), len(class_ids), class_ids=check_labels(
+        "class_ids", class_ids, len(class_ids), len(class_ids), class_ids)).full(torch.float32, class_ids.device)
 
 
 def mask_from_multi_hot(multi_hot: Tensor, match: str = "exact") -> Tensor:
@@ -192,15 +194,13 @@ def mask_from_multi_hot(multi_hot: Tensor, match: str = "exact") -> Tensor:
                 [0.5000, 1.0000, 0.0000],
                 [0.0000, 0.0000, 1.0000]])
     """
-    if isinstance(multi_hot, Tensor) and multi_hot.dim() != 2:
-        raise ValueError(f"multi_hot: expected shape [B, C], got {list(multi_hot.shape)}")
-    return positive_mask(multi_hot, num_images=_length(multi_hot, "multi_hot"), match=match)
-
-
-def _length(value: object, name: str) -> int:
-    if not isinstance(value, Tensor) or value.dim() == 0:
-        raise TypeError(f"{name}: expected a tensor with a batch dimension, got {type(value).__name__}")
-    return value.shape[0]
+    if not isinstance(multi_hot, Tensor):
+        raise TypeError(f"multi_hot: expected a 0/1 tensor of shape [B, C], got {type(multi_hot).__name__}")
+    if multi_hot.dim() != 2:
+        raise ValueError(f"multi_hot: expected a 0/1 tensor of shape [B, C], got shape {list(multi_hot.shape)}")
+    batch = multi_hot.shape[0]
+    labels = check_labels("multi_hot", multi_hot, batch, batch, multi_hot)
+    return LevelTargets(batch, batch, multi_hot=labels, match=match).full(torch.float32, multi_hot.device)
 
 
 def labels_from_strings(
@@ -233,8 +233,12 @@ def labels_from_strings(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}]: expected a string, got {type(text).__name__}")
-    if separator is not None and (not isinstance(separator, str) or not separator):
-        raise ValueError(f"separator: expected a non-empty string or None, got {separator!r}")
+    if separator is not None and not isinstance(separator, str):
+        raise TypeError(f"separator: expected a non-empty string or None, got {separator!r}")
+    if separator == "":
+        raise ValueError("separator: expected a non-empty string or None, got ''")
+    if vocabulary is not None and (isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence)):
+        raise TypeError(f"vocabulary: expected a sequence of strings or None, got {type(vocabulary).__name__}")
     groups: List[List[str]] = [
         [part.strip() for part in text.split(separator) if part.strip()] if separator else [text] for text in texts
     ]
@@ -271,8 +275,13 @@ def level_labels_from_strings(
     """
     if isinstance(levels, str) or not isinstance(levels, Sequence):
         raise TypeError(f"levels: expected a sequence of G sequences of strings, got {type(levels).__name__}")
+    for g, level in enumerate(levels):
+        if isinstance(level, str) or not isinstance(level, Sequence):
+            raise TypeError(f"levels[{g}]: expected a sequence of strings, got {type(level).__name__}")
     if separator is None or isinstance(separator, str):
         separators: Sequence[Optional[str]] = [separator] * len(levels)
+    elif not isinstance(separator, Sequence):
+        raise TypeError(f"separator: expected a string, None, or one of those per level, got {separator!r}")
     else:
         separators = separator
         if len(separators) != len(levels):

@@ -28,7 +28,9 @@ def clamp_logit_scale(parameter: Tensor, max_value: float = 100.0) -> Tensor:
     """
     if not isinstance(parameter, Tensor):
         raise TypeError(f"parameter: expected a tensor (the log logit scale), got {type(parameter).__name__}")
-    if not isinstance(max_value, (int, float)) or isinstance(max_value, bool) or not max_value > 1:
+    if not isinstance(max_value, (int, float)) or isinstance(max_value, bool):
+        raise TypeError(f"max_value: expected a number > 1, got {type(max_value).__name__}")
+    if not max_value > 1:
         raise ValueError(f"max_value: expected a number > 1, got {max_value!r}")
     with torch.no_grad():
         parameter.clamp_(0.0, math.log(max_value))

@@ -42,17 +42,18 @@ def check_weight(name: str, value: Any) -> float:
     return value
 
 
-def check_level_weights(level_weights: Optional[Sequence[Any]], num_levels: int) -> Tuple[float, ...]:
-    """Return one non-negative weight per level (all 1 when ``level_weights`` is None)."""
+def check_level_weights(level_weights: Optional[Sequence[Any]], num_levels: Optional[int]) -> Optional[Tuple[float, ...]]:
+    """Return one non-negative weight per level (all 1 when ``level_weights`` is None).
+
+    With ``num_levels`` None (G not known yet) only the values are checked, and None stays None.
+    """
     if level_weights is None:
-        return (1.0,) * num_levels
+        return None if num_levels is None else (1.0,) * num_levels
     if isinstance(level_weights, Tensor):
         level_weights = level_weights.tolist()
     if not isinstance(level_weights, Sequence) or isinstance(level_weights, str):
-        raise TypeError(
-            f"level_weights: expected a sequence of {num_levels} numbers, got {type(level_weights).__name__}"
-        )
-    if len(level_weights) != num_levels:
+        raise TypeError(f"level_weights: expected a sequence of numbers (one per level), got {type(level_weights).__name__}")
+    if num_levels is not None and len(level_weights) != num_levels:
         raise ValueError(
             f"level_weights: expected {num_levels} weights (one per level, G={num_levels}), got {len(level_weights)}"
         )
@@ -140,7 +141,7 @@ def check_scalar(name: str, value: Any, image_features: Tensor) -> Tensor:
         return value.reshape(())
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
-    return torch.tensor(float(value), device=image_features.device)
+    return torch.tensor(float(value), dtype=torch.float64, device=image_features.device)
 
 
 def check_per_level(name: str, value: Any, num_levels: int) -> Tuple[Any, ...]:
@@ -177,8 +178,11 @@ def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_
     if labels.dim() == 2:
         if labels.shape[0] != num_images:
             raise ValueError(f"{name}: expected multi-hot labels of shape [B, C] with B={num_images}, got {shape_of(labels)}")
-        if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
-            raise ValueError(f"{name}: multi-hot labels [B, C] must contain only 0 and 1")
+        if labels.dtype != torch.bool:
+            invalid = (labels != 0) & (labels != 1)
+            if bool(invalid.any()):
+                value = labels[invalid][0].item()
+                raise ValueError(f"{name}: multi-hot labels {shape_of(labels)} must contain only 0 and 1, found {value}")
         return labels
     raise ValueError(f"{name}: expected class ids [B] or multi-hot labels [B, C] with B={num_images}, got {shape_of(labels)}")
 

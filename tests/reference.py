@@ -115,14 +115,13 @@ def _level_logits_and_mask(image, text, scale, bias, labels, targets, text_mask,
     T = text.to(DTYPE)
     B, N = V.shape[0], T.shape[0]
     P = ref_positive_mask(B, N, labels=labels, targets=targets, match=match)
-    cols = _present_columns(N, text_mask)
-    T = T.index_select(0, cols)
-    P = P.index_select(1, cols)
     s = _as_float64(scale)
     Z = s * (V @ T.t())
     if bias is not None:
         Z = Z + _as_float64(bias)
-    return Z, P
+    # absent texts: their columns are removed from the level's matrices (not masked)
+    cols = _present_columns(N, text_mask)
+    return Z.index_select(1, cols), P.index_select(1, cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,11 +215,10 @@ def ref_smooth_kl(image, texts_list, scale, bias=None, text_mask=None, kl_direct
     s = _as_float64(scale)
     Zs = []
     for g in range(G):
-        T = texts_list[g].to(DTYPE).index_select(0, cols)
-        Z = s * (V @ T.t())
+        Z = s * (V @ texts_list[g].to(DTYPE).t())
         if bias is not None:
             Z = Z + _as_float64(bias)
-        Zs.append(Z)
+        Zs.append(Z.index_select(1, cols))  # keep only the columns present in every level
 
     B = V.shape[0]
     total = V.sum() * 0.0 + Zs[0].sum() * 0.0

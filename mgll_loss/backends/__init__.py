@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from ..validation import check_choice
-from .base import LevelLosses, LossProblem, LossRequest
-from .dense import dense_level_losses
+from .base import LevelSums, LossProblem, LossRequest
+from .dense import dense_level_sums
 
-__all__ = ["BACKEND_NAMES", "LevelLosses", "LossProblem", "LossRequest", "check_backend", "resolve_backend"]
+__all__ = ["BACKEND_NAMES", "LevelSums", "LossProblem", "LossRequest", "check_backend", "resolve_backend"]
 
-Backend = Callable[[LossProblem, LossRequest], LevelLosses]
+Backend = Callable[[LossProblem, LossRequest], LevelSums]
 
-_AVAILABLE: Dict[str, Backend] = {"dense": dense_level_losses}
+_AVAILABLE: Dict[str, Backend] = {"dense": dense_level_sums}
 _PLANNED = ("chunked", "triton")
 BACKEND_NAMES = ("auto", *_AVAILABLE, *_PLANNED)
 

@@ -1,4 +1,8 @@
-"""What every backend receives (a validated :class:`LossProblem`) and returns (:class:`LevelLosses`)."""
+"""What every backend receives (a validated :class:`LossProblem`) and returns (:class:`LevelSums`).
+
+Backends return sums and counts, not means: the caller divides by counts that may span every
+rank (see :mod:`mgll_loss.gathering`), which keeps distributed losses exact.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,12 @@ class LossProblem:
         targets: one :class:`LevelTargets` per level.
         text_masks: one bool [N_g] mask (True = text present) or None per level.
         compute_dtype: float32, or float64 when an input is float64.
+        row_range: the rows (images) this process computes row-direction terms for; all by default.
+        column_ranges: per level, the columns (texts) it computes column-direction terms for.
+
+    Row-direction terms (soft CLIP rows, point-wise, smooth KL) use ``row_range`` against every
+    column; the soft CLIP column term uses every row against ``column_ranges``. With full ranges
+    one [B, N_g] matrix serves both.
     """
 
     image_features: Tensor
@@ -55,23 +65,39 @@ class LossProblem:
     targets: Tuple[LevelTargets, ...]
     text_masks: Tuple[Optional[Tensor], ...]
     compute_dtype: torch.dtype
+    row_range: slice
+    column_ranges: Tuple[slice, ...]
 
     @property
     def num_levels(self) -> int:
         """G."""
         return len(self.level_sizes)
 
+    @property
+    def is_local(self) -> bool:
+        """True when the row or column ranges are not the whole matrix."""
+        full_rows = self.row_range == slice(0, self.image_features.shape[0])
+        return not full_rows or any(r != slice(0, n) for r, n in zip(self.column_ranges, self.level_sizes))
+
 
 @dataclass(frozen=True)
-class LevelLosses:
-    """A backend's result: unweighted losses, each None when not requested.
+class LevelSums:
+    """A backend's result: unnormalised sums and the counts to divide them by.
 
     Attributes:
-        soft_clip: soft CLIP loss per level, [G].
-        pointwise: point-wise loss per level, [G].
-        smooth_kl: smooth KL summed over levels, 0-dim.
+        soft_clip_rows: per level, sum over rows with a positive of the row cross-entropy, [G].
+        soft_clip_row_count: per level, number of such rows, [G].
+        soft_clip_cols: per level, sum over columns with a positive of the column cross-entropy, [G].
+        soft_clip_col_count: per level, number of such columns, [G].
+        pointwise: per level, sum of the binary cross-entropy over present pairs, [G].
+        smooth_kl: sum over levels and rows of the KL divergence, 0-dim.
+
+    A field is None when its term was not requested.
     """
 
-    soft_clip: Optional[Tensor]
-    pointwise: Optional[Tensor]
-    smooth_kl: Optional[Tensor]
+    soft_clip_rows: Optional[Tensor] = None
+    soft_clip_row_count: Optional[Tensor] = None
+    soft_clip_cols: Optional[Tensor] = None
+    soft_clip_col_count: Optional[Tensor] = None
+    pointwise: Optional[Tensor] = None
+    smooth_kl: Optional[Tensor] = None

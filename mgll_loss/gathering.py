@@ -1,0 +1,225 @@
+"""Assemble the :class:`LossProblem` a rank computes: local inputs, or every rank's rows.
+
+With ``world_size > 1`` the features, labels, targets and text masks of all ranks are gathered
+(features with gradient as configured; the rest without), and
+
+- ``local_loss=False``: every rank computes the loss of the global batch. Gradients of the local
+  rows are multiplied by ``world_size`` (by the gather's backward, or explicitly without
+  ``gather_with_grad``) so that DDP's gradient average equals the single-process gradient.
+- ``local_loss=True``: a rank computes its local rows against every column and its local
+  columns against every row. The caller divides by counts summed over ranks and multiplies by
+  ``world_size``, so the ranks' losses average to the global loss. Needs ``gather_with_grad``:
+  the other ranks' rows contribute to this rank's gradients only through the gather's backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import LossProblem
+from .distributed import World, all_gather_ints, gather_rows, resolve_world, scale_gradient
+from .targets import LevelTargets, level_targets
+from .validation import check_targets
+
+__all__ = ["DistributedOptions", "build_problem"]
+
+_KIND_NONE, _KIND_IDS, _KIND_MULTI_HOT, _KIND_TARGETS = range(4)
+
+
+@dataclass(frozen=True)
+class DistributedOptions:
+    """How a loss sees the other ranks (all no-ops in a single process).
+
+    Attributes:
+        local_loss: compute local rows/columns against the global batch instead of the whole
+            global loss on every rank (less compute and memory per rank; same gradients).
+        gather_with_grad: gather features through the autograd-aware all-gather.
+        rank: this process's rank; None reads it from the default process group.
+        world_size: number of ranks; None reads it from the default process group.
+    """
+
+    local_loss: bool = False
+    gather_with_grad: bool = False
+    rank: Optional[int] = None
+    world_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for name in ("local_loss", "gather_with_grad"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__}")
+        if self.local_loss and not self.gather_with_grad:
+            raise ValueError(
+                "local_loss=True needs gather_with_grad=True: without it, the terms other ranks compute "
+                "for this rank's features never reach its gradients"
+            )
+
+    def world(self) -> World:
+        """The resolved rank and world size."""
+        return resolve_world(self.rank, self.world_size)
+
+
+def build_problem(
+    image_features: Tensor,
+    text_features: Tensor,
+    level_sizes: Tuple[int, ...],
+    logit_scale: Tensor,
+    logit_bias: Optional[Tensor],
+    labels: Sequence[Any],
+    targets: Sequence[Any],
+    text_masks: Sequence[Optional[Tensor]],
+    match: str,
+    world: World,
+    options: DistributedOptions,
+    names: Sequence[str],
+    needs_positives: bool = True,
+) -> LossProblem:
+    """Validate the per-level labels/targets and return the problem this rank computes.
+
+    ``names[g]`` is how level g's labels are named in error messages. Without
+    ``needs_positives`` (the smooth KL alone) a level without labels needs no N == B.
+    """
+    dtype = torch.float64 if torch.float64 in (image_features.dtype, text_features.dtype) else torch.float32
+    if not world.is_distributed:
+        return LossProblem(
+            image_features=image_features,
+            text_features=text_features,
+            level_sizes=level_sizes,
+            logit_scale=logit_scale,
+            logit_bias=logit_bias,
+            targets=tuple(
+                _local_level_targets(y, t, image_features, n, match, name, needs_positives)
+                for y, t, n, name in zip(labels, targets, level_sizes, names)
+            ),
+            text_masks=tuple(text_masks),
+            compute_dtype=dtype,
+            row_range=slice(0, image_features.shape[0]),
+            column_ranges=tuple(slice(0, n) for n in level_sizes),
+        )
+    return _gathered_problem(
+        image_features, text_features, level_sizes, logit_scale, logit_bias, labels, targets, text_masks,
+        match, world, options, names, dtype, needs_positives,
+    )
+
+
+def _local_level_targets(
+    labels: Any, targets: Any, image_features: Tensor, num_texts: int, match: str, name: str, needs_positives: bool
+) -> LevelTargets:
+    if labels is None and targets is None and not needs_positives:
+        return LevelTargets(image_features.shape[0], num_texts, match=match)
+    return level_targets(labels, targets, num_images=image_features.shape[0], num_texts=num_texts, match=match,
+                         device=image_features.device, name=name)
+
+
+def _gathered_problem(
+    image_features: Tensor,
+    text_features: Tensor,
+    level_sizes: Tuple[int, ...],
+    logit_scale: Tensor,
+    logit_bias: Optional[Tensor],
+    labels: Sequence[Any],
+    targets: Sequence[Any],
+    text_masks: Sequence[Optional[Tensor]],
+    match: str,
+    world: World,
+    options: DistributedOptions,
+    names: Sequence[str],
+    dtype: torch.dtype,
+    needs_positives: bool,
+) -> LossProblem:
+    batch, levels = image_features.shape[0], len(level_sizes)
+    kinds, widths = _describe_levels(labels, targets, image_features, level_sizes, match, names, needs_positives)
+    layout = all_gather_ints(
+        [batch, *level_sizes, *kinds, *widths, *(int(m is not None) for m in text_masks)], image_features.device
+    )
+    _check_same_layout(layout, levels, names)
+    batch_sizes = layout[:, 0].tolist()
+    sizes_per_rank = layout[:, 1 : 1 + levels]
+    global_sizes = tuple(int(n) for n in sizes_per_rank.sum(0))
+
+    def gather(tensor: Tensor, sizes: List[int], with_grad: bool = False) -> Tensor:
+        return gather_rows(tensor, sizes, world, with_grad=with_grad)
+
+    grad_gather = options.gather_with_grad
+    if not grad_gather:  # every rank computes the global loss; DDP averages: restore the sum over ranks
+        image_features = scale_gradient(image_features, float(world.world_size))
+        text_features = scale_gradient(text_features, float(world.world_size))
+    images = gather(image_features, batch_sizes, grad_gather)
+    local_levels = text_features.split(level_sizes)
+    texts = torch.cat([gather(t, sizes_per_rank[:, g].tolist(), grad_gather) for g, t in enumerate(local_levels)])
+    level_targets_ = []
+    for g in range(levels):
+        if kinds[g] == _KIND_TARGETS:
+            check_targets(names[g].replace("labels", "targets"), targets[g], batch, global_sizes[g], image_features)
+        source = labels[g] if labels[g] is not None else targets[g]
+        gathered = None if source is None else gather(source, batch_sizes)
+        level_targets_.append(_level_targets(kinds[g], gathered, sum(batch_sizes), global_sizes[g], match))
+    masks = tuple(
+        None if m is None else gather(m, sizes_per_rank[:, g].tolist()).to(torch.bool) for g, m in enumerate(text_masks)
+    )
+    row_start = sum(batch_sizes[: world.rank])
+    column_starts = sizes_per_rank[: world.rank].sum(0).tolist()
+    local = options.local_loss
+    return LossProblem(
+        image_features=images,
+        text_features=texts,
+        level_sizes=global_sizes,
+        logit_scale=logit_scale,
+        logit_bias=logit_bias,
+        targets=tuple(level_targets_),
+        text_masks=masks,
+        compute_dtype=dtype,
+        row_range=slice(row_start, row_start + batch) if local else slice(0, sum(batch_sizes)),
+        column_ranges=tuple(
+            slice(start, start + n) if local else slice(0, total)
+            for start, n, total in zip(column_starts, level_sizes, global_sizes)
+        ),
+    )
+
+
+def _describe_levels(
+    labels: Sequence[Any], targets: Sequence[Any], image_features: Tensor, level_sizes: Tuple[int, ...],
+    match: str, names: Sequence[str], needs_positives: bool,
+) -> Tuple[List[int], List[int]]:
+    """Validate each level's local labels and return its kind and label width (C for multi-hot)."""
+    kinds, widths = [], []
+    for g, (y, t) in enumerate(zip(labels, targets)):
+        if t is not None:
+            if y is not None:
+                raise ValueError(f"{names[g]}: give labels or an explicit targets matrix for a level, not both")
+            name = names[g].replace("labels", "targets")
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}: expected a tensor of shape [B, N], got {type(t).__name__}")
+            if t.dim() != 2:
+                raise ValueError(f"{name}: expected shape [B, N] (N: texts of every rank), got {list(t.shape)}")
+            kinds.append(_KIND_TARGETS)
+            widths.append(t.shape[1])
+            continue
+        _local_level_targets(y, None, image_features, level_sizes[g], match, names[g], needs_positives)
+        kinds.append(_KIND_NONE if y is None else _KIND_IDS if y.dim() == 1 else _KIND_MULTI_HOT)
+        widths.append(0 if y is None or y.dim() == 1 else y.shape[1])
+    return kinds, widths
+
+
+def _check_same_layout(layout: Tensor, levels: int, names: Sequence[str]) -> None:
+    """Every rank must give the same kind of labels (and label width, and mask presence) per level."""
+    per_level = layout[:, 1 + levels :]
+    if not bool((per_level == per_level[0]).all()):
+        raise ValueError(
+            "labels/targets/text_mask: every rank must pass the same kind of labels per level (None, class ids, "
+            f"multi-hot with the same C, or targets with the same N) and the same text-mask presence; got per rank "
+            f"(kinds, widths, masks) = {per_level.tolist()} for levels {list(names)}"
+        )
+
+
+def _level_targets(kind: int, gathered: Optional[Tensor], num_images: int, num_texts: int, match: str) -> LevelTargets:
+    if kind == _KIND_TARGETS:
+        return LevelTargets(num_images, num_texts, dense=gathered, match=match)
+    if kind == _KIND_IDS:
+        return LevelTargets(num_images, num_texts, class_ids=gathered, match=match)
+    if kind == _KIND_MULTI_HOT:
+        return LevelTargets(num_images, num_texts, multi_hot=gathered, match=match)
+    return LevelTargets(num_images, num_texts, match=match)

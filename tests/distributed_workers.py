@@ -1,0 +1,177 @@
+"""Scenarios and worker processes for tests/test_distributed.py (spawned with gloo on CPU).
+
+Every scenario builds one global batch from a seed; rank r takes its slice of rows (and of
+texts, labels, masks; explicit targets keep every global column). The tests compare the ranks'
+results with a single process run on the global batch, all in float64.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss
+
+D, G = 6, 3
+
+SCENARIOS: List[Dict[str, Any]] = [
+    dict(name="ids_global_loss", loss="mgll", labels="ids", options=dict(gather_with_grad=True)),
+    dict(name="ids_local_loss", loss="mgll", labels="ids", options=dict(local_loss=True, gather_with_grad=True)),
+    dict(name="ids_global_no_grad_gather", loss="mgll", labels="ids", options=dict()),
+    dict(name="multi_hot_jaccard_mask_uneven_local", loss="mgll", labels="multi_hot", mask=True, uneven=True,
+         options=dict(local_loss=True, gather_with_grad=True, match="jaccard")),
+    dict(name="multi_hot_overlap_mask_uneven_global", loss="mgll", labels="multi_hot", mask=True, uneven=True,
+         options=dict(match="overlap")),
+    dict(name="targets_rows_local", loss="mgll", labels="targets", uneven=True,
+         options=dict(local_loss=True, gather_with_grad=True, normalization="rows",
+                      pointwise_target="row_normalized", kl_direction="from_mean", level_weights=[1.0, 0.5, 2.0])),
+    dict(name="soft_clip_local", loss="soft_clip", labels="ids", mask=True, uneven=True,
+         options=dict(local_loss=True, gather_with_grad=True)),
+    dict(name="pointwise_local", loss="pointwise", labels="multi_hot", mask=True,
+         options=dict(local_loss=True, gather_with_grad=True)),
+    dict(name="smooth_kl_local_mask", loss="smooth_kl", labels="none", mask=True, uneven=True,
+         options=dict(local_loss=True, gather_with_grad=True)),
+]
+
+
+def local_sizes(world_size: int, uneven: bool) -> List[int]:
+    """Rows per rank: equal, or uneven like a last batch without drop_last."""
+    return [5 - (r % 3) for r in range(world_size)] if uneven else [4] * world_size
+
+
+def global_batch(scenario: Dict[str, Any], batch: int, seed: int = 0) -> Dict[str, Any]:
+    """The global inputs of a scenario (float64), with duplicate labels across ranks."""
+    g = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(batch, D, generator=g, dtype=torch.float64), dim=-1)
+    texts = F.normalize(torch.randn(G, batch, D, generator=g, dtype=torch.float64), dim=-1)
+    kind = scenario["labels"]
+    labels: List[Optional[torch.Tensor]] = [None] * G
+    targets: List[Optional[torch.Tensor]] = [None] * G
+    if kind == "ids":
+        labels = [torch.randint(0, 3, (batch,), generator=g), None, torch.randint(0, 2, (batch,), generator=g)]
+    elif kind == "multi_hot":
+        labels = [(torch.rand(batch, 4, generator=g) < 0.4).long() for _ in range(G)]
+    elif kind == "targets":
+        dense = (torch.rand(batch, batch, generator=g, dtype=torch.float64) < 0.3).double()
+        targets = [dense * torch.rand(batch, batch, generator=g, dtype=torch.float64), None, None]
+    mask = None
+    if scenario.get("mask"):
+        mask = torch.rand(G, batch, generator=g) > 0.25
+    return dict(images=images, texts=texts, labels=labels, targets=targets, mask=mask)
+
+
+def build_loss(scenario: Dict[str, Any], distributed: bool) -> nn.Module:
+    options = dict(scenario["options"])
+    if not distributed:
+        options.pop("local_loss", None)
+        options.pop("gather_with_grad", None)
+    cls = {"mgll": MGLLLoss, "soft_clip": SoftCLIPLoss, "pointwise": PointwiseLoss, "smooth_kl": SmoothKLLoss}[scenario["loss"]]
+    allowed = {
+        "mgll": None,
+        "soft_clip": {"match", "local_loss", "gather_with_grad"},
+        "pointwise": {"match", "normalization", "pointwise_target", "local_loss", "gather_with_grad"},
+        "smooth_kl": {"kl_direction", "local_loss", "gather_with_grad"},
+    }[scenario["loss"]]
+    return cls(**{k: v for k, v in options.items() if allowed is None or k in allowed})
+
+
+def run_loss(scenario: Dict[str, Any], batch: Dict[str, Any], loss: nn.Module) -> Dict[str, torch.Tensor]:
+    """Loss and gradients (features, log scale, bias) for ``batch`` (local or global)."""
+    images = batch["images"].clone().requires_grad_(True)
+    texts = batch["texts"].clone().requires_grad_(True)
+    log_scale = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    single = scenario["loss"] in ("soft_clip", "pointwise")
+    kwargs: Dict[str, Any] = dict(
+        labels=batch["labels"][0] if single else batch["labels"],
+        text_mask=None if batch["mask"] is None else (batch["mask"][0] if single else batch["mask"]),
+    )
+    if scenario["loss"] != "smooth_kl":
+        kwargs["targets"] = batch["targets"][0] if single else batch["targets"]
+    value = loss(images, texts[0] if single else texts, log_scale.exp(), bias, **kwargs)
+    value.backward()
+    return dict(loss=value.detach(), images=images.grad, texts=texts.grad, log_scale=log_scale.grad, bias=bias.grad)
+
+
+def local_slice(batch: Dict[str, Any], start: int, stop: int) -> Dict[str, Any]:
+    rows = slice(start, stop)
+    return dict(
+        images=batch["images"][rows],
+        texts=batch["texts"][:, rows],
+        labels=[None if y is None else y[rows] for y in batch["labels"]],
+        targets=[None if t is None else t[rows] for t in batch["targets"]],  # [B_local, N_global]
+        mask=None if batch["mask"] is None else batch["mask"][:, rows],
+    )
+
+
+def _init(rank: int, world_size: int, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+
+def loss_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    """Run every scenario on this rank's slice; save losses and gradients."""
+    _init(rank, world_size, store)
+    results = {}
+    for scenario in SCENARIOS:
+        sizes = local_sizes(world_size, scenario.get("uneven", False))
+        batch = global_batch(scenario, sum(sizes))
+        start = sum(sizes[:rank])
+        local = local_slice(batch, start, start + sizes[rank])
+        results[scenario["name"]] = run_loss(scenario, local, build_loss(scenario, distributed=True))
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+class TinyTwoTower(nn.Module):
+    """Linear image and text towers with a learnable log scale and bias."""
+
+    def __init__(self, in_dim: int = 10) -> None:
+        super().__init__()
+        self.image_tower = nn.Linear(in_dim, D, dtype=torch.float64)
+        self.text_tower = nn.Linear(in_dim, D, dtype=torch.float64)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+        self.logit_bias = nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return dict(
+            image_features=F.normalize(self.image_tower(images), dim=-1),
+            text_features=F.normalize(self.text_tower(texts), dim=-1),
+            logit_scale=self.logit_scale.exp(),
+            logit_bias=self.logit_bias,
+        )
+
+
+def ddp_inputs(batch: int, seed: int = 1) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        images=torch.randn(batch, 10, generator=g, dtype=torch.float64),
+        texts=torch.randn(G, batch, 10, generator=g, dtype=torch.float64),
+        labels=torch.randint(0, 3, (batch,), generator=g),
+    )
+
+
+def ddp_gradients(model: nn.Module, inputs: Dict[str, torch.Tensor], loss: nn.Module) -> Dict[str, torch.Tensor]:
+    out = model(inputs["images"], inputs["texts"])
+    loss(**out, labels=[inputs["labels"], None, inputs["labels"]]).backward()
+    module = model.module if hasattr(model, "module") else model
+    return {name: p.grad.detach().clone() for name, p in module.named_parameters()}
+
+
+def ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    """Train step of a DistributedDataParallel two-tower model on this rank's rows; save parameter grads."""
+    _init(rank, world_size, store)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(TinyTwoTower())
+    sizes = local_sizes(world_size, uneven=True)
+    inputs = ddp_inputs(sum(sizes))
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+    local = dict(images=inputs["images"][rows], texts=inputs["texts"][:, rows], labels=inputs["labels"][rows])
+    grads = ddp_gradients(model, local, MGLLLoss(local_loss=True, gather_with_grad=True))
+    torch.save(grads, os.path.join(out_dir, f"ddp_rank{rank}.pt"))
+    dist.destroy_process_group()
