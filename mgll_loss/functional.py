@@ -11,15 +11,15 @@ tensor of that dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .backends import LevelSums, LossProblem, LossRequest, check_backend, resolve_backend
-from .distributed import World, all_reduce_sum
-from .gathering import DistributedOptions, build_problem
+from .backends import LossProblem, LossRequest, check_backend, resolve_backend
+from .distributed import World
+from .gathering import DistributedOptions, LevelMeans, LocalInputs, build_problem, level_means
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -324,13 +324,6 @@ def mgll_loss(
     return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
 
 
-@dataclass(frozen=True)
-class _LevelMeans:
-    soft_clip: Optional[Tensor]  # [G]
-    pointwise: Optional[Tensor]  # [G]
-    smooth_kl: Optional[Tensor]  # 0-dim
-
-
 def _prepare(
     image_features: Any,
     text_features: Any,
@@ -373,49 +366,27 @@ def _prepare(
     scale = check_scalar("logit_scale", logit_scale, image_features)
     bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias, image_features)
     world = distributed.world()
-    problem = build_problem(
-        image_features, stacked, sizes, scale, bias, labels, targets, masks, match, world, distributed, names,
+    inputs = LocalInputs(
+        image_features, stacked, sizes, scale, bias, tuple(labels), tuple(targets), tuple(masks), names, match,
         needs_positives=request.soft_clip or request.pointwise,
     )
+    problem = build_problem(inputs, world, distributed)
     return problem, request, world
 
 
-def _evaluate(*args: Any, backend: str, distributed: DistributedOptions, **kwargs: Any) -> _LevelMeans:
+def _evaluate(*args: Any, backend: str, distributed: DistributedOptions, **kwargs: Any) -> LevelMeans:
     """:func:`_prepare`, then run the backend and normalise its sums into means."""
     problem, request, world = _prepare(*args, backend=backend, distributed=distributed, **kwargs)
     return _compute(problem, request, world, backend, distributed.local_loss)
 
 
-def _compute(problem: LossProblem, request: LossRequest, world: World, backend: str, local_loss: bool) -> _LevelMeans:
+def _compute(problem: LossProblem, request: LossRequest, world: World, backend: str, local_loss: bool) -> LevelMeans:
     sums = resolve_backend(backend, problem)(problem, request)
-    return _means(sums, problem, request, world, local_loss)
-
-
-def _means(sums: LevelSums, problem: LossProblem, request: LossRequest, world: World, local_loss: bool) -> _LevelMeans:
-    """Divide the backend's sums by their counts; with ``local_loss`` the counts span every rank and
-    the result is multiplied by ``world_size``, so that the ranks' losses average to the global loss."""
-    split = local_loss and world.is_distributed
-    factor = float(world.world_size) if split else 1.0
-    num_images = problem.image_features.shape[0]
-    soft_clip = pointwise = smooth_kl = None
-    if sums.soft_clip_rows is not None:
-        counts = torch.stack([sums.soft_clip_row_count, sums.soft_clip_col_count])
-        counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
-        soft_clip = factor * 0.5 * (sums.soft_clip_rows / counts[0] + sums.soft_clip_cols / counts[1])
-    if sums.pointwise is not None:
-        pairs = num_images
-        if request.normalization == "pairs":
-            present = [n if m is None else m.sum() for m, n in zip(problem.text_masks, problem.level_sizes)]
-            pairs = num_images * torch.stack([torch.as_tensor(p, device=sums.pointwise.device) for p in present])
-            pairs = pairs.to(sums.pointwise.dtype).clamp_min(1)
-        pointwise = factor * sums.pointwise / pairs
-    if sums.smooth_kl is not None:
-        smooth_kl = factor * sums.smooth_kl / num_images
-    return _LevelMeans(soft_clip, pointwise, smooth_kl)
+    return level_means(sums, problem, request, world, local_loss)
 
 
 def _weighted_terms(
-    means: _LevelMeans, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
+    means: LevelMeans, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
 ) -> Dict[str, Tensor]:
     zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
     level_weights = torch.tensor(per_level, dtype=problem.compute_dtype, device=zero.device)

@@ -20,12 +20,12 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .backends import LossProblem
-from .distributed import World, all_gather_ints, gather_rows, resolve_world, scale_gradient
+from .backends import LevelSums, LossProblem, LossRequest
+from .distributed import World, all_gather_ints, all_reduce_sum, gather_rows, resolve_world, scale_gradient
 from .targets import LevelTargets, level_targets
 from .validation import check_targets
 
-__all__ = ["DistributedOptions", "build_problem"]
+__all__ = ["DistributedOptions", "LocalInputs", "build_problem", "level_means", "LevelMeans"]
 
 _KIND_NONE, _KIND_IDS, _KIND_MULTI_HOT, _KIND_TARGETS = range(4)
 
@@ -62,80 +62,78 @@ class DistributedOptions:
         return resolve_world(self.rank, self.world_size)
 
 
-def build_problem(
-    image_features: Tensor,
-    text_features: Tensor,
-    level_sizes: Tuple[int, ...],
-    logit_scale: Tensor,
-    logit_bias: Optional[Tensor],
-    labels: Sequence[Any],
-    targets: Sequence[Any],
-    text_masks: Sequence[Optional[Tensor]],
-    match: str,
-    world: World,
-    options: DistributedOptions,
-    names: Sequence[str],
-    needs_positives: bool = True,
-) -> LossProblem:
-    """Validate the per-level labels/targets and return the problem this rank computes.
+@dataclass(frozen=True)
+class LocalInputs:
+    """This process's validated inputs (labels and targets are checked by :func:`build_problem`).
 
-    ``names[g]`` is how level g's labels are named in error messages. Without
-    ``needs_positives`` (the smooth KL alone) a level without labels needs no N == B.
+    Attributes:
+        image_features: [B, D].
+        text_features: the levels' texts stacked along rows, [sum_g N_g, D].
+        level_sizes: N_g per level.
+        logit_scale, logit_bias: 0-dim tensors (bias may be None).
+        labels, targets, text_masks: one entry (or None) per level.
+        names: how level g's labels are named in error messages.
+        match: comparison of multi-hot label sets.
+        needs_positives: False for the smooth KL alone, where a level without labels needs no N == B.
     """
-    dtype = torch.float64 if torch.float64 in (image_features.dtype, text_features.dtype) else torch.float32
-    if not world.is_distributed:
-        return LossProblem(
-            image_features=image_features,
-            text_features=text_features,
-            level_sizes=level_sizes,
-            logit_scale=logit_scale,
-            logit_bias=logit_bias,
-            targets=tuple(
-                _local_level_targets(y, t, image_features, n, match, name, needs_positives)
-                for y, t, n, name in zip(labels, targets, level_sizes, names)
-            ),
-            text_masks=tuple(text_masks),
-            compute_dtype=dtype,
-            row_range=slice(0, image_features.shape[0]),
-            column_ranges=tuple(slice(0, n) for n in level_sizes),
-        )
-    return _gathered_problem(
-        image_features, text_features, level_sizes, logit_scale, logit_bias, labels, targets, text_masks,
-        match, world, options, names, dtype, needs_positives,
+
+    image_features: Tensor
+    text_features: Tensor
+    level_sizes: Tuple[int, ...]
+    logit_scale: Tensor
+    logit_bias: Optional[Tensor]
+    labels: Tuple[Any, ...]
+    targets: Tuple[Any, ...]
+    text_masks: Tuple[Optional[Tensor], ...]
+    names: Tuple[str, ...]
+    match: str
+    needs_positives: bool
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float64 if a feature tensor is float64, else float32."""
+        wide = torch.float64 in (self.image_features.dtype, self.text_features.dtype)
+        return torch.float64 if wide else torch.float32
+
+    def level_targets(self, level: int, labels: Any, targets: Any, num_texts: int) -> LevelTargets:
+        """Validate one level's local labels/targets against ``num_texts`` columns."""
+        images = self.image_features
+        if labels is None and targets is None and not self.needs_positives:
+            return LevelTargets(images.shape[0], num_texts, match=self.match)
+        return level_targets(labels, targets, num_images=images.shape[0], num_texts=num_texts, match=self.match,
+                             device=images.device, name=self.names[level])
+
+
+def build_problem(inputs: LocalInputs, world: World, options: DistributedOptions) -> LossProblem:
+    """Validate the per-level labels/targets and return the problem this rank computes."""
+    if world.is_distributed:
+        return _gathered_problem(inputs, world, options)
+    batch = inputs.image_features.shape[0]
+    return LossProblem(
+        image_features=inputs.image_features,
+        text_features=inputs.text_features,
+        level_sizes=inputs.level_sizes,
+        logit_scale=inputs.logit_scale,
+        logit_bias=inputs.logit_bias,
+        targets=tuple(
+            inputs.level_targets(g, y, t, n)
+            for g, (y, t, n) in enumerate(zip(inputs.labels, inputs.targets, inputs.level_sizes))
+        ),
+        text_masks=inputs.text_masks,
+        compute_dtype=inputs.compute_dtype,
+        row_range=slice(0, batch),
+        column_ranges=tuple(slice(0, n) for n in inputs.level_sizes),
     )
 
 
-def _local_level_targets(
-    labels: Any, targets: Any, image_features: Tensor, num_texts: int, match: str, name: str, needs_positives: bool
-) -> LevelTargets:
-    if labels is None and targets is None and not needs_positives:
-        return LevelTargets(image_features.shape[0], num_texts, match=match)
-    return level_targets(labels, targets, num_images=image_features.shape[0], num_texts=num_texts, match=match,
-                         device=image_features.device, name=name)
-
-
-def _gathered_problem(
-    image_features: Tensor,
-    text_features: Tensor,
-    level_sizes: Tuple[int, ...],
-    logit_scale: Tensor,
-    logit_bias: Optional[Tensor],
-    labels: Sequence[Any],
-    targets: Sequence[Any],
-    text_masks: Sequence[Optional[Tensor]],
-    match: str,
-    world: World,
-    options: DistributedOptions,
-    names: Sequence[str],
-    dtype: torch.dtype,
-    needs_positives: bool,
-) -> LossProblem:
+def _gathered_problem(inputs: LocalInputs, world: World, options: DistributedOptions) -> LossProblem:
+    image_features, text_features, level_sizes = inputs.image_features, inputs.text_features, inputs.level_sizes
     batch, levels = image_features.shape[0], len(level_sizes)
-    kinds, widths = _describe_levels(labels, targets, image_features, level_sizes, match, names, needs_positives)
+    kinds, widths = _describe_levels(inputs)
     layout = all_gather_ints(
-        [batch, *level_sizes, *kinds, *widths, *(int(m is not None) for m in text_masks)], image_features.device
+        [batch, *level_sizes, *kinds, *widths, *(int(m is not None) for m in inputs.text_masks)], image_features.device
     )
-    _check_same_layout(layout, levels, names)
+    _check_same_layout(layout, levels, inputs.names)
     batch_sizes = layout[:, 0].tolist()
     sizes_per_rank = layout[:, 1 : 1 + levels]
     global_sizes = tuple(int(n) for n in sizes_per_rank.sum(0))
@@ -151,14 +149,15 @@ def _gathered_problem(
     local_levels = text_features.split(level_sizes)
     texts = torch.cat([gather(t, sizes_per_rank[:, g].tolist(), grad_gather) for g, t in enumerate(local_levels)])
     level_targets_ = []
-    for g in range(levels):
+    for g, (labels, targets) in enumerate(zip(inputs.labels, inputs.targets)):
         if kinds[g] == _KIND_TARGETS:
-            check_targets(names[g].replace("labels", "targets"), targets[g], batch, global_sizes[g], image_features)
-        source = labels[g] if labels[g] is not None else targets[g]
+            check_targets(_targets_name(inputs.names[g]), targets, batch, global_sizes[g], image_features)
+        source = labels if labels is not None else targets
         gathered = None if source is None else gather(source, batch_sizes)
-        level_targets_.append(_level_targets(kinds[g], gathered, sum(batch_sizes), global_sizes[g], match))
+        level_targets_.append(_level_targets(kinds[g], gathered, sum(batch_sizes), global_sizes[g], inputs.match))
     masks = tuple(
-        None if m is None else gather(m, sizes_per_rank[:, g].tolist()).to(torch.bool) for g, m in enumerate(text_masks)
+        None if m is None else gather(m, sizes_per_rank[:, g].tolist()).to(torch.bool)
+        for g, m in enumerate(inputs.text_masks)
     )
     row_start = sum(batch_sizes[: world.rank])
     column_starts = sizes_per_rank[: world.rank].sum(0).tolist()
@@ -167,11 +166,11 @@ def _gathered_problem(
         image_features=images,
         text_features=texts,
         level_sizes=global_sizes,
-        logit_scale=logit_scale,
-        logit_bias=logit_bias,
+        logit_scale=inputs.logit_scale,
+        logit_bias=inputs.logit_bias,
         targets=tuple(level_targets_),
         text_masks=masks,
-        compute_dtype=dtype,
+        compute_dtype=inputs.compute_dtype,
         row_range=slice(row_start, row_start + batch) if local else slice(0, sum(batch_sizes)),
         column_ranges=tuple(
             slice(start, start + n) if local else slice(0, total)
@@ -180,17 +179,18 @@ def _gathered_problem(
     )
 
 
-def _describe_levels(
-    labels: Sequence[Any], targets: Sequence[Any], image_features: Tensor, level_sizes: Tuple[int, ...],
-    match: str, names: Sequence[str], needs_positives: bool,
-) -> Tuple[List[int], List[int]]:
+def _targets_name(labels_name: str) -> str:
+    return labels_name.replace("labels", "targets")
+
+
+def _describe_levels(inputs: LocalInputs) -> Tuple[List[int], List[int]]:
     """Validate each level's local labels and return its kind and label width (C for multi-hot)."""
     kinds, widths = [], []
-    for g, (y, t) in enumerate(zip(labels, targets)):
+    for g, (y, t) in enumerate(zip(inputs.labels, inputs.targets)):
         if t is not None:
             if y is not None:
-                raise ValueError(f"{names[g]}: give labels or an explicit targets matrix for a level, not both")
-            name = names[g].replace("labels", "targets")
+                raise ValueError(f"{inputs.names[g]}: give labels or an explicit targets matrix for a level, not both")
+            name = _targets_name(inputs.names[g])
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}: expected a tensor of shape [B, N], got {type(t).__name__}")
             if t.dim() != 2:
@@ -198,7 +198,7 @@ def _describe_levels(
             kinds.append(_KIND_TARGETS)
             widths.append(t.shape[1])
             continue
-        _local_level_targets(y, None, image_features, level_sizes[g], match, names[g], needs_positives)
+        inputs.level_targets(g, y, None, inputs.level_sizes[g])
         kinds.append(_KIND_NONE if y is None else _KIND_IDS if y.dim() == 1 else _KIND_MULTI_HOT)
         widths.append(0 if y is None or y.dim() == 1 else y.shape[1])
     return kinds, widths
@@ -223,3 +223,38 @@ def _level_targets(kind: int, gathered: Optional[Tensor], num_images: int, num_t
     if kind == _KIND_MULTI_HOT:
         return LevelTargets(num_images, num_texts, multi_hot=gathered, match=match)
     return LevelTargets(num_images, num_texts, match=match)
+
+
+@dataclass(frozen=True)
+class LevelMeans:
+    """Normalised, unweighted losses: soft CLIP and point-wise per level [G], smooth KL 0-dim (None: not requested)."""
+
+    soft_clip: Optional[Tensor]
+    pointwise: Optional[Tensor]
+    smooth_kl: Optional[Tensor]
+
+
+def level_means(sums: LevelSums, problem: LossProblem, request: LossRequest, world: World, local_loss: bool) -> LevelMeans:
+    """Divide a backend's sums by their counts.
+
+    With ``local_loss`` across ranks the counts are summed over every rank and the result is
+    multiplied by ``world_size``, so that the ranks' losses average to the global loss.
+    """
+    split = local_loss and world.is_distributed
+    factor = float(world.world_size) if split else 1.0
+    num_images = problem.image_features.shape[0]
+    soft_clip = pointwise = smooth_kl = None
+    if sums.soft_clip_rows is not None:
+        counts = torch.stack([sums.soft_clip_row_count, sums.soft_clip_col_count])
+        counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
+        soft_clip = factor * 0.5 * (sums.soft_clip_rows / counts[0] + sums.soft_clip_cols / counts[1])
+    if sums.pointwise is not None:
+        pairs = num_images
+        if request.normalization == "pairs":
+            present = [n if m is None else m.sum() for m, n in zip(problem.text_masks, problem.level_sizes)]
+            pairs = num_images * torch.stack([torch.as_tensor(p, device=sums.pointwise.device) for p in present])
+            pairs = pairs.to(sums.pointwise.dtype).clamp_min(1)
+        pointwise = factor * sums.pointwise / pairs
+    if sums.smooth_kl is not None:
+        smooth_kl = factor * sums.smooth_kl / num_images
+    return LevelMeans(soft_clip, pointwise, smooth_kl)

@@ -19,7 +19,6 @@ Language Learning" (MGLL), arXiv 2511.15943, ICLR 2026, Eqs. 1-7.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
 
 import torch
 

@@ -95,3 +95,18 @@ def test_invalid_rank_is_rejected(rank, world_size):
 def test_non_bool_distributed_flags_are_rejected():
     with pytest.raises(TypeError, match="local_loss"):
         MGLLLoss(local_loss=1)
+
+
+def test_torchrun_example_runs_on_cpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(root / "examples" / "train_distributed_toy.py"), "--steps", "3"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if "global-batch loss" in line]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
