@@ -14,7 +14,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["World", "resolve_world", "all_gather_ints", "gather_rows", "all_reduce_sum", "scale_gradient"]
+__all__ = [
+    "World", "resolve_world", "all_gather_ints", "raise_on_every_rank", "gather_rows", "all_reduce_sum", "scale_gradient",
+]
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,35 @@ def resolve_world(rank: Optional[int], world_size: Optional[int]) -> World:
     return World(rank=rank, world_size=world_size)
 
 
-def all_gather_ints(values: List[int], device: torch.device) -> Tensor:
-    """Gather a short list of ints from every rank: returns int64 [world_size, len(values)] on the CPU."""
-    local = torch.tensor(values, dtype=torch.int64, device=device)
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_ints(values: List[int]) -> Tensor:
+    """Gather a short list of ints (the same length on every rank): returns int64 [world_size, len(values)] on the CPU."""
+    local = torch.tensor(values, dtype=torch.int64, device=_collective_device())
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
     return torch.stack(gathered).cpu()
+
+
+def raise_on_every_rank(error: Optional[Exception], num_levels: int) -> None:
+    """Agree across ranks on local validation before any other collective.
+
+    Every rank sends whether its inputs failed validation and its number of levels; if any rank
+    failed, or the ranks disagree on G, every rank raises, so none is left waiting in a gather.
+    """
+    status = all_gather_ints([int(error is not None), num_levels])
+    if error is not None:
+        raise error
+    failed = [rank for rank, bad in enumerate(status[:, 0].tolist()) if bad]
+    if failed:
+        raise ValueError(f"rank(s) {failed} rejected their inputs (their error names the argument); stopping every rank")
+    levels = status[:, 1].tolist()
+    if len(set(levels)) > 1:
+        raise ValueError(f"text_features: every rank must pass the same number of levels G, got G={levels} per rank")
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

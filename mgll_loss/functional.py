@@ -12,14 +12,14 @@ tensor of that dtype.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .backends import LossProblem, LossRequest, check_backend, resolve_backend
-from .distributed import World
-from .gathering import DistributedOptions, LevelMeans, LocalInputs, build_problem, level_means
+from .distributed import World, raise_on_every_rank
+from .gathering import DistributedOptions, LevelMeans, LocalInputs, build_problem, describe_levels, level_means
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -314,14 +314,21 @@ def mgll_loss(
         pointwise_target=pointwise_target,
         kl_direction=kl_direction,
     )
-    problem, request, world = _prepare(
+    prepared = _prepare(
         image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
-        match=match, request=request, backend=backend, distributed=distributed, kl_hint=" (or set smooth_kl_weight=0)",
+        match=match, request=request, backend=backend, distributed=distributed,
+        kl_hint=" (or set smooth_kl_weight=0)", level_weights=level_weights,
     )
-    per_level = check_level_weights(level_weights, problem.num_levels)
-    means = _compute(problem, request, world, backend, local_loss)
-    terms = _weighted_terms(means, weights, per_level, problem)
+    means = _compute(prepared.problem, prepared.request, prepared.world, backend, local_loss)
+    terms = _weighted_terms(means, weights, prepared.level_weights, prepared.problem)
     return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
+
+
+class _Prepared(NamedTuple):
+    problem: LossProblem
+    request: LossRequest
+    world: World
+    level_weights: Optional[Tuple[float, ...]]
 
 
 def _prepare(
@@ -339,13 +346,47 @@ def _prepare(
     backend: str,
     distributed: DistributedOptions,
     kl_hint: Optional[str] = None,
-) -> Tuple[LossProblem, LossRequest, World]:
+    level_weights: Optional[Sequence[float]] = None,
+) -> _Prepared:
     """Validate the inputs and build the problem this process computes (gathering when distributed).
 
     ``kl_hint`` None means the smooth KL is required (G >= 2); a string means a single level
-    quietly has no smooth KL, and the string ends the error for unequal N_g.
+    quietly has no smooth KL, and the string ends the error for unequal N_g. Across ranks, every
+    rank learns whether any rank's inputs failed validation before the first gather.
     """
     check_backend(backend)
+    world = distributed.world()
+    try:
+        inputs, request, per_level = _validate(
+            image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask,
+            single_level=single_level, match=match, request=request, kl_hint=kl_hint, level_weights=level_weights,
+        )
+        kinds = describe_levels(inputs) if world.is_distributed else None
+    except (TypeError, ValueError) as error:
+        if world.is_distributed:
+            raise_on_every_rank(error, -1)
+        raise
+    if world.is_distributed:
+        raise_on_every_rank(None, len(inputs.level_sizes))
+    return _Prepared(build_problem(inputs, world, distributed, kinds), request, world, per_level)
+
+
+def _validate(
+    image_features: Any,
+    text_features: Any,
+    logit_scale: Any,
+    logit_bias: Any,
+    labels: Any,
+    targets: Any,
+    text_mask: Any,
+    *,
+    single_level: bool,
+    match: str,
+    request: LossRequest,
+    kl_hint: Optional[str],
+    level_weights: Optional[Sequence[float]],
+) -> Tuple[LocalInputs, LossRequest, Optional[Tuple[float, ...]]]:
+    """Local checks only (no collective): the inputs, the request adjusted to G, the level weights."""
     image_features = check_image_features(image_features)
     if single_level:
         stacked = check_single_level_text(text_features, image_features)
@@ -358,30 +399,29 @@ def _prepare(
         labels = check_per_level("labels", labels, len(sizes))
         targets = check_per_level("targets", targets, len(sizes))
         names = tuple(f"labels[{g}]" for g in range(len(sizes)))
+    per_level = None if single_level else check_level_weights(level_weights, len(sizes))
     if request.smooth_kl:
         if len(sizes) == 1 and kl_hint is not None:
             request = replace(request, smooth_kl=False)
         else:
             _require_smooth_kl_levels(sizes, "text_features", kl_hint or "")
-    scale = check_scalar("logit_scale", logit_scale, image_features)
+    scale = check_scalar("logit_scale", logit_scale, image_features, positive=True)
     bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias, image_features)
-    world = distributed.world()
     inputs = LocalInputs(
         image_features, stacked, sizes, scale, bias, tuple(labels), tuple(targets), tuple(masks), names, match,
         needs_positives=request.soft_clip or request.pointwise,
     )
-    problem = build_problem(inputs, world, distributed)
-    return problem, request, world
+    return inputs, request, per_level
 
 
 def _evaluate(*args: Any, backend: str, distributed: DistributedOptions, **kwargs: Any) -> LevelMeans:
     """:func:`_prepare`, then run the backend and normalise its sums into means."""
-    problem, request, world = _prepare(*args, backend=backend, distributed=distributed, **kwargs)
-    return _compute(problem, request, world, backend, distributed.local_loss)
+    prepared = _prepare(*args, backend=backend, distributed=distributed, **kwargs)
+    return _compute(prepared.problem, prepared.request, prepared.world, backend, distributed.local_loss)
 
 
 def _compute(problem: LossProblem, request: LossRequest, world: World, backend: str, local_loss: bool) -> LevelMeans:
-    sums = resolve_backend(backend, problem)(problem, request)
+    sums = resolve_backend(backend)(problem, request)
     return level_means(sums, problem, request, world, local_loss)
 
 

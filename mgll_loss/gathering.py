@@ -25,7 +25,7 @@ from .distributed import World, all_gather_ints, all_reduce_sum, gather_rows, re
 from .targets import LevelTargets, level_targets
 from .validation import check_targets
 
-__all__ = ["DistributedOptions", "LocalInputs", "build_problem", "level_means", "LevelMeans"]
+__all__ = ["DistributedOptions", "LevelMeans", "LocalInputs", "build_problem", "describe_levels", "level_means"]
 
 _KIND_NONE, _KIND_IDS, _KIND_MULTI_HOT, _KIND_TARGETS = range(4)
 
@@ -95,7 +95,7 @@ class LocalInputs:
         wide = torch.float64 in (self.image_features.dtype, self.text_features.dtype)
         return torch.float64 if wide else torch.float32
 
-    def level_targets(self, level: int, labels: Any, targets: Any, num_texts: int) -> LevelTargets:
+    def validated_targets(self, level: int, labels: Any, targets: Any, num_texts: int) -> LevelTargets:
         """Validate one level's local labels/targets against ``num_texts`` columns."""
         images = self.image_features
         if labels is None and targets is None and not self.needs_positives:
@@ -104,10 +104,19 @@ class LocalInputs:
                              device=images.device, name=self.names[level])
 
 
-def build_problem(inputs: LocalInputs, world: World, options: DistributedOptions) -> LossProblem:
-    """Validate the per-level labels/targets and return the problem this rank computes."""
+LevelKinds = Tuple[List[int], List[int]]
+
+
+def build_problem(
+    inputs: LocalInputs, world: World, options: DistributedOptions, kinds: Optional[LevelKinds] = None
+) -> LossProblem:
+    """Validate the per-level labels/targets and return the problem this rank computes.
+
+    Across ranks, ``kinds`` is :func:`describe_levels` of ``inputs``, computed (and agreed on by
+    every rank) before this call.
+    """
     if world.is_distributed:
-        return _gathered_problem(inputs, world, options)
+        return _gathered_problem(inputs, world, options, kinds if kinds is not None else describe_levels(inputs))
     batch = inputs.image_features.shape[0]
     return LossProblem(
         image_features=inputs.image_features,
@@ -116,7 +125,7 @@ def build_problem(inputs: LocalInputs, world: World, options: DistributedOptions
         logit_scale=inputs.logit_scale,
         logit_bias=inputs.logit_bias,
         targets=tuple(
-            inputs.level_targets(g, y, t, n)
+            inputs.validated_targets(g, y, t, n)
             for g, (y, t, n) in enumerate(zip(inputs.labels, inputs.targets, inputs.level_sizes))
         ),
         text_masks=inputs.text_masks,
@@ -126,13 +135,13 @@ def build_problem(inputs: LocalInputs, world: World, options: DistributedOptions
     )
 
 
-def _gathered_problem(inputs: LocalInputs, world: World, options: DistributedOptions) -> LossProblem:
+def _gathered_problem(
+    inputs: LocalInputs, world: World, options: DistributedOptions, description: LevelKinds
+) -> LossProblem:
     image_features, text_features, level_sizes = inputs.image_features, inputs.text_features, inputs.level_sizes
     batch, levels = image_features.shape[0], len(level_sizes)
-    kinds, widths = _describe_levels(inputs)
-    layout = all_gather_ints(
-        [batch, *level_sizes, *kinds, *widths, *(int(m is not None) for m in inputs.text_masks)], image_features.device
-    )
+    kinds, widths = description
+    layout = all_gather_ints([batch, *level_sizes, *kinds, *widths, *(int(m is not None) for m in inputs.text_masks)])
     _check_same_layout(layout, levels, inputs.names)
     batch_sizes = layout[:, 0].tolist()
     sizes_per_rank = layout[:, 1 : 1 + levels]
@@ -148,13 +157,16 @@ def _gathered_problem(inputs: LocalInputs, world: World, options: DistributedOpt
     images = gather(image_features, batch_sizes, grad_gather)
     local_levels = text_features.split(level_sizes)
     texts = torch.cat([gather(t, sizes_per_rank[:, g].tolist(), grad_gather) for g, t in enumerate(local_levels)])
-    level_targets_ = []
+    positives = []
     for g, (labels, targets) in enumerate(zip(inputs.labels, inputs.targets)):
-        if kinds[g] == _KIND_TARGETS:
-            check_targets(_targets_name(inputs.names[g]), targets, batch, global_sizes[g], image_features)
+        if kinds[g] == _KIND_TARGETS and widths[g] != global_sizes[g]:  # the same verdict on every rank
+            raise ValueError(
+                f"{_targets_name(inputs.names[g])}: across ranks, expected shape [B_local, N_global] = "
+                f"[{batch}, {global_sizes[g]}] (texts of every rank), got [{batch}, {widths[g]}]"
+            )
         source = labels if labels is not None else targets
         gathered = None if source is None else gather(source, batch_sizes)
-        level_targets_.append(_level_targets(kinds[g], gathered, sum(batch_sizes), global_sizes[g], inputs.match))
+        positives.append(_targets_from_gathered(kinds[g], gathered, sum(batch_sizes), global_sizes[g], inputs.match))
     masks = tuple(
         None if m is None else gather(m, sizes_per_rank[:, g].tolist()).to(torch.bool)
         for g, m in enumerate(inputs.text_masks)
@@ -168,7 +180,7 @@ def _gathered_problem(inputs: LocalInputs, world: World, options: DistributedOpt
         level_sizes=global_sizes,
         logit_scale=inputs.logit_scale,
         logit_bias=inputs.logit_bias,
-        targets=tuple(level_targets_),
+        targets=tuple(positives),
         text_masks=masks,
         compute_dtype=inputs.compute_dtype,
         row_range=slice(row_start, row_start + batch) if local else slice(0, sum(batch_sizes)),
@@ -183,8 +195,12 @@ def _targets_name(labels_name: str) -> str:
     return labels_name.replace("labels", "targets")
 
 
-def _describe_levels(inputs: LocalInputs) -> Tuple[List[int], List[int]]:
-    """Validate each level's local labels and return its kind and label width (C for multi-hot)."""
+def describe_levels(inputs: LocalInputs) -> LevelKinds:
+    """Validate each level's local labels/targets; return each level's kind and width (C, or N_global for targets).
+
+    Only local checks: run it on every rank before any collective (see
+    :func:`~mgll_loss.distributed.raise_on_every_rank`).
+    """
     kinds, widths = [], []
     for g, (y, t) in enumerate(zip(inputs.labels, inputs.targets)):
         if t is not None:
@@ -195,10 +211,11 @@ def _describe_levels(inputs: LocalInputs) -> Tuple[List[int], List[int]]:
                 raise TypeError(f"{name}: expected a tensor of shape [B, N], got {type(t).__name__}")
             if t.dim() != 2:
                 raise ValueError(f"{name}: expected shape [B, N] (N: texts of every rank), got {list(t.shape)}")
+            check_targets(name, t, inputs.image_features.shape[0], t.shape[1], inputs.image_features)
             kinds.append(_KIND_TARGETS)
             widths.append(t.shape[1])
             continue
-        inputs.level_targets(g, y, None, inputs.level_sizes[g])
+        inputs.validated_targets(g, y, None, inputs.level_sizes[g])
         kinds.append(_KIND_NONE if y is None else _KIND_IDS if y.dim() == 1 else _KIND_MULTI_HOT)
         widths.append(0 if y is None or y.dim() == 1 else y.shape[1])
     return kinds, widths
@@ -215,7 +232,7 @@ def _check_same_layout(layout: Tensor, levels: int, names: Sequence[str]) -> Non
         )
 
 
-def _level_targets(kind: int, gathered: Optional[Tensor], num_images: int, num_texts: int, match: str) -> LevelTargets:
+def _targets_from_gathered(kind: int, gathered: Optional[Tensor], num_images: int, num_texts: int, match: str) -> LevelTargets:
     if kind == _KIND_TARGETS:
         return LevelTargets(num_images, num_texts, dense=gathered, match=match)
     if kind == _KIND_IDS:

@@ -11,6 +11,7 @@ trainer, which sums every value.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Dict, Optional, Sequence, Union
 
 from torch import Tensor, nn
@@ -40,20 +41,14 @@ class _GatheringLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
-        DistributedOptions(local_loss, gather_with_grad, rank, world_size)  # validates the combination
-        self.local_loss = local_loss
-        self.gather_with_grad = gather_with_grad
-        self.rank = rank
-        self.world_size = world_size
+        self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
 
     def _common_options(self) -> Dict[str, Any]:
-        return dict(
-            backend=self.backend, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
-            rank=self.rank, world_size=self.world_size,
-        )
+        return dict(backend=self.backend, **asdict(self.distributed))
 
     def _common_repr(self) -> str:
-        return f"backend={self.backend!r}, local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}"
+        options = self.distributed
+        return f"backend={self.backend!r}, local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
 
 
 class SoftCLIPLoss(_GatheringLoss):

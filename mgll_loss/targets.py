@@ -116,9 +116,13 @@ def level_targets(
         num_images: the number of images, B.
         num_texts: the number of texts, N.
         match: comparison of multi-hot label sets ("exact", "overlap", "jaccard").
+        device: where the inputs must live; None: where the labels or targets are.
         name: how the argument is named in error messages (e.g. ``"labels[1]"``).
     """
     check_choice("match", match, MATCH_MODES)
+    if device is None:
+        source = labels if isinstance(labels, Tensor) else targets
+        device = source.device if isinstance(source, Tensor) else None
     reference = torch.empty(0, device=device)
     if labels is not None and targets is not None:
         raise ValueError(f"{name}: give labels or an explicit targets matrix for a level, not both")

@@ -130,18 +130,25 @@ def check_multi_level_text(text_features: Any, image_features: Tensor) -> Tuple[
     return stacked, sizes
 
 
-def check_scalar(name: str, value: Any, image_features: Tensor) -> Tensor:
-    """Return ``value`` (a number or a one-element tensor) as a 0-dim tensor."""
+def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool = False) -> Tensor:
+    """Return ``value`` (a finite number or one-element tensor, > 0 if ``positive``) as a 0-dim tensor."""
+    expected = "a finite positive" if positive else "a finite"
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name}: expected a scalar (a number or a one-element tensor), got shape {shape_of(value)}")
         if not value.is_floating_point():
             value = value.to(torch.get_default_dtype())
         _check_device(name, value, image_features)
-        return value.reshape(())
-    if isinstance(value, bool) or not isinstance(value, Real):
+        value = value.reshape(())
+        number = float(value.detach())
+    elif isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
-    return torch.tensor(float(value), dtype=torch.float64, device=image_features.device)
+    else:
+        number = float(value)
+        value = torch.tensor(number, dtype=torch.float64, device=image_features.device)
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise ValueError(f"{name}: expected {expected} number (the logit scale is already exponentiated), got {number}")
+    return value
 
 
 def check_per_level(name: str, value: Any, num_levels: int) -> Tuple[Any, ...]:
@@ -176,8 +183,10 @@ def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_
             raise ValueError(f"{name}: expected class ids of shape [B] with B={num_images}, got {shape_of(labels)}")
         return labels
     if labels.dim() == 2:
-        if labels.shape[0] != num_images:
-            raise ValueError(f"{name}: expected multi-hot labels of shape [B, C] with B={num_images}, got {shape_of(labels)}")
+        if labels.shape[0] != num_images or labels.shape[1] == 0:
+            raise ValueError(
+                f"{name}: expected multi-hot labels of shape [B, C] with B={num_images} and C >= 1, got {shape_of(labels)}"
+            )
         if labels.dtype != torch.bool:
             invalid = (labels != 0) & (labels != 1)
             if bool(invalid.any()):

@@ -8,6 +8,7 @@ results with a single process run on the global batch, all in float64.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -110,7 +111,9 @@ def local_slice(batch: Dict[str, Any], start: int, stop: int) -> Dict[str, Any]:
 
 
 def _init(rank: int, world_size: int, store: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    # a short timeout turns a hang (a rank left waiting in a collective) into a failure
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=60))
 
 
 def loss_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
@@ -174,4 +177,31 @@ def ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     local = dict(images=inputs["images"][rows], texts=inputs["texts"][:, rows], labels=inputs["labels"][rows])
     grads = ddp_gradients(model, local, MGLLLoss(local_loss=True, gather_with_grad=True))
     torch.save(grads, os.path.join(out_dir, f"ddp_rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    """Rank 1 passes a bad target value, then a different number of levels; then every rank passes valid input."""
+    _init(rank, world_size, store)
+    scenario = dict(name="targets", labels="targets", options=dict(local_loss=True, gather_with_grad=True))
+    sizes = local_sizes(world_size, uneven=False)
+    batch = global_batch(scenario, sum(sizes))
+    local = local_slice(batch, sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    loss = MGLLLoss(local_loss=True, gather_with_grad=True)
+    outcomes = {}
+    bad_targets = [t.clone() if t is not None else None for t in local["targets"]]
+    if rank == 1:
+        bad_targets[0][0, 0] = 2.0
+    levels = G - 1 if rank == 1 else G
+    attempts = {
+        "bad_value_on_rank_1": lambda: loss(local["images"], local["texts"], 10.0, targets=bad_targets),
+        "levels_differ": lambda: loss(local["images"], local["texts"][:levels], 10.0),
+        "valid_afterwards": lambda: loss(local["images"], local["texts"], 10.0, targets=local["targets"]),
+    }
+    for name, attempt in attempts.items():
+        try:
+            outcomes[name] = float(attempt())
+        except ValueError as error:
+            outcomes[name] = f"ValueError: {error}"
+    torch.save(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
     dist.destroy_process_group()

@@ -110,3 +110,15 @@ def test_torchrun_example_runs_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if "global-batch loss" in line]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_a_rank_with_bad_input_stops_every_rank_instead_of_hanging(tmp_path):
+    world_size = 2
+    _spawn(workers.failing_worker, world_size, tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"failing_rank{r}.pt") for r in range(world_size))
+    assert rank1["bad_value_on_rank_1"].startswith("ValueError: targets[0]: target values must lie in [0, 1]")
+    assert rank0["bad_value_on_rank_1"].startswith("ValueError: rank(s) [1] rejected their inputs")
+    for outcome in (rank0["levels_differ"], rank1["levels_differ"]):
+        assert "every rank must pass the same number of levels G, got G=[3, 2]" in outcome
+    # the ranks stay in step: the next call runs everywhere and averages to a finite loss
+    assert isinstance(rank0["valid_afterwards"], float) and isinstance(rank1["valid_afterwards"], float)

@@ -66,3 +66,17 @@ def test_all_texts_of_a_level_missing_gives_finite_zero_terms_for_that_level():
     total = MGLLLoss()(images, texts, 10.0, text_mask=mask)
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(images.grad).all()
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), -10.0, 0.0, torch.tensor(float("inf")), torch.tensor(-1.0)])
+def test_non_finite_or_non_positive_logit_scale_is_rejected(scale):
+    images = unit_features(B, D, seed=13)
+    with pytest.raises(ValueError, match="logit_scale: expected a finite positive number"):
+        MGLLLoss()(images, unit_features(G, B, D, seed=14), scale)
+
+
+@pytest.mark.parametrize("bias", [float("nan"), float("-inf"), torch.tensor(float("nan"))])
+def test_non_finite_logit_bias_is_rejected(bias):
+    images = unit_features(B, D, seed=15)
+    with pytest.raises(ValueError, match="logit_bias: expected a finite number"):
+        MGLLLoss()(images, unit_features(G, B, D, seed=16), 10.0, bias)

@@ -181,8 +181,12 @@ def test_mask_from_multi_hot_docstring_example():
 def test_mask_from_multi_hot_empty_sets_are_identical(match):
     # every row empty: all images share the (empty) label set, the diagonal is positive
     torch.testing.assert_close(mask_from_multi_hot(torch.zeros(3, 4), match=match), torch.ones(3, 3))
-    # no classes at all (C=0) behaves the same
-    torch.testing.assert_close(mask_from_multi_hot(torch.zeros(2, 0), match=match), torch.ones(2, 2))
+
+
+def test_mask_from_multi_hot_without_classes_is_rejected():
+    # C=0 would make every pair a positive without any label saying so
+    with pytest.raises(ValueError, match=_esc("multi_hot", "C >= 1", "[2, 0]")):
+        mask_from_multi_hot(torch.zeros(2, 0))
 
 
 @pytest.mark.parametrize("match", MATCHES)

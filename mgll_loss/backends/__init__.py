@@ -29,7 +29,7 @@ def check_backend(name: str) -> str:
     return name
 
 
-def resolve_backend(name: str, problem: LossProblem) -> Backend:
-    """Return the backend function for ``name`` ("auto" picks one for ``problem``)."""
+def resolve_backend(name: str) -> Backend:
+    """Return the backend function for ``name`` ("auto": the dense backend)."""
     check_backend(name)
     return _AVAILABLE["dense" if name == "auto" else name]

@@ -48,7 +48,7 @@ class LossProblem:
         logit_bias: b, 0-dim, or None.
         targets: one :class:`LevelTargets` per level.
         text_masks: one bool [N_g] mask (True = text present) or None per level.
-        compute_dtype: float32, or float64 when an input is float64.
+        compute_dtype: float32, or float64 when the image or text features are float64.
         row_range: the rows (images) this process computes row-direction terms for; all by default.
         column_ranges: per level, the columns (texts) it computes column-direction terms for.
 

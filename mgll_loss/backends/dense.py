@@ -22,7 +22,8 @@ def dense_level_sums(problem: LossProblem, request: LossRequest) -> LevelSums:
     dtype, device = problem.compute_dtype, problem.image_features.device
     floor = torch.finfo(dtype).min
     all_images = slice(0, problem.image_features.shape[0])
-    row_logits, column_logits = _level_logits(problem)
+    local = problem.is_local
+    row_logits, column_logits = _level_logits(problem, with_columns=local and request.soft_clip)
     has_masks = any(mask is not None for mask in problem.text_masks)
     row_ce, row_count, col_ce, col_count, pointwise, row_log_probs = [], [], [], [], [], []
     for level, targets in enumerate(problem.targets):
@@ -34,7 +35,7 @@ def dense_level_sums(problem: LossProblem, request: LossRequest) -> LevelSums:
         if request.soft_clip:
             _append(row_ce, row_count, _soft_cross_entropy_sum(p_rows, row_log_probs[-1], dim=1))
             z_cols, p_cols = z_rows, p_rows
-            if problem.is_local:
+            if local:
                 columns = problem.column_ranges[level]
                 local_present = None if present is None else present[columns]
                 z_cols = _mask_columns(column_logits[level], local_present, floor)
@@ -57,17 +58,18 @@ def dense_level_sums(problem: LossProblem, request: LossRequest) -> LevelSums:
     )
 
 
-def _level_logits(problem: LossProblem) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
-    """Row-block logits z^g[rows, :] for every level from one matmul (and the column block when local).
+def _level_logits(problem: LossProblem, with_columns: bool) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
+    """Row-block logits z^g[rows, :] for every level from one matmul, and the column block if asked.
 
-    z^g = s * V T_g^T (+ b); the column block is z^g[:, columns_g], only built for local problems.
+    z^g = s * V T_g^T (+ b); the column block z^g[:, columns_g] is only needed by the soft CLIP
+    columns of a local problem.
     """
     dtype = problem.compute_dtype
     images = problem.image_features.to(dtype) * problem.logit_scale.to(dtype)
     texts = problem.text_features.to(dtype)
     bias = None if problem.logit_bias is None else problem.logit_bias.to(dtype)
     rows = _logits(images[problem.row_range], texts, bias).split(problem.level_sizes, dim=1)
-    if not problem.is_local:
+    if not with_columns:
         return list(rows), None
     levels = texts.split(problem.level_sizes)
     local_texts = torch.cat([level[columns] for level, columns in zip(levels, problem.column_ranges)])
