@@ -116,6 +116,19 @@ def _init(rank: int, world_size: int, store: str) -> None:
                             timeout=timedelta(seconds=60))
 
 
+def _finish(results: Dict[str, Any], path: str) -> None:
+    """Save this rank's results, leave the group in step with the other ranks, and exit at once.
+
+    ``os._exit`` skips interpreter finalisation: under load, gloo's worker threads torn down
+    there can abort the process (``terminate called without an active exception``) after
+    the test's work is done, which would fail the test for a reason outside this library.
+    """
+    torch.save(results, path)
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def loss_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """Run every scenario on this rank's slice; save losses and gradients."""
     _init(rank, world_size, store)
@@ -126,8 +139,7 @@ def loss_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
         start = sum(sizes[:rank])
         local = local_slice(batch, start, start + sizes[rank])
         results[scenario["name"]] = run_loss(scenario, local, build_loss(scenario, distributed=True))
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _finish(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 class TinyTwoTower(nn.Module):
@@ -176,8 +188,7 @@ def ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     rows = slice(start, start + sizes[rank])
     local = dict(images=inputs["images"][rows], texts=inputs["texts"][:, rows], labels=inputs["labels"][rows])
     grads = ddp_gradients(model, local, MGLLLoss(local_loss=True, gather_with_grad=True))
-    torch.save(grads, os.path.join(out_dir, f"ddp_rank{rank}.pt"))
-    dist.destroy_process_group()
+    _finish(grads, os.path.join(out_dir, f"ddp_rank{rank}.pt"))
 
 
 def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
@@ -203,5 +214,4 @@ def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None
             outcomes[name] = float(attempt())
         except ValueError as error:
             outcomes[name] = f"ValueError: {error}"
-    torch.save(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
-    dist.destroy_process_group()
+    _finish(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
