@@ -17,7 +17,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .backends import LossProblem, LossRequest, check_backend, resolve_backend
+from .backends import LossProblem, LossRequest, check_backend, check_chunk_size, resolve_backend
 from .distributed import World, raise_on_every_rank
 from .gathering import DistributedOptions, LevelMeans, LocalInputs, build_problem, describe_levels, level_means
 from .validation import (
@@ -54,6 +54,7 @@ def soft_clip_loss(
     text_mask: Optional[Tensor] = None,
     match: str = "exact",
     backend: str = "auto",
+    chunk_size: Optional[int] = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
     rank: Optional[int] = None,
@@ -79,7 +80,8 @@ def soft_clip_loss(
         targets: explicit positives [B, N] in [0, 1] (instead of ``labels``).
         text_mask: bool [N], False for absent texts (their columns are dropped).
         match: multi-hot comparison, "exact" | "overlap" | "jaccard".
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
         gather_with_grad: gather features through the autograd-aware all-gather.
@@ -100,7 +102,7 @@ def soft_clip_loss(
     request = LossRequest(soft_clip=True, pointwise=False, smooth_kl=False)
     means = _evaluate(
         image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=True,
-        match=match, request=request, backend=backend,
+        match=match, request=request, backend=backend, chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
     return means.soft_clip[0]
@@ -119,6 +121,7 @@ def pointwise_loss(
     normalization: str = "pairs",
     pointwise_target: str = "mask",
     backend: str = "auto",
+    chunk_size: Optional[int] = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
     rank: Optional[int] = None,
@@ -140,7 +143,8 @@ def pointwise_loss(
             as in :func:`soft_clip_loss`.
         normalization: "pairs" | "rows".
         pointwise_target: "mask" | "row_normalized".
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
         gather_with_grad: gather features through the autograd-aware all-gather.
@@ -165,7 +169,7 @@ def pointwise_loss(
     )
     means = _evaluate(
         image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=True,
-        match=match, request=request, backend=backend,
+        match=match, request=request, backend=backend, chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
     return means.pointwise[0]
@@ -182,6 +186,7 @@ def smooth_kl_loss(
     text_mask: Union[Tensor, PerLevel] = None,
     kl_direction: str = "to_mean",
     backend: str = "auto",
+    chunk_size: Optional[int] = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
     rank: Optional[int] = None,
@@ -205,7 +210,8 @@ def smooth_kl_loss(
             does not depend on them.
         text_mask: bool [G, N] or a list of G masks (None or bool [N]).
         kl_direction: "to_mean" | "from_mean".
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
         gather_with_grad: gather features through the autograd-aware all-gather.
@@ -226,7 +232,7 @@ def smooth_kl_loss(
     request = LossRequest(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
     means = _evaluate(
         image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
-        match="exact", request=request, backend=backend,
+        match="exact", request=request, backend=backend, chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
     return means.smooth_kl
@@ -251,6 +257,7 @@ def mgll_loss(
     kl_direction: str = "to_mean",
     output_dict: bool = False,
     backend: str = "auto",
+    chunk_size: Optional[int] = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
     rank: Optional[int] = None,
@@ -278,7 +285,8 @@ def mgll_loss(
         kl_direction: as in :func:`smooth_kl_loss`.
         output_dict: return ``{"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}``, already
             weighted (their sum is the total), instead of the total.
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
         gather_with_grad: gather features through the autograd-aware all-gather.
@@ -316,10 +324,10 @@ def mgll_loss(
     )
     prepared = _prepare(
         image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
-        match=match, request=request, backend=backend, distributed=distributed,
+        match=match, request=request, backend=backend, chunk_size=chunk_size, distributed=distributed,
         kl_hint=" (or set smooth_kl_weight=0)", level_weights=level_weights,
     )
-    means = _compute(prepared.problem, prepared.request, prepared.world, backend, local_loss)
+    means = _compute(prepared, backend, chunk_size, local_loss)
     terms = _weighted_terms(means, weights, prepared.level_weights, prepared.problem)
     return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
 
@@ -344,6 +352,7 @@ def _prepare(
     match: str,
     request: LossRequest,
     backend: str,
+    chunk_size: Optional[int],
     distributed: DistributedOptions,
     kl_hint: Optional[str] = None,
     level_weights: Optional[Sequence[float]] = None,
@@ -355,6 +364,7 @@ def _prepare(
     rank learns whether any rank's inputs failed validation before the first gather.
     """
     check_backend(backend)
+    check_chunk_size(chunk_size)
     world = distributed.world()
     try:
         inputs, request, per_level = _validate(
@@ -414,15 +424,18 @@ def _validate(
     return inputs, request, per_level
 
 
-def _evaluate(*args: Any, backend: str, distributed: DistributedOptions, **kwargs: Any) -> LevelMeans:
+def _evaluate(
+    *args: Any, backend: str, chunk_size: Optional[int], distributed: DistributedOptions, **kwargs: Any
+) -> LevelMeans:
     """:func:`_prepare`, then run the backend and normalise its sums into means."""
-    prepared = _prepare(*args, backend=backend, distributed=distributed, **kwargs)
-    return _compute(prepared.problem, prepared.request, prepared.world, backend, distributed.local_loss)
+    prepared = _prepare(*args, backend=backend, chunk_size=chunk_size, distributed=distributed, **kwargs)
+    return _compute(prepared, backend, chunk_size, distributed.local_loss)
 
 
-def _compute(problem: LossProblem, request: LossRequest, world: World, backend: str, local_loss: bool) -> LevelMeans:
-    sums = resolve_backend(backend)(problem, request)
-    return level_means(sums, problem, request, world, local_loss)
+def _compute(prepared: "_Prepared", backend: str, chunk_size: Optional[int], local_loss: bool) -> LevelMeans:
+    problem, request = prepared.problem, prepared.request
+    sums = resolve_backend(backend, problem)(problem, request, chunk_size)
+    return level_means(sums, problem, request, prepared.world, local_loss)
 
 
 def _weighted_terms(

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from torch import Tensor, nn
 
 from . import functional
-from .backends import check_backend
+from .backends import check_backend, check_chunk_size
 from .gathering import DistributedOptions
 from .validation import (
     KL_DIRECTIONS,
@@ -37,18 +37,26 @@ class _GatheringLoss(nn.Module):
     """Holds the backend and the torch.distributed options shared by every loss."""
 
     def __init__(
-        self, backend: str, local_loss: bool, gather_with_grad: bool, rank: Optional[int], world_size: Optional[int]
+        self,
+        backend: str,
+        chunk_size: Optional[int],
+        local_loss: bool,
+        gather_with_grad: bool,
+        rank: Optional[int],
+        world_size: Optional[int],
     ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
 
     def _common_options(self) -> Dict[str, Any]:
-        return dict(backend=self.backend, **asdict(self.distributed))
+        return dict(backend=self.backend, chunk_size=self.chunk_size, **asdict(self.distributed))
 
     def _common_repr(self) -> str:
         options = self.distributed
-        return f"backend={self.backend!r}, local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
+        return f"backend={self.backend!r}{chunk}, local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
 
 
 class SoftCLIPLoss(_GatheringLoss):
@@ -58,7 +66,8 @@ class SoftCLIPLoss(_GatheringLoss):
 
     Args:
         match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
@@ -80,12 +89,13 @@ class SoftCLIPLoss(_GatheringLoss):
         *,
         match: str = "exact",
         backend: str = "auto",
+        chunk_size: Optional[int] = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
     ) -> None:
-        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
+        super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.match = check_choice("match", match, MATCH_MODES)
 
     def forward(
@@ -120,7 +130,8 @@ class PointwiseLoss(_GatheringLoss):
         match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
         normalization: "pairs" (mean over pairs, default) | "rows" (sum / B, SigLIP).
         pointwise_target: "mask" (P) | "row_normalized" (P / rowsum P, the released code).
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
@@ -143,12 +154,13 @@ class PointwiseLoss(_GatheringLoss):
         normalization: str = "pairs",
         pointwise_target: str = "mask",
         backend: str = "auto",
+        chunk_size: Optional[int] = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
     ) -> None:
-        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
+        super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.match = check_choice("match", match, MATCH_MODES)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         self.pointwise_target = check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
@@ -188,7 +200,8 @@ class SmoothKLLoss(_GatheringLoss):
 
     Args:
         kl_direction: "to_mean" (KL(p^g || m), default) | "from_mean" (KL(m || p^g), the released code).
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
@@ -210,12 +223,13 @@ class SmoothKLLoss(_GatheringLoss):
         *,
         kl_direction: str = "to_mean",
         backend: str = "auto",
+        chunk_size: Optional[int] = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
     ) -> None:
-        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
+        super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.kl_direction = check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
 
     def forward(
@@ -259,7 +273,8 @@ class MGLLLoss(_GatheringLoss):
         normalization: point-wise reduction, "pairs" | "rows".
         pointwise_target: point-wise target, "mask" | "row_normalized".
         kl_direction: "to_mean" | "from_mean".
-        backend: "auto" | "dense".
+        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
 
@@ -291,12 +306,13 @@ class MGLLLoss(_GatheringLoss):
         pointwise_target: str = "mask",
         kl_direction: str = "to_mean",
         backend: str = "auto",
+        chunk_size: Optional[int] = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
     ) -> None:
-        super().__init__(backend, local_loss, gather_with_grad, rank, world_size)
+        super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.soft_clip_weight = check_weight("soft_clip_weight", soft_clip_weight)
         self.pointwise_weight = check_weight("pointwise_weight", pointwise_weight)
         self.smooth_kl_weight = check_weight("smooth_kl_weight", smooth_kl_weight)

@@ -23,7 +23,11 @@ from torch import Tensor
 
 from .validation import MATCH_MODES, check_choice, check_labels, check_targets, check_text_mask
 
+Index = Union[slice, Tensor]
+"""Rows or columns of a mask: a slice with explicit start and stop, or an int64 index tensor."""
+
 __all__ = [
+    "Index",
     "LevelTargets",
     "level_targets",
     "positive_mask",
@@ -70,21 +74,29 @@ class LevelTargets:
         """True when no labels or targets were given (plain CLIP positives)."""
         return self.class_ids is None and self.multi_hot is None and self.dense is None
 
-    def tile(self, rows: slice, cols: slice, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Return ``P[rows, cols]`` as a ``dtype`` tensor (slices with explicit start and stop)."""
+    def tile(self, rows: Index, cols: Index, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Return ``P[rows, cols]`` as a ``dtype`` tensor.
+
+        ``rows`` and ``cols`` are slices with explicit start and stop, or int64 index tensors.
+        """
         if self.dense is not None:
-            return self.dense[rows, cols].to(dtype)
+            return self.dense[rows][:, cols].to(dtype)
         if self.class_ids is not None:
             return (self.class_ids[rows, None] == self.class_ids[None, cols]).to(dtype)
         if self.multi_hot is not None:
             return _match_label_sets(self.multi_hot[rows].to(dtype), self.multi_hot[cols].to(dtype), self.match)
-        row_ids = torch.arange(rows.start, rows.stop, device=device)
-        col_ids = torch.arange(cols.start, cols.stop, device=device)
-        return (row_ids[:, None] == col_ids[None, :]).to(dtype)
+        return (_positions(rows, device)[:, None] == _positions(cols, device)[None, :]).to(dtype)
 
     def full(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Return the whole mask [B, N]."""
         return self.tile(slice(0, self.num_images), slice(0, self.num_texts), dtype, device)
+
+
+def _positions(index: Index, device: torch.device) -> Tensor:
+    """The integer positions an index selects: ``arange`` for a slice, the tensor itself otherwise."""
+    if isinstance(index, slice):
+        return torch.arange(index.start, index.stop, device=device)
+    return index
 
 
 def _match_label_sets(rows: Tensor, cols: Tensor, match: str) -> Tensor:

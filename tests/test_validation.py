@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import mgll_loss.backends
-import mgll_loss.backends.dense
 from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss
 from mgll_loss import functional as MF
 from mgll_loss.utils import clamp_logit_scale
@@ -536,7 +535,7 @@ OPTION_VALID = {
     "normalization": "'pairs', 'rows'",
     "pointwise_target": "'mask', 'row_normalized'",
     "kl_direction": "'to_mean', 'from_mean'",
-    "backend": "'auto', 'dense'",
+    "backend": "'auto', 'dense', 'chunked'",
 }
 
 
@@ -556,23 +555,22 @@ def test_unknown_option_functional(option, api):
 
 
 @pytest.mark.parametrize("cls", [SoftCLIPLoss, PointwiseLoss, SmoothKLLoss, MGLLLoss])
-@pytest.mark.parametrize("backend", ["chunked", "triton"])
-def test_planned_backend_not_available_at_construction(cls, backend):
-    with pytest.raises(ValueError, match=_esc("backend", repr(backend), "not available", "'auto', 'dense'")):
-        cls(backend=backend)
-
-
-@pytest.mark.parametrize("api", OPTION_FUNCTIONALS["backend"])
-@pytest.mark.parametrize("backend", ["chunked", "triton"])
-def test_planned_backend_not_available_functional(api, backend):
-    with pytest.raises(ValueError, match=_esc("backend", repr(backend), "not available")):
-        _call(api, backend=backend)
+@pytest.mark.parametrize("backend", ["auto", "dense", "chunked"])
+def test_available_backends(cls, backend):
+    assert cls(backend=backend).backend == backend
 
 
 @pytest.mark.parametrize("cls", [SoftCLIPLoss, PointwiseLoss, SmoothKLLoss, MGLLLoss])
-@pytest.mark.parametrize("backend", ["auto", "dense"])
-def test_available_backends(cls, backend):
-    assert cls(backend=backend).backend == backend
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError), ("8", TypeError)])
+def test_bad_chunk_size_at_construction(cls, value, error):
+    with pytest.raises(error, match=_esc("chunk_size", "positive int", str(value) if error is ValueError else type(value).__name__)):
+        cls(backend="chunked", chunk_size=value)
+
+
+@pytest.mark.parametrize("api", OPTION_FUNCTIONALS["backend"])
+def test_bad_chunk_size_functional(api):
+    with pytest.raises(ValueError, match=_esc("chunk_size", "positive int", "0")):
+        _call(api, backend="chunked", chunk_size=0)
 
 
 # =================================================================================================
@@ -618,19 +616,13 @@ class _BackendCalled(Exception):
 
 @pytest.fixture
 def backend_must_not_run(monkeypatch):
-    """Replace the dense backend (module attribute and registry entry) by a function that fails."""
+    """Replace every registered backend by a function that fails."""
 
-    def forbidden(problem, request):
+    def forbidden(problem, request, chunk_size):
         raise _BackendCalled("the backend ran although the input is invalid")
 
-    registered = set(map(id, mgll_loss.backends._AVAILABLE.values()))
-    dense = mgll_loss.backends.dense
-    # the dense entry point (``dense_level_losses``, or whatever name the registry points at)
-    names = {"dense_level_losses"} | {k for k, v in vars(dense).items() if id(v) in registered}
-    for name in names:
-        monkeypatch.setattr(dense, name, forbidden, raising=False)
-    for key in list(mgll_loss.backends._AVAILABLE):
-        monkeypatch.setitem(mgll_loss.backends._AVAILABLE, key, forbidden)
+    for key in list(mgll_loss.backends._BACKENDS):
+        monkeypatch.setitem(mgll_loss.backends._BACKENDS, key, forbidden)
 
 
 @pytest.mark.parametrize("api", ALL)

@@ -1,35 +1,55 @@
 """Backends compute the loss terms of a :class:`LossProblem`; this module picks one by name.
 
-Rule for ``backend="auto"``: the dense backend (the only one in this version).
+- ``"dense"``: every logit of a sweep from one matmul, kept for the hand-written backward.
+- ``"chunked"``: the same algorithm on panels of rows, recomputed in the backward; memory
+  linear in the batch. ``chunk_size`` rows per panel (default: a 256 MiB panel of logits).
+- ``"auto"``: ``"dense"`` while its logits (rows x columns x 4 bytes, over all levels) fit in
+  :data:`DENSE_LIMIT_BYTES`, else ``"chunked"``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from ..validation import check_choice
 from .base import LevelSums, LossProblem, LossRequest
-from .dense import dense_level_sums
+from .fused import chunked_level_sums, dense_level_sums
 
-__all__ = ["BACKEND_NAMES", "LevelSums", "LossProblem", "LossRequest", "check_backend", "resolve_backend"]
+__all__ = [
+    "BACKEND_NAMES", "DENSE_LIMIT_BYTES", "LevelSums", "LossProblem", "LossRequest", "check_backend",
+    "check_chunk_size", "resolve_backend",
+]
 
-Backend = Callable[[LossProblem, LossRequest], LevelSums]
+Backend = Callable[[LossProblem, LossRequest, Optional[int]], LevelSums]
 
-_AVAILABLE: Dict[str, Backend] = {"dense": dense_level_sums}
-_PLANNED = ("chunked", "triton")
-BACKEND_NAMES = ("auto", *_AVAILABLE, *_PLANNED)
+_BACKENDS: Dict[str, Backend] = {"dense": dense_level_sums, "chunked": chunked_level_sums}
+BACKEND_NAMES = ("auto", *_BACKENDS)
+
+DENSE_LIMIT_BYTES = 2 * 2**30
+"""``backend="auto"`` uses the dense backend while its logits need at most this much memory (2 GiB)."""
 
 
 def check_backend(name: str) -> str:
-    """Return ``name`` if it is a backend that can run here, else raise ``ValueError``."""
-    check_choice("backend", name, BACKEND_NAMES)
-    if name in _PLANNED:
-        available = ", ".join(repr(n) for n in ("auto", *_AVAILABLE))
-        raise ValueError(f"backend: {name!r} is not available in this version of mgll-loss; available: {available}")
-    return name
+    """Return ``name`` if it is a known backend, else raise ``ValueError``."""
+    return check_choice("backend", name, BACKEND_NAMES)
 
 
-def resolve_backend(name: str) -> Backend:
-    """Return the backend function for ``name`` ("auto": the dense backend)."""
+def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
+    """Return ``chunk_size`` (None or a positive int), else raise."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size: expected a positive int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size}")
+    return chunk_size
+
+
+def resolve_backend(name: str, problem: LossProblem) -> Backend:
+    """Return the backend function for ``name``; ``"auto"`` decides from the size of ``problem``."""
     check_backend(name)
-    return _AVAILABLE["dense" if name == "auto" else name]
+    if name == "auto":
+        rows = problem.row_range.stop - problem.row_range.start
+        logits_bytes = rows * sum(problem.level_sizes) * problem.compute_dtype.itemsize
+        name = "dense" if logits_bytes <= DENSE_LIMIT_BYTES else "chunked"
+    return _BACKENDS[name]

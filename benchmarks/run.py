@@ -1,0 +1,270 @@
+"""Forward+backward time and peak memory of the mgll-loss backends and the DESIGN.md baselines.
+
+    python -m benchmarks.run                  # CPU presets: time sweep + memory sweep (tens of minutes)
+    python -m benchmarks.run --preset quick   # seconds: a smoke run of every method
+    python -m benchmarks.run --preset gpu     # on CUDA: larger sizes
+
+Times are medians (and 20th / 80th percentiles) of interleaved runs in one process, so every
+method sees the same machine state. Peak memory is measured in a fresh subprocess per point:
+the high-water mark of resident memory above the inputs on CPU, ``torch.cuda.max_memory_allocated``
+on GPU. Writes ``results.csv``, ``time.png`` and ``memory.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import mgll_loss
+from benchmarks import baselines
+
+FIELDS = ["backend", "op", "B", "D", "G", "dtype", "device", "median_ms", "p20_ms", "p80_ms", "runs", "peak_mb", "version"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A sweep: batch sizes to time (with every method) and to measure memory at (per method)."""
+
+    time_batches: Tuple[int, ...]
+    time_dim: int
+    memory_batches: Tuple[int, ...]
+    memory_dim: int
+    methods: Tuple[str, ...]
+    repeats: int
+    levels: int = 3
+
+
+PRESETS = {
+    "cpu": Preset((256, 512, 1024, 2048, 4096), 512, (1024, 4096, 8192, 16384, 32768), 256,
+                  ("naive", "clip", "gemms", "dense", "chunked"), repeats=7),
+    "gpu": Preset((1024, 4096, 16384, 32768), 768, (16384, 65536, 262144, 1048576), 768,
+                  ("naive", "clip", "gemms", "dense", "chunked"), repeats=10),
+    "quick": Preset((32, 64), 32, (64,), 32, ("naive", "clip", "gemms", "dense", "chunked"), repeats=3),
+}
+
+# beyond these many bytes of B x N x G logits a method is not run (it would exhaust memory)
+_MATERIALISING = {"naive": 6, "clip": 4, "gemms": 2, "dense": 2, "chunked": 0}
+
+
+def make_inputs(batch: int, dim: int, levels: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """Unit-norm features, a logit scale, and class ids with duplicates (batch / 8 classes) per level."""
+    gen = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(batch, dim, generator=gen), dim=-1).to(device, dtype).requires_grad_()
+    texts = F.normalize(torch.randn(levels, batch, dim, generator=gen), dim=-1).to(device, dtype).requires_grad_()
+    scale = torch.tensor(14.3, device=device, requires_grad=True)
+    labels = [torch.randint(0, max(1, batch // 8), (batch,), generator=gen).to(device) for _ in range(levels)]
+    return images, texts, scale, labels
+
+
+def method(name: str, labels: List[Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The forward of ``name`` on fixed labels: a callable (images, texts, scale) -> scalar loss."""
+    if name == "naive":
+        return baselines.naive_mgll(list(labels))
+    if name == "clip":
+        return baselines.open_clip_per_level()
+    if name == "gemms":
+        return baselines.bare_gemms()
+    loss = mgll_loss.MGLLLoss(backend=name)
+    return lambda images, texts, scale: loss(images, texts, scale, labels=list(labels))
+
+
+def fits(name: str, batch: int, levels: int, limit_bytes: float) -> bool:
+    """Whether ``name`` materialising its B x B x G logits (times a factor) stays within ``limit_bytes``."""
+    return _MATERIALISING[name] * batch * batch * levels * 4 <= limit_bytes
+
+
+def available(name: str, device: str) -> bool:
+    if name == "clip":
+        return _importable("open_clip")
+    return True
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step(fn: Callable, inputs: Tuple[Tensor, Tensor, Tensor]) -> None:
+    """One forward+backward; clears the gradients first."""
+    for tensor in inputs:
+        tensor.grad = None
+    fn(*inputs).backward()
+
+
+def time_methods(names: Sequence[str], batch: int, dim: int, levels: int, device: str, repeats: int) -> Dict[str, List[float]]:
+    """Milliseconds of ``repeats`` forward+backward runs per method, interleaved round-robin."""
+    images, texts, scale, labels = make_inputs(batch, dim, levels, device, torch.float32)
+    inputs = (images, texts, scale)
+    fns = {name: method(name, labels) for name in names}
+    for fn in fns.values():  # warm-up
+        step(fn, inputs)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            step(fn, inputs)
+            _sync(device)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def peak_memory_mb(name: str, batch: int, dim: int, levels: int, device: str) -> Tuple[float, float]:
+    """(peak MB above the inputs, milliseconds) of one forward+backward, in a fresh subprocess."""
+    command = [sys.executable, "-m", "benchmarks.run", "--memory-probe", json.dumps([name, batch, dim, levels, device])]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    return probe["peak_mb"], probe["ms"]
+
+
+def _memory_probe(spec: str) -> None:
+    name, batch, dim, levels, device = json.loads(spec)
+    warm = make_inputs(8, dim, levels, device, torch.float32)
+    step(method(name, warm[3]), warm[:3])  # load kernels and libraries outside the measurement
+    images, texts, scale, labels = make_inputs(batch, dim, levels, device, torch.float32)
+    fn = method(name, labels)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        _reset_peak_resident()
+        before = _resident_bytes()
+    start = time.perf_counter()
+    step(fn, (images, texts, scale))
+    _sync(device)
+    elapsed = 1e3 * (time.perf_counter() - start)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak = _peak_resident_bytes() - before
+    print(json.dumps({"peak_mb": max(0, peak) / 2**20, "ms": elapsed}))
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_resident() -> None:
+    """Reset the kernel's resident high-water mark (Linux >= 4.0), so the peak is the measured call's."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _peak_resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def _row(name: str, batch: int, dim: int, levels: int, device: str, times: List[float], peak_mb: Optional[float]) -> Dict:
+    ordered = sorted(times)
+
+    def quantile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return dict(backend=name, op="forward+backward", B=batch, D=dim, G=levels, dtype="float32", device=device,
+                median_ms=round(statistics.median(times), 2), p20_ms=round(quantile(0.2), 2),
+                p80_ms=round(quantile(0.8), 2), runs=len(times),
+                peak_mb="" if peak_mb is None else round(peak_mb, 1), version=mgll_loss.__version__)
+
+
+def run(preset: Preset, device: str, out: Path, memory_limit: float) -> List[Dict]:
+    """Time sweep, then memory sweep; returns the CSV rows."""
+    names = [n for n in preset.methods if available(n, device)]
+    rows = []
+    for batch in preset.time_batches:
+        runnable = [n for n in names if fits(n, batch, preset.levels, memory_limit)]
+        times = time_methods(runnable, batch, preset.time_dim, preset.levels, device, preset.repeats)
+        for name in runnable:
+            rows.append(_row(name, batch, preset.time_dim, preset.levels, device, times[name], None))
+            print(_describe(rows[-1]), flush=True)
+    for batch in preset.memory_batches:
+        for name in names:
+            if name in ("gemms",) or not fits(name, batch, preset.levels, memory_limit):
+                continue
+            peak, ms = peak_memory_mb(name, batch, preset.memory_dim, preset.levels, device)
+            rows.append(_row(name, batch, preset.memory_dim, preset.levels, device, [ms], peak))
+            print(_describe(rows[-1]), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out)
+    return rows
+
+
+def _describe(row: Dict) -> str:
+    memory = "" if row["peak_mb"] == "" else f"  peak {row['peak_mb']:>9} MB"
+    return (f"{row['backend']:>8}  B={row['B']:>7} D={row['D']} G={row['G']}  median {row['median_ms']:>10} ms "
+            f"(p20 {row['p20_ms']}, p80 {row['p80_ms']}, {row['runs']} runs){memory}")
+
+
+def plot(rows: List[Dict], out: Path) -> None:
+    """time.png (time sweep) and memory.png (memory sweep), log-log, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for filename, key, select, label in (
+        ("time.png", "median_ms", lambda r: r["peak_mb"] == "", "forward+backward time (ms)"),
+        ("memory.png", "peak_mb", lambda r: r["peak_mb"] != "", "peak memory above inputs (MB)"),
+    ):
+        chosen = [r for r in rows if select(r)]
+        if not chosen:
+            continue
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for name in dict.fromkeys(r["backend"] for r in chosen):
+            points = sorted((r["B"], float(r[key])) for r in chosen if r["backend"] == name)
+            axes.plot(*zip(*points), marker="o", label=name)
+        first = chosen[0]
+        axes.set(xscale="log", yscale="log", xlabel="batch size B", ylabel=label,
+                 title=f"G={first['G']}, D={first['D']}, {first['dtype']}, {first['device']}")
+        axes.legend()
+        axes.grid(True, which="both", alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(out / filename, dpi=120)
+        plt.close(figure)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--memory-limit-gb", type=float, default=12.0,
+                        help="skip a method whose materialised logits would exceed this (default 12)")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        _memory_probe(args.memory_probe)
+        return
+    run(PRESETS[args.preset], args.device, args.out, args.memory_limit_gb * 2**30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The dense and chunked backends: one autograd function that walks a sweep in panels of rows.
+
+Per panel, the logits of every level come from one matmul ``s * V_panel @ T^T + b``; the
+panel is then processed in cache-sized blocks of rows (:mod:`.blocks`), which share the
+softmax statistics between all terms. The backward is written by hand: it turns each block of
+logits into its gradient in place and needs two matmuls per panel.
+
+- dense: one panel holding every row; its logits are kept for the backward. Memory O(R * N).
+- chunked: panels of ``chunk_size`` rows whose logits are recomputed in the backward; only
+  per-row and per-column statistics are kept. Memory O(chunk_size * N + (R + N) * D).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import LevelSums, LossProblem, LossRequest
+from .blocks import SweepState, SweepSums, backward_block, forward_block
+from .plan import Sweep, plan_sweeps
+
+__all__ = ["dense_level_sums", "chunked_level_sums", "chunk_rows", "CHUNK_BUDGET_BYTES"]
+
+CHUNK_BUDGET_BYTES = 256 * 2**20
+"""Default memory for one chunk of logits in the chunked backend (256 MiB)."""
+
+_BLOCK_BYTES = 2 * 2**20  # a block of rows whose logits stay in cache through its passes
+
+
+def chunk_rows(num_columns: int, dtype: torch.dtype, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
+    """Rows per chunk so that a chunk of logits ([rows, num_columns] of ``dtype``) fits ``budget_bytes``."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return max(1, budget_bytes // max(1, num_columns * itemsize))
+
+
+def dense_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+    """All logits of a sweep from one matmul, kept for the backward (``chunk_size`` is ignored)."""
+    return _level_sums(problem, request, lambda sweep: None)
+
+
+def chunked_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+    """Panels of ``chunk_size`` rows (default: :func:`chunk_rows`), recomputed in the backward."""
+    return _level_sums(problem, request, lambda sweep: chunk_size or chunk_rows(sweep.num_columns, sweep.compute_dtype))
+
+
+def _level_sums(problem: LossProblem, request: LossRequest, panel_rows: Callable[[Sweep], Optional[int]]) -> LevelSums:
+    """Run the sweeps of ``problem``; ``panel_rows(sweep)`` is the chunk size (None: dense)."""
+    plan = plan_sweeps(problem, request)
+
+    def run(sweep: Sweep) -> SweepSums:
+        outputs = _SweepFunction.apply(sweep.images, sweep.texts, sweep.scale, sweep.bias, sweep, panel_rows(sweep))
+        return SweepSums(*outputs)
+
+    main = run(plan.main)
+    col_ce, col_count = main.col_ce, main.col_count
+    if any(sweep is not None for sweep in plan.columns):
+        per_level = [run(sweep) for sweep in plan.columns if sweep is not None]
+        col_ce = torch.cat([sums.row_ce for sums in per_level])
+        col_count = torch.cat([sums.row_count for sums in per_level])
+    return LevelSums(
+        soft_clip_rows=main.row_ce if request.soft_clip else None,
+        soft_clip_row_count=main.row_count if request.soft_clip else None,
+        soft_clip_cols=col_ce if request.soft_clip else None,
+        soft_clip_col_count=col_count if request.soft_clip else None,
+        pointwise=main.pointwise if request.pointwise else None,
+        smooth_kl=main.smooth_kl if request.smooth_kl else None,
+    )
+
+
+def _spans(stop: int, step: int) -> Iterator[slice]:
+    for start in range(0, stop, step):
+        yield slice(start, min(start + step, stop))
+
+
+def _block_rows(num_columns: int, dtype: torch.dtype) -> int:
+    return chunk_rows(num_columns, dtype, _BLOCK_BYTES)
+
+
+class _SweepFunction(torch.autograd.Function):
+    """Sums of a sweep from (images, texts, scale, bias); hand-written backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Optional[Tensor], sweep: Sweep,
+        chunk_size: Optional[int],
+    ) -> Tuple[Tensor, ...]:
+        dtype = sweep.compute_dtype
+        scaled = images.to(dtype) * scale.to(dtype)
+        columns = texts.to(dtype)
+        bias_c = None if bias is None else bias.to(dtype)
+        state = SweepState(sweep, images.device)
+        panel = sweep.num_rows if chunk_size is None else chunk_size
+        block = _block_rows(sweep.num_columns, dtype)
+        kept = None
+        for rows in _spans(sweep.num_rows, panel):
+            logits = _logits(scaled[rows], columns, bias_c)
+            for sub in _spans(logits.shape[0], block):
+                forward_block(logits[sub], _shift(sub, rows.start), sweep, state)
+            if chunk_size is None:
+                kept = logits
+        sums = state.finish(sweep)
+        ctx.save_for_backward(images, texts, scale, bias)
+        ctx.sweep, ctx.state, ctx.chunk_size, ctx.kept = sweep, state, chunk_size, kept
+        ctx.mark_non_differentiable(sums.row_count, sums.col_count)
+        return sums.as_tuple()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        images, texts, scale, bias = ctx.saved_tensors
+        sweep, state = ctx.sweep, ctx.state
+        dtype = sweep.compute_dtype
+        upstream = SweepSums(*(torch.zeros_like(v) if g is None else g.to(dtype) for g, v in zip(grads, state.sums.as_tuple())))
+        scale_c = scale.to(dtype)
+        unscaled = images.to(dtype)
+        scaled = unscaled * scale_c
+        columns = texts.to(dtype)
+        bias_c = None if bias is None else bias.to(dtype)
+        grad_images = torch.empty_like(scaled)
+        grad_texts = torch.zeros_like(columns)
+        grad_scale = torch.zeros((), dtype=dtype, device=images.device)
+        grad_bias = torch.zeros((), dtype=dtype, device=images.device)
+        panel = sweep.num_rows if ctx.chunk_size is None else ctx.chunk_size
+        block = _block_rows(sweep.num_columns, dtype)
+        for rows in _spans(sweep.num_rows, panel):
+            logits = ctx.kept if ctx.kept is not None else _logits(scaled[rows], columns, bias_c)
+            for sub in _spans(logits.shape[0], block):
+                grad_logits = backward_block(logits[sub], _shift(sub, rows.start), sweep, state, upstream)
+                grad_bias += grad_logits.sum()
+                logits[sub] = grad_logits  # the logits buffer now holds dL/dz
+            projected = logits @ columns  # dL/dz @ T, [rows, D]
+            grad_images[rows] = projected * scale_c
+            grad_scale += (projected * unscaled[rows]).sum()
+            grad_texts.addmm_(logits.t(), scaled[rows])
+        ctx.kept = None  # overwritten by the gradient: a second backward (retain_graph) recomputes the logits
+        return (
+            grad_images.to(images.dtype) if ctx.needs_input_grad[0] else None,
+            grad_texts.to(texts.dtype) if ctx.needs_input_grad[1] else None,
+            grad_scale.to(scale.dtype) if ctx.needs_input_grad[2] else None,
+            grad_bias.to(bias.dtype) if bias is not None and ctx.needs_input_grad[3] else None,
+            None,
+            None,
+        )
+
+
+def _shift(span: slice, start: int) -> slice:
+    return slice(span.start + start, span.stop + start)
+
+
+def _logits(scaled_images: Tensor, texts: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """s * V @ T^T (+ b), [rows, columns]; the scale is already in ``scaled_images``."""
+    if bias is None:
+        return scaled_images @ texts.t()
+    return torch.addmm(bias, scaled_images, texts.t())

@@ -1,0 +1,193 @@
+"""Lay a :class:`LossProblem` out as row sweeps: the sub-problems the fused backends walk row by row.
+
+A sweep is a set of rows (images, or texts when transposed) against the present texts of every
+level, concatenated into one column space. Absent texts are dropped before the matmul, so no
+backend ever masks a logit. Two layouts:
+
+- the whole problem (one process, or ``local_loss=False``): one sweep over every image
+  computes row and column soft CLIP, point-wise and smooth KL terms together;
+- a local problem (``local_loss=True`` across ranks): a sweep over this rank's images against
+  every text (row terms), and per level a transposed sweep over this rank's texts against
+  every image (the soft CLIP column term of the original).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..targets import Index, LevelTargets
+from .base import LossProblem, LossRequest
+
+
+def compose(outer: Optional[Index], inner: Index) -> Index:
+    """Index ``outer`` by ``inner``: positions of a sub-range mapped back to the full range."""
+    if outer is None:
+        return inner
+    if isinstance(outer, slice):
+        if isinstance(inner, slice):
+            return slice(outer.start + inner.start, outer.start + inner.stop)
+        return inner + outer.start
+    return outer[inner]
+
+
+class TargetView:
+    """A level's positive mask seen from a sweep: rows and columns mapped into the level's mask.
+
+    Args:
+        source: the level's targets, P [B, N].
+        row_map: maps sweep rows to mask rows (or to mask columns when ``transposed``); None: identity.
+        col_map: maps sweep columns to mask columns (or to mask rows when ``transposed``); None: identity.
+        transposed: the sweep runs over texts, so its tile is ``P[cols, rows]^T``.
+    """
+
+    def __init__(self, source: LevelTargets, row_map: Optional[Index], col_map: Optional[Index], transposed: bool = False) -> None:
+        self.source = source
+        self.row_map = row_map
+        self.col_map = col_map
+        self.transposed = transposed
+
+    def tile(self, rows: Index, cols: Index, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The sweep's positives for ``rows`` x ``cols``, [len(rows), len(cols)]."""
+        mapped_rows, mapped_cols = compose(self.row_map, rows), compose(self.col_map, cols)
+        if self.transposed:
+            return self.source.tile(mapped_cols, mapped_rows, dtype, device).t()
+        return self.source.tile(mapped_rows, mapped_cols, dtype, device)
+
+
+@dataclass(frozen=True)
+class SweepLevel:
+    """One level's present texts in a sweep: columns ``offset : offset + size`` of the sweep's logits."""
+
+    offset: int
+    size: int
+    targets: TargetView
+
+    @property
+    def columns(self) -> slice:
+        """This level's columns in the sweep's logits."""
+        return slice(self.offset, self.offset + self.size)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Rows against the concatenated present texts of every level, and the terms to compute.
+
+    Attributes:
+        images: the rows, [R, D] (texts in a transposed sweep).
+        texts: the columns of every level, concatenated, [sum_g n_g, D] (images in a transposed sweep).
+        scale, bias: s (0-dim) and b (0-dim or None); logits are ``s * images @ texts.T + b``.
+        levels: the column block of each level.
+        kl_columns: per level, the positions (within the level's columns) of the texts present in
+            every level, or None when every level has all of them.
+        row_ce, col_ce, pointwise, smooth_kl: which sums to compute.
+        pointwise_target, kl_direction: as in :class:`LossRequest`.
+        compute_dtype: float32 or float64.
+    """
+
+    images: Tensor
+    texts: Tensor
+    scale: Tensor
+    bias: Optional[Tensor]
+    levels: Tuple[SweepLevel, ...]
+    kl_columns: Optional[Tuple[Tensor, ...]]
+    row_ce: bool
+    col_ce: bool
+    pointwise: bool
+    smooth_kl: bool
+    pointwise_target: str
+    kl_direction: str
+    compute_dtype: torch.dtype
+
+    @property
+    def num_levels(self) -> int:
+        """G."""
+        return len(self.levels)
+
+    @property
+    def num_rows(self) -> int:
+        """R."""
+        return self.images.shape[0]
+
+    @property
+    def num_columns(self) -> int:
+        """sum_g n_g."""
+        return self.texts.shape[0]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The sweeps of a problem: ``main`` (rows), and per level a transposed ``columns`` sweep for a local problem."""
+
+    main: Sweep
+    columns: Tuple[Optional[Sweep], ...]
+
+
+def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
+    """Split ``problem`` into sweeps (see the module docstring)."""
+    device = problem.image_features.device
+    present = [None if m is None else torch.nonzero(m).flatten() for m in problem.text_masks]
+    level_texts = problem.text_features.split(problem.level_sizes)
+    kept = [t if index is None else t.index_select(0, index) for t, index in zip(level_texts, present)]
+    sizes = [t.shape[0] for t in kept]
+    offsets = [sum(sizes[:g]) for g in range(len(sizes))]
+    local = problem.is_local
+    main = Sweep(
+        images=problem.image_features[problem.row_range],
+        texts=torch.cat(kept),
+        scale=problem.logit_scale,
+        bias=problem.logit_bias,
+        levels=tuple(
+            SweepLevel(offset, size, TargetView(targets, problem.row_range, index))
+            for offset, size, targets, index in zip(offsets, sizes, problem.targets, present)
+        ),
+        kl_columns=_kl_columns(problem.text_masks, device) if request.smooth_kl else None,
+        row_ce=request.soft_clip,
+        col_ce=request.soft_clip and not local,
+        pointwise=request.pointwise,
+        smooth_kl=request.smooth_kl,
+        pointwise_target=request.pointwise_target,
+        kl_direction=request.kl_direction,
+        compute_dtype=problem.compute_dtype,
+    )
+    columns: List[Optional[Sweep]] = [None] * problem.num_levels
+    if request.soft_clip and local:
+        columns = [_column_sweep(problem, g, level_texts[g], present[g], device) for g in range(problem.num_levels)]
+    return SweepPlan(main, tuple(columns))
+
+
+def _column_sweep(problem: LossProblem, level: int, texts: Tensor, present: Optional[Tensor], device: torch.device) -> Sweep:
+    """This rank's present texts of ``level`` against every image: the soft CLIP column term."""
+    columns = problem.column_ranges[level]
+    local = torch.arange(columns.start, columns.stop, device=device)
+    if present is not None:
+        local = local[problem.text_masks[level][columns]]
+    return Sweep(
+        images=texts.index_select(0, local),
+        texts=problem.image_features,
+        scale=problem.logit_scale,
+        bias=problem.logit_bias,
+        levels=(SweepLevel(0, problem.image_features.shape[0], TargetView(problem.targets[level], local, None, True)),),
+        kl_columns=None,
+        row_ce=True,
+        col_ce=False,
+        pointwise=False,
+        smooth_kl=False,
+        pointwise_target="mask",
+        kl_direction="to_mean",
+        compute_dtype=problem.compute_dtype,
+    )
+
+
+def _kl_columns(text_masks: Tuple[Optional[Tensor], ...], device: torch.device) -> Optional[Tuple[Tensor, ...]]:
+    """Per level, where the texts present in every level sit among that level's present texts."""
+    if all(m is None for m in text_masks):
+        return None
+    size = next(m.shape[0] for m in text_masks if m is not None)
+    full = torch.ones(size, dtype=torch.bool, device=device)
+    masks = [full if m is None else m for m in text_masks]
+    common = torch.stack(masks).all(0)
+    return tuple((torch.cumsum(m.long(), 0) - 1)[common] for m in masks)
