@@ -16,7 +16,7 @@ whole matrix: :class:`LevelTargets` builds any tile ``P[rows, cols]`` on the fly
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -86,6 +86,24 @@ class LevelTargets:
         if self.multi_hot is not None:
             return _match_label_sets(self.multi_hot[rows].to(dtype), self.multi_hot[cols].to(dtype), self.match)
         return (_positions(rows, device)[:, None] == _positions(cols, device)[None, :]).to(dtype)
+
+    def keys(self, rows: Index, cols: Index, device: torch.device) -> Optional[Tuple[Tensor, Tensor]]:
+        """Integer keys with ``P[rows, cols] = [row_key_i == col_key_j]``, or None when P is not of that form.
+
+        Class ids are their own keys, the identity uses positions, and multi-hot labels under
+        ``match="exact"`` use the index of their distinct label set. Overlap, Jaccard and dense
+        targets have no keys.
+        """
+        if self.class_ids is not None:
+            return self.class_ids[rows], self.class_ids[cols]
+        if self.multi_hot is not None:
+            if self.match != "exact":
+                return None
+            label_sets = torch.unique(self.multi_hot.to(torch.uint8), dim=0, return_inverse=True)[1]
+            return label_sets[rows], label_sets[cols]
+        if self.dense is not None:
+            return None
+        return _positions(rows, device), _positions(cols, device)
 
     def full(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Return the whole mask [B, N]."""

@@ -12,7 +12,9 @@ For a level with logits z [r, n], positives P and row / column log-sum-exps ``ls
   gradient ``p^g (c - <p^g, c>) + p^g - m`` with ``c = log m - mean_g l^g``.
 
 Only per-row statistics ([G, R]) and per-column ones ([sum_g n_g]) outlive a block, which is
-what makes the chunked backend memory-linear.
+what makes the chunked backend memory-linear. Levels whose positives have keys get their
+positive sums from :mod:`.keyed` before the blocks, and their positive gradient after them;
+other levels build each block's tile of P.
 """
 
 from __future__ import annotations
@@ -24,36 +26,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .plan import Sweep
+from .keyed import positive_pair_sums
+from .plan import Sweep, SweepLevel
 
 
 @dataclass
 class RowStats:
-    """Per level and row of the sweep, [G, R]: log-sum-exp, positive mass, and the smooth KL's lse and dot."""
+    """Per level and row of the sweep, [G, R]: log-sum-exp, positive mass and sum of positive logits, and the smooth KL's lse and dot."""
 
     lse: Tensor
     mass: Tensor
+    pz: Tensor
     kl_lse: Tensor
     kl_dot: Tensor
 
 
 @dataclass
 class ColumnStats:
-    """Per column of the sweep, [sum_g n_g]: running max and sum of exp (online log-sum-exp), mass, sum P z."""
+    """Per column of the sweep, [sum_g n_g]: running max and sum of exp (online log-sum-exp), mass, sum of positive logits."""
 
     max: Tensor
     sumexp: Tensor
     mass: Tensor
     pz: Tensor
 
-    def update(self, columns: slice, z: Tensor, positives: Tensor, pz: Tensor) -> None:
-        """Fold a block of rows into the statistics of ``columns``."""
+    def update(self, columns: slice, z: Tensor) -> None:
+        """Fold a block of rows into the running log-sum-exp of ``columns``."""
         old = self.max[columns]
         new = torch.maximum(old, z.amax(0))
-        self.sumexp[columns] = self.sumexp[columns] * torch.exp(old - new) + torch.exp(z - new).sum(0)
+        shifted = torch.sub(z, new)
+        self.sumexp[columns] = self.sumexp[columns] * torch.exp(old - new) + shifted.exp_().sum(0)
         self.max[columns] = new
-        self.mass[columns] += positives.sum(0)
-        self.pz[columns] += pz.sum(0)
 
     def lse(self) -> Tensor:
         """Column log-sum-exp."""
@@ -84,11 +87,18 @@ class SweepState:
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        self.rows = RowStats(zeros(levels, rows), zeros(levels, rows), zeros(levels, rows), zeros(levels, rows))
+        self.rows = RowStats(*(zeros(levels, rows) for _ in range(5)))
         self.columns = ColumnStats(torch.full((cols,), -torch.inf, dtype=dtype, device=device), zeros(cols),
                                    zeros(cols), zeros(cols))
         self.sums = SweepSums(zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros())
         self.column_lse: Optional[Tensor] = None
+
+    def add_keyed_masses(self, sweep: Sweep) -> None:
+        """Fill the positive mass of every keyed level's rows and columns (before the blocks)."""
+        for g, level in enumerate(sweep.levels):
+            if level.keys is not None:
+                self.rows.mass[g] = level.keys.col_counts[level.keys.rows]
+                self.columns.mass[level.columns] = level.keys.row_counts[level.keys.cols].to(self.columns.mass.dtype)
 
     def finish(self, sweep: Sweep) -> SweepSums:
         """Turn the column statistics into the column soft CLIP sums (after the last block)."""
@@ -101,127 +111,182 @@ class SweepState:
                 self.sums.col_count[g] = has[level.columns].sum()
         return self.sums
 
+    def positive_coefficients(self, sweep: Sweep, g: int, rows: slice, grads: SweepSums) -> Tuple[Tensor, Optional[Tensor]]:
+        """(a [r], c [n] or None): the gradient of the sums has ``-P_ij (a_i + c_j)`` on logit z_ij."""
+        level = sweep.levels[g]
+        mass = self.rows.mass[g, rows]
+        inverse_mass = (mass > 0) / _safe(mass)
+        row_coef = torch.zeros_like(mass)
+        if sweep.row_ce:
+            row_coef += grads.row_ce[g] * inverse_mass
+        if sweep.pointwise:
+            row_coef += grads.pointwise[g] * (1.0 if sweep.pointwise_target == "mask" else inverse_mass)
+        if not sweep.col_ce:
+            return row_coef, None
+        col_mass = self.columns.mass[level.columns]
+        return row_coef, grads.col_ce[g] * (col_mass > 0) / _safe(col_mass)
+
 
 def _safe(mass: Tensor) -> Tensor:
     """Mass with zeros replaced by one, for divisions whose result is then discarded."""
     return torch.where(mass > 0, mass, torch.ones_like(mass))
 
 
+def _softmax(z: Tensor) -> Tuple[Tensor, Tensor]:
+    """Row log-sum-exp [r] and row softmax [r, n] of ``z``."""
+    top = z.amax(1, keepdim=True)
+    probs = torch.sub(z, top).exp_()
+    total = probs.sum(1, keepdim=True)
+    return (top + total.log()).squeeze(1), probs.div_(total)
+
+
+def _tile(level: SweepLevel, rows: slice, z: Tensor) -> Tensor:
+    return level.targets.tile(rows, slice(0, level.size), z.dtype, z.device)
+
+
 def forward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> None:
     """Accumulate the sums and statistics of logits ``z`` [r, sum_g n_g] of sweep rows ``rows``."""
     sums, stats = state.sums, state.rows
+    shared_kl = sweep.smooth_kl and sweep.kl_columns is None
+    kl_inputs: List[Tuple[Tensor, Tensor, Tensor]] = []  # per level: lse, log p, p
     for g, level in enumerate(sweep.levels):
         if level.size == 0:
             continue
         zg = z[:, level.columns]
-        positives = level.targets.tile(rows, slice(0, level.size), z.dtype, z.device)
-        pz = positives * zg
-        mass = positives.sum(1)
-        row_pz = pz.sum(1)
-        stats.mass[g, rows] = mass
+        if level.keys is None:
+            positives = _tile(level, rows, zg)
+            pz = positives * zg
+            stats.mass[g, rows], stats.pz[g, rows] = positives.sum(1), pz.sum(1)
+            col_pz = pz.sum(0)
+            if sweep.col_ce:
+                state.columns.mass[level.columns] += positives.sum(0)
+        else:
+            stats.pz[g, rows], col_pz = positive_pair_sums(level.keys, rows, zg)
+        if sweep.col_ce:
+            state.columns.pz[level.columns] += col_pz
+        mass, row_pz = stats.mass[g, rows], stats.pz[g, rows]
         has = mass > 0
-        if sweep.row_ce:
-            lse = torch.logsumexp(zg, 1)
+        if sweep.row_ce or shared_kl:
+            lse, probs = _softmax(zg)
             stats.lse[g, rows] = lse
+            if shared_kl:
+                kl_inputs.append((lse, zg - lse[:, None], probs))
+        if sweep.row_ce:
             sums.row_ce[g] += torch.where(has, lse - row_pz / _safe(mass), 0.0).sum()
             sums.row_count[g] += has.sum()
         if sweep.col_ce:
-            state.columns.update(level.columns, zg, positives, pz)
+            state.columns.update(level.columns, zg)
         if sweep.pointwise:
-            target_z = pz if sweep.pointwise_target == "mask" else pz / _safe(mass)[:, None]
-            sums.pointwise[g] += (F.softplus(zg) - target_z).sum()
+            target_z = row_pz if sweep.pointwise_target == "mask" else has * row_pz / _safe(mass)
+            sums.pointwise[g] += F.softplus(zg).sum() - target_z.sum()
     if sweep.smooth_kl:
-        _kl_forward(z, rows, sweep, state)
+        _kl_forward(kl_inputs if shared_kl else _kl_softmax(z, sweep), rows, sweep, state)
 
 
 def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grads: SweepSums) -> Tensor:
     """The gradient of the weighted sums with respect to logits ``z`` [r, sum_g n_g] of ``rows``.
 
-    ``grads`` holds the upstream gradient of every sum (zeros where unused).
+    ``grads`` holds the upstream gradient of every sum (zeros where unused). The positive part
+    of keyed levels is left out (see :func:`.keyed.positive_gradients`).
     """
     stats = state.rows
+    shared_kl = sweep.smooth_kl and sweep.kl_columns is None
     dz = torch.zeros_like(z)
+    kl_probs: List[Tensor] = []
     for g, level in enumerate(sweep.levels):
         if level.size == 0:
             continue
         zg, dzg = z[:, level.columns], dz[:, level.columns]
-        positives = level.targets.tile(rows, slice(0, level.size), z.dtype, z.device)
-        mass = stats.mass[g, rows]
-        has = mass > 0
-        row_coef = torch.zeros_like(mass)
-        col_coef: Optional[Tensor] = None
-        if sweep.row_ce:
-            weight = grads.row_ce[g] * has
-            dzg += torch.exp(zg - stats.lse[g, rows, None]) * weight[:, None]
-            row_coef += weight / _safe(mass)
+        if sweep.row_ce or shared_kl:
+            probs = torch.sub(zg, stats.lse[g, rows, None]).exp_()
+            if shared_kl:
+                kl_probs.append(probs)
+            if sweep.row_ce:
+                dzg.addcmul_(probs, (grads.row_ce[g] * (stats.mass[g, rows] > 0))[:, None])
         if sweep.col_ce:
             col_mass = state.columns.mass[level.columns]
-            weight = grads.col_ce[g] * (col_mass > 0)
-            dzg += torch.exp(zg - state.column_lse[None, level.columns]) * weight
-            col_coef = weight / _safe(col_mass)
+            shifted = torch.sub(zg, state.column_lse[None, level.columns]).exp_()
+            dzg.addcmul_(shifted, grads.col_ce[g] * (col_mass > 0))
         if sweep.pointwise:
-            dzg += grads.pointwise[g] * torch.sigmoid(zg)
-            if sweep.pointwise_target == "mask":
-                row_coef += grads.pointwise[g]
-            else:
-                row_coef += grads.pointwise[g] * has / _safe(mass)
-        coef = row_coef[:, None] if col_coef is None else row_coef[:, None] + col_coef[None, :]
-        dzg -= positives * coef
+            dzg.addcmul_(torch.sigmoid(zg), grads.pointwise[g])
+        if level.keys is None:
+            row_coef, col_coef = state.positive_coefficients(sweep, g, rows, grads)
+            coef = row_coef[:, None] if col_coef is None else row_coef[:, None] + col_coef[None, :]
+            dzg.sub_(_tile(level, rows, zg) * coef)
     if sweep.smooth_kl:
-        _kl_backward(z, dz, rows, sweep, state, grads.smooth_kl)
+        _kl_backward(dz, kl_probs if shared_kl else None, z, rows, sweep, state, grads.smooth_kl)
     return dz
 
 
-def _kl_logits(z: Tensor, sweep: Sweep) -> List[Tensor]:
-    """Each level's logits on the columns present in every level."""
-    if sweep.kl_columns is None:
-        return [z[:, level.columns] for level in sweep.levels]
-    return [z[:, level.offset + positions] for level, positions in zip(sweep.levels, sweep.kl_columns)]
+def _kl_softmax(z: Tensor, sweep: Sweep) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    """Per level, on the columns present in every level: lse, log-softmax and softmax."""
+    inputs = []
+    for level, positions in zip(sweep.levels, sweep.kl_columns):
+        logits = z[:, level.offset + positions]
+        if logits.shape[1] == 0:
+            return []
+        lse, probs = _softmax(logits)
+        inputs.append((lse, logits - lse[:, None], probs))
+    return inputs
 
 
-def _kl_terms(log_probs: List[Tensor]) -> Tuple[List[Tensor], Tensor, Tensor]:
-    """Probabilities p^g, the mean m and log m (m clamped to the smallest normal, where every p^g underflows)."""
-    probs = [lp.exp() for lp in log_probs]
-    mean = torch.stack(probs).mean(0)
-    return probs, mean, mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+def _log_mean(probs: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """m = mean_g p^g and log m (m clamped to the smallest normal number, where every p^g underflows)."""
+    mean = probs[0].clone()
+    for p in probs[1:]:
+        mean += p
+    mean /= len(probs)
+    return mean, mean.clamp_min(torch.finfo(mean.dtype).tiny).log_()
 
 
-def _kl_forward(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> None:
-    logits = _kl_logits(z, sweep)
-    if logits[0].shape[1] == 0:
+def _mean_log(log_probs: List[Tensor]) -> Tensor:
+    total = log_probs[0].clone()
+    for lp in log_probs[1:]:
+        total += lp
+    return total.div_(len(log_probs))
+
+
+def _kl_forward(inputs: List[Tuple[Tensor, Tensor, Tensor]], rows: slice, sweep: Sweep, state: SweepState) -> None:
+    if not inputs:
         return
-    lses = [torch.logsumexp(x, 1) for x in logits]
-    log_probs = [x - lse[:, None] for x, lse in zip(logits, lses)]
-    probs, mean, log_mean = _kl_terms(log_probs)
+    lses, log_probs, probs = zip(*inputs)
+    mean, log_mean = _log_mean(list(probs))
     if sweep.kl_direction == "to_mean":
-        dots = [(p * (lp - log_mean)).sum(1) for p, lp in zip(probs, log_probs)]
-        total = torch.stack(dots).sum()
+        dots = [torch.linalg.vecdot(p, lp - log_mean) for p, lp in zip(probs, log_probs)]
+        total = sum(d.sum() for d in dots)
     else:
-        contrast = log_mean - torch.stack(log_probs).mean(0)
-        dots = [(p * contrast).sum(1) for p in probs]
-        total = len(probs) * (mean * contrast).sum()
+        contrast = log_mean.sub_(_mean_log(list(log_probs)))
+        dots = [torch.linalg.vecdot(p, contrast) for p in probs]
+        total = len(probs) * torch.linalg.vecdot(mean, contrast).sum()
     for g, (lse, dot) in enumerate(zip(lses, dots)):
         state.rows.kl_lse[g, rows] = lse
         state.rows.kl_dot[g, rows] = dot
     state.sums.smooth_kl += total
 
 
-def _kl_backward(z: Tensor, dz: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad: Tensor) -> None:
-    logits = _kl_logits(z, sweep)
+def _kl_backward(
+    dz: Tensor, probs: Optional[List[Tensor]], z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad: Tensor
+) -> None:
+    """Add the smooth KL's gradient to ``dz``; ``probs`` are the row softmaxes when every level has every column."""
+    stats = state.rows
+    if sweep.kl_columns is None:
+        logits = [z[:, level.columns] for level in sweep.levels]
+    else:
+        logits = [z[:, level.offset + positions] for level, positions in zip(sweep.levels, sweep.kl_columns)]
     if logits[0].shape[1] == 0:
         return
-    stats = state.rows
     log_probs = [x - stats.kl_lse[g, rows, None] for g, x in enumerate(logits)]
-    probs, mean, log_mean = _kl_terms(log_probs)
-    contrast = None if sweep.kl_direction == "to_mean" else log_mean - torch.stack(log_probs).mean(0)
+    if probs is None:
+        probs = [lp.exp() for lp in log_probs]
+    mean, log_mean = _log_mean(probs)
+    contrast = None if sweep.kl_direction == "to_mean" else log_mean.sub_(_mean_log(log_probs))
     for g, (level, p, lp) in enumerate(zip(sweep.levels, probs, log_probs)):
         dot = stats.kl_dot[g, rows, None]
         if contrast is None:
-            grad_g = p * (lp - log_mean - dot)
+            grad_g = lp.sub_(log_mean).sub_(dot).mul_(p)
         else:
-            grad_g = p * (contrast - dot) + p - mean
-        grad_g = grad_g * grad
+            grad_g = (contrast - dot).mul_(p).add_(p).sub_(mean)
         if sweep.kl_columns is None:
-            dz[:, level.columns] += grad_g
+            dz[:, level.columns].add_(grad_g.mul_(grad))
         else:
-            dz[:, level.columns].index_add_(1, sweep.kl_columns[g], grad_g)
+            dz[:, level.columns].index_add_(1, sweep.kl_columns[g], grad_g * grad)

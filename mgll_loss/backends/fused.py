@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .base import LevelSums, LossProblem, LossRequest
 from .blocks import SweepState, SweepSums, backward_block, forward_block
+from .keyed import positive_gradients
 from .plan import Sweep, plan_sweeps
 
 __all__ = ["dense_level_sums", "chunked_level_sums", "chunk_rows", "CHUNK_BUDGET_BYTES"]
@@ -91,6 +92,7 @@ class _SweepFunction(torch.autograd.Function):
         columns = texts.to(dtype)
         bias_c = None if bias is None else bias.to(dtype)
         state = SweepState(sweep, images.device)
+        state.add_keyed_masses(sweep)
         panel = sweep.num_rows if chunk_size is None else chunk_size
         block = _block_rows(sweep.num_columns, dtype)
         kept = None
@@ -134,6 +136,15 @@ class _SweepFunction(torch.autograd.Function):
             grad_images[rows] = projected * scale_c
             grad_scale += (projected * unscaled[rows]).sum()
             grad_texts.addmm_(logits.t(), scaled[rows])
+        everything = slice(0, sweep.num_rows)
+        for g, level in enumerate(sweep.levels):
+            if level.keys is not None and level.size > 0:
+                row_coef, col_coef = state.positive_coefficients(sweep, g, everything, upstream)
+                grads_g = positive_gradients(level.keys, unscaled, columns[level.columns], scale_c, row_coef, col_coef)
+                grad_images += grads_g[0]
+                grad_texts[level.columns] += grads_g[1]
+                grad_scale += grads_g[2]
+                grad_bias += grads_g[3]
         ctx.kept = None  # overwritten by the gradient: a second backward (retain_graph) recomputes the logits
         return (
             grad_images.to(images.dtype) if ctx.needs_input_grad[0] else None,

@@ -57,14 +57,64 @@ class TargetView:
             return self.source.tile(mapped_cols, mapped_rows, dtype, device).t()
         return self.source.tile(mapped_rows, mapped_cols, dtype, device)
 
+    def keys(self, num_rows: int, num_cols: int, device: torch.device) -> Optional["Keys"]:
+        """Keys of the whole sweep level (see :meth:`LevelTargets.keys`), renumbered 0..K-1; None if P has none."""
+        rows, cols = compose(self.row_map, slice(0, num_rows)), compose(self.col_map, slice(0, num_cols))
+        keys = self.source.keys(cols, rows, device) if self.transposed else self.source.keys(rows, cols, device)
+        if keys is None:
+            return None
+        row_keys, col_keys = keys[::-1] if self.transposed else keys
+        unique, dense = torch.unique(torch.cat([row_keys, col_keys]), return_inverse=True)
+        return Keys.build(dense[:num_rows], dense[num_rows:], unique.shape[0])
+
+
+@dataclass(frozen=True)
+class Keys:
+    """``P_ij = [rows_i == cols_j]``: row keys [R] and column keys [n] in ``range(count)``.
+
+    Attributes:
+        rows, cols: the keys.
+        count: K, the number of distinct keys.
+        row_counts, col_counts: how many rows / columns have each key, [K].
+        col_order: the columns sorted by key; key k's columns are ``col_order[col_starts[k] :][: col_counts[k]]``.
+        col_starts: [K].
+    """
+
+    rows: Tensor
+    cols: Tensor
+    count: int
+    row_counts: Tensor
+    col_counts: Tensor
+    col_order: Tensor
+    col_starts: Tensor
+
+    @classmethod
+    def build(cls, rows: Tensor, cols: Tensor, count: int) -> "Keys":
+        col_counts = torch.bincount(cols, minlength=count)
+        return cls(rows, cols, count, torch.bincount(rows, minlength=count), col_counts,
+                   torch.argsort(cols, stable=True), torch.cumsum(col_counts, 0) - col_counts)
+
+    def pairs(self, rows: slice) -> Tuple[Tensor, Tensor]:
+        """Every positive (row, column) of ``rows``: row positions within ``rows`` and column indices."""
+        keys = self.rows[rows]
+        per_row = self.col_counts[keys]
+        local_rows = torch.repeat_interleave(torch.arange(keys.shape[0], device=keys.device), per_row)
+        first = torch.cumsum(per_row, 0) - per_row
+        rank = torch.arange(local_rows.shape[0], device=keys.device) - first[local_rows]
+        return local_rows, self.col_order[self.col_starts[keys][local_rows] + rank]
+
 
 @dataclass(frozen=True)
 class SweepLevel:
-    """One level's present texts in a sweep: columns ``offset : offset + size`` of the sweep's logits."""
+    """One level's present texts in a sweep: columns ``offset : offset + size`` of the sweep's logits.
+
+    With ``keys`` the positives are handled in feature space (:mod:`.keyed`) and never tiled.
+    """
 
     offset: int
     size: int
     targets: TargetView
+    keys: Optional[Keys]
 
     @property
     def columns(self) -> slice:
@@ -135,13 +185,14 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
     sizes = [t.shape[0] for t in kept]
     offsets = [sum(sizes[:g]) for g in range(len(sizes))]
     local = problem.is_local
+    rows = problem.row_range.stop - problem.row_range.start
     main = Sweep(
         images=problem.image_features[problem.row_range],
         texts=torch.cat(kept),
         scale=problem.logit_scale,
         bias=problem.logit_bias,
         levels=tuple(
-            SweepLevel(offset, size, TargetView(targets, problem.row_range, index))
+            _level(offset, size, TargetView(targets, problem.row_range, index), rows, device)
             for offset, size, targets, index in zip(offsets, sizes, problem.targets, present)
         ),
         kl_columns=_kl_columns(problem.text_masks, device) if request.smooth_kl else None,
@@ -170,7 +221,8 @@ def _column_sweep(problem: LossProblem, level: int, texts: Tensor, present: Opti
         texts=problem.image_features,
         scale=problem.logit_scale,
         bias=problem.logit_bias,
-        levels=(SweepLevel(0, problem.image_features.shape[0], TargetView(problem.targets[level], local, None, True)),),
+        levels=(_level(0, problem.image_features.shape[0], TargetView(problem.targets[level], local, None, True),
+                       local.shape[0], device),),
         kl_columns=None,
         row_ce=True,
         col_ce=False,
@@ -180,6 +232,10 @@ def _column_sweep(problem: LossProblem, level: int, texts: Tensor, present: Opti
         kl_direction="to_mean",
         compute_dtype=problem.compute_dtype,
     )
+
+
+def _level(offset: int, size: int, targets: TargetView, num_rows: int, device: torch.device) -> SweepLevel:
+    return SweepLevel(offset, size, targets, targets.keys(num_rows, size, device))
 
 
 def _kl_columns(text_masks: Tuple[Optional[Tensor], ...], device: torch.device) -> Optional[Tuple[Tensor, ...]]:

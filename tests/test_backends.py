@@ -1,0 +1,190 @@
+"""Every backend against the plain reference (values and gradients, per dtype), and backend selection.
+
+The chunked backend runs with tiny chunks (1 and 3 rows) so that every problem spans several
+panels, and the dense backend with tiny blocks so that its block loop is exercised too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import ref_mgll, ref_pointwise, ref_soft_clip  # noqa: E402
+from test_parity_reference import (  # noqa: E402
+    BIAS_VALUE,
+    LOW_PRECISION,
+    MGLL_OPTIONS,
+    MULTI_CASES,
+    SCALES,
+    SINGLE_CASES,
+    _check_grads,
+    _check_value,
+    _leaves,
+    _single_inputs,
+    multi_level_case,
+)
+
+import mgll_loss.backends as backends  # noqa: E402
+import mgll_loss.backends.fused as fused  # noqa: E402
+from mgll_loss import MGLLLoss  # noqa: E402
+from mgll_loss import functional as MF  # noqa: E402
+from mgll_loss.backends import LossRequest, resolve_backend  # noqa: E402
+from mgll_loss.targets import LevelTargets  # noqa: E402
+
+BACKENDS = {
+    "dense": dict(backend="dense"),
+    "dense-tiny-blocks": dict(backend="dense"),
+    "chunked-1": dict(backend="chunked", chunk_size=1),
+    "chunked-3": dict(backend="chunked", chunk_size=3),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request, monkeypatch):
+    """Keyword arguments selecting a backend configuration."""
+    if request.param == "dense-tiny-blocks":
+        monkeypatch.setattr(fused, "_BLOCK_BYTES", 1)  # one row per block
+    return BACKENDS[request.param]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("opt_index", range(len(MGLL_OPTIONS)))
+@pytest.mark.parametrize("case", MULTI_CASES)
+def test_mgll_matches_reference(backend, case, opt_index, dtype):
+    image64, texts64, labels, targets, mask = multi_level_case(case)
+    opts = dict(MGLL_OPTIONS[opt_index])
+    if "level_weights" in opts:
+        opts["level_weights"] = opts["level_weights"][: len(texts64)]
+    scale, bias = SCALES[(opt_index + len(case)) % 3], BIAS_VALUE if opt_index % 2 else None
+    lib, ref = _leaves(image64, texts64, scale, bias, dtype)
+    call = dict(labels=labels, targets=targets, text_mask=mask)
+    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], output_dict=True, **call, **opts, **backend)
+    want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], **call, **opts)
+    for key in want:
+        _check_value(out[key], want[key], dtype, key)
+    sum(out.values()).backward()
+    sum(want.values()).backward()
+    _check_grads(lib, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", SINGLE_CASES)
+def test_single_level_terms_match_reference(backend, case, dtype):
+    image64, text64, labels, targets, mask, match = _single_inputs(case)
+    scale = SCALES[len(case) % 3]
+    lib, ref = _leaves(image64, text64, scale, BIAS_VALUE, dtype)
+    kw = dict(labels=labels, targets=targets, text_mask=mask, match=match)
+    out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **kw, **backend)
+    out = out + MF.pointwise_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **kw,
+                                  pointwise_target="row_normalized", **backend)
+    want = ref_soft_clip(ref["image"], ref["text"], ref["scale"], ref["bias"], **kw)
+    want = want + ref_pointwise(ref["image"], ref["text"], ref["scale"], ref["bias"], **kw,
+                                pointwise_target="row_normalized")
+    _check_value(out, want, dtype)
+    out.backward()
+    want.backward()
+    _check_grads(lib, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "f16"])
+def test_low_precision_inputs_are_computed_in_float32(backend, dtype):
+    image64, texts64, labels, targets, mask = multi_level_case("G3_tensor_labels_mask")
+    lib, ref = _leaves(image64, texts64, 14.3, BIAS_VALUE, dtype)
+    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=mask, **backend)
+    want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels, text_mask=mask)
+    assert out.dtype == torch.float32
+    _check_value(out, sum(want.values()), dtype)
+    out.backward()
+    sum(want.values()).backward()
+    _check_grads(lib, ref, dtype)
+    assert lib["image"].grad.dtype == dtype
+
+
+def test_huge_logits_stay_finite(backend):
+    gen = torch.Generator().manual_seed(3)
+    images = F.normalize(torch.randn(9, 8, generator=gen), dim=-1).requires_grad_()
+    texts = F.normalize(torch.randn(3, 9, 8, generator=gen), dim=-1).requires_grad_()
+    labels = [torch.arange(9) % 4, None, (torch.rand(9, 3, generator=gen) < 0.5)]
+    out = MGLLLoss(**backend)(images, texts, 1e4, 5.0, labels=labels, text_mask=torch.rand(3, 9, generator=gen) > 0.3)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(images.grad).all() and torch.isfinite(texts.grad).all()
+
+
+def _local_problem(dtype):
+    """Rank 1 of 2 under local_loss: rows 4..8 of 9 images against every text; columns 5..9 of 9 per level."""
+    gen = torch.Generator().manual_seed(5)
+    images = F.normalize(torch.randn(9, 6, generator=gen, dtype=dtype), dim=-1).requires_grad_()
+    texts = F.normalize(torch.randn(27, 6, generator=gen, dtype=dtype), dim=-1).requires_grad_()
+    scale = torch.tensor(7.0, dtype=dtype, requires_grad=True)
+    bias = torch.tensor(-1.0, dtype=dtype, requires_grad=True)
+    ids = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 2])
+    targets = (
+        LevelTargets(9, 9),
+        LevelTargets(9, 9, class_ids=ids),
+        LevelTargets(9, 9, multi_hot=torch.rand(9, 3, generator=gen) < 0.5, match="jaccard"),
+    )
+    masks = (None, torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool), None)
+    problem = backends.LossProblem(images, texts, (9, 9, 9), scale, bias, targets, masks, dtype,
+                                   row_range=slice(4, 9), column_ranges=(slice(5, 9),) * 3)
+    return problem, (images, texts, scale, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("direction", ["to_mean", "from_mean"])
+def test_local_problem_matches_dense(backend, dtype, direction):
+    request = LossRequest(kl_direction=direction, pointwise_target="row_normalized")
+    results = []
+    for kwargs in (dict(backend="dense"), backend):
+        problem, leaves = _local_problem(dtype)
+        sums = resolve_backend(kwargs["backend"], problem)(problem, request, kwargs.get("chunk_size"))
+        values = [sums.soft_clip_rows, sums.soft_clip_row_count, sums.soft_clip_cols, sums.soft_clip_col_count,
+                  sums.pointwise, sums.smooth_kl.reshape(1)]
+        weighted = sum((v * (k + 1)).sum() for k, v in enumerate(values) if v.requires_grad)
+        results.append((torch.cat(values), torch.autograd.grad(weighted, leaves)))
+    (want, want_grads), (got, got_grads) = results
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, **tol)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, **tol)
+
+
+def test_second_backward_through_a_retained_graph(backend):
+    image64, texts64, labels, _, mask = multi_level_case("G3_tensor_labels_mask")
+    lib, _ = _leaves(image64, texts64, 14.3, BIAS_VALUE, torch.float64)
+    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=mask, **backend)
+    first = torch.autograd.grad(out, lib["image"], retain_graph=True)[0]
+    second = torch.autograd.grad(out, lib["image"])[0]
+    torch.testing.assert_close(first, second, rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_never_builds_a_full_logit_matrix(monkeypatch):
+    """With 4-row chunks no matmul output has more than 4 rows of logits."""
+    seen = []
+    original = fused._logits
+
+    def recording(scaled_images, texts, bias):
+        seen.append(scaled_images.shape[0])
+        return original(scaled_images, texts, bias)
+
+    monkeypatch.setattr(fused, "_logits", recording)
+    images = F.normalize(torch.randn(30, 8), dim=-1).requires_grad_()
+    texts = F.normalize(torch.randn(3, 30, 8), dim=-1).requires_grad_()
+    MGLLLoss(backend="chunked", chunk_size=4)(images, texts, 10.0, labels=[torch.arange(30) % 7] * 3).backward()
+    assert seen and max(seen) == 4 and sum(seen) == 2 * 30  # forward and recomputing backward
+
+
+def test_default_chunk_fits_the_budget():
+    rows = fused.chunk_rows(98304, torch.float32)
+    assert rows * 98304 * 4 <= fused.CHUNK_BUDGET_BYTES < (rows + 1) * 98304 * 4
+
+
+@pytest.mark.parametrize("rows, expected", [(1000, "dense"), (200_000, "chunked")])
+def test_auto_picks_dense_until_the_logits_get_large(rows, expected):
+    problem = SimpleNamespace(row_range=slice(0, rows), level_sizes=(rows,) * 3, compute_dtype=torch.float32)
+    assert resolve_backend("auto", problem) is backends._BACKENDS[expected]
