@@ -5,6 +5,7 @@
 #   make test-slow  only the tests marked slow
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
 #   make demo       placeholder until the examples issue lands (see below)
+#   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
 #   make dist       build sdist + wheel into dist/ and run twine check
 #   make clean      remove build artefacts and caches (keeps .venv)
 
@@ -20,7 +21,7 @@ DOCS_STAMP = $(VENV)/.installed-docs
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow docs demo dist clean
+.PHONY: install test test-slow docs demo bench dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -72,6 +73,13 @@ demo:
 	@echo "make demo: the demo (a short fundus pretraining run on synthetic data) arrives with the examples issue; nothing to run yet."
 
 # --- packaging ---------------------------------------------------------------------------
+
+# --- benchmarks --------------------------------------------------------------------------
+
+# BENCH_PRESET=quick for a smoke run of a few seconds; BENCH_PRESET=gpu on a CUDA machine.
+BENCH_PRESET ?= cpu
+bench: install
+	$(PY) -m benchmarks.run --preset $(BENCH_PRESET) --out benchmarks/results
 
 dist: $(BUILD_STAMP)
 	rm -rf dist/

@@ -7,7 +7,7 @@ For a level with logits z [r, n], positives P and row / column log-sum-exps ``ls
 - point-wise: ``softplus(z_ij) - y_ij z_ij`` with y = P or P / mass (row-normalised);
   gradient ``sigmoid(z_ij) - y_ij``;
 - smooth KL over the columns present in every level, ``l^g = log softmax(z^g)``,
-  ``m = mean_g p^g``: KL(p^g || m) per row ``k^g_i = sum_j p^g (l^g - log m)``, gradient
+  ``m = mean_g p^g`` (``log m`` by a log-sum-exp over levels): KL(p^g || m) per row ``k^g_i = sum_j p^g (l^g - log m)``, gradient
   ``p^g (l^g - log m - k^g_i)``; KL(m || p^g) summed over g is ``G sum_j m (log m - mean_g l^g)``,
   gradient ``p^g (c - <p^g, c>) + p^g - m`` with ``c = log m - mean_g l^g``.
 
@@ -230,13 +230,18 @@ def _kl_softmax(z: Tensor, sweep: Sweep) -> List[Tuple[Tensor, Tensor, Tensor]]:
     return inputs
 
 
-def _log_mean(probs: List[Tensor]) -> Tuple[Tensor, Tensor]:
-    """m = mean_g p^g and log m (m clamped to the smallest normal number, where every p^g underflows)."""
+def _log_mean(log_probs: List[Tensor], probs: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """m = mean_g p^g and log m = logsumexp_g(log p^g) - log G (exact where the levels agree)."""
+    top = log_probs[0].clone()
+    for lp in log_probs[1:]:
+        torch.maximum(top, lp, out=top)
+    total = torch.zeros_like(top)
+    for lp in log_probs:
+        total += torch.sub(lp, top).exp_()
     mean = probs[0].clone()
     for p in probs[1:]:
         mean += p
-    mean /= len(probs)
-    return mean, mean.clamp_min(torch.finfo(mean.dtype).tiny).log_()
+    return mean.div_(len(probs)), total.div_(len(probs)).log_().add_(top)
 
 
 def _mean_log(log_probs: List[Tensor]) -> Tensor:
@@ -250,7 +255,7 @@ def _kl_forward(inputs: List[Tuple[Tensor, Tensor, Tensor]], rows: slice, sweep:
     if not inputs:
         return
     lses, log_probs, probs = zip(*inputs)
-    mean, log_mean = _log_mean(list(probs))
+    mean, log_mean = _log_mean(list(log_probs), list(probs))
     if sweep.kl_direction == "to_mean":
         dots = [torch.linalg.vecdot(p, lp - log_mean) for p, lp in zip(probs, log_probs)]
         total = sum(d.sum() for d in dots)
@@ -278,7 +283,7 @@ def _kl_backward(
     log_probs = [x - stats.kl_lse[g, rows, None] for g, x in enumerate(logits)]
     if probs is None:
         probs = [lp.exp() for lp in log_probs]
-    mean, log_mean = _log_mean(probs)
+    mean, log_mean = _log_mean(log_probs, probs)
     contrast = None if sweep.kl_direction == "to_mean" else log_mean.sub_(_mean_log(log_probs))
     for g, (level, p, lp) in enumerate(zip(sweep.levels, probs, log_probs)):
         dot = stats.kl_dot[g, rows, None]

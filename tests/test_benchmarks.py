@@ -1,0 +1,34 @@
+"""The benchmark entry point runs end to end (tiny sizes) and writes its CSV and plots; its baselines compute the loss."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import baselines, run  # noqa: E402
+
+from mgll_loss import MGLLLoss  # noqa: E402
+
+
+def test_quick_preset_writes_csv_and_plots(tmp_path, monkeypatch):
+    monkeypatch.setitem(run.PRESETS, "quick", run.Preset((16,), 8, (16,), 8, ("naive", "gemms", "dense", "chunked"), repeats=2))
+    run.main(["--preset", "quick", "--device", "cpu", "--out", str(tmp_path)])
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == run.FIELDS
+    timed = {r["backend"] for r in rows if r["peak_mb"] == ""}
+    measured = {r["backend"] for r in rows if r["peak_mb"] != ""}
+    assert timed == {"naive", "gemms", "dense", "chunked"} and measured == {"naive", "dense", "chunked"}
+    assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in rows)
+    assert (tmp_path / "time.png").stat().st_size > 0 and (tmp_path / "memory.png").stat().st_size > 0
+
+
+def test_naive_baseline_is_the_mgll_loss():
+    images, texts, scale, labels = run.make_inputs(24, 8, 3, "cpu", torch.float64)
+    labels[1] = None
+    want = MGLLLoss()(images, texts, scale, labels=labels)
+    torch.testing.assert_close(baselines.naive_mgll(labels)(images, texts, scale), want, rtol=1e-5, atol=1e-6)
