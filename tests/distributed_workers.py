@@ -37,6 +37,10 @@ SCENARIOS: List[Dict[str, Any]] = [
          options=dict(local_loss=True, gather_with_grad=True)),
     dict(name="smooth_kl_local_mask", loss="smooth_kl", labels="none", mask=True, uneven=True,
          options=dict(local_loss=True, gather_with_grad=True)),
+    dict(name="ids_mask_uneven_local_chunked", loss="mgll", labels="ids", mask=True, uneven=True,
+         options=dict(local_loss=True, gather_with_grad=True, backend="chunked", chunk_size=2)),
+    dict(name="multi_hot_jaccard_global_chunked", loss="mgll", labels="multi_hot", mask=True,
+         options=dict(gather_with_grad=True, match="jaccard", backend="chunked", chunk_size=3)),
 ]
 
 
@@ -74,10 +78,12 @@ def build_loss(scenario: Dict[str, Any], distributed: bool) -> nn.Module:
     cls = {"mgll": MGLLLoss, "soft_clip": SoftCLIPLoss, "pointwise": PointwiseLoss, "smooth_kl": SmoothKLLoss}[scenario["loss"]]
     allowed = {
         "mgll": None,
-        "soft_clip": {"match", "local_loss", "gather_with_grad"},
-        "pointwise": {"match", "normalization", "pointwise_target", "local_loss", "gather_with_grad"},
-        "smooth_kl": {"kl_direction", "local_loss", "gather_with_grad"},
+        "soft_clip": {"match"},
+        "pointwise": {"match", "normalization", "pointwise_target"},
+        "smooth_kl": {"kl_direction"},
     }[scenario["loss"]]
+    if allowed is not None:
+        allowed |= {"local_loss", "gather_with_grad", "backend", "chunk_size"}
     return cls(**{k: v for k, v in options.items() if allowed is None or k in allowed})
 
 
