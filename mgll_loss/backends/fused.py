@@ -5,7 +5,9 @@ panel is then processed in cache-sized blocks of rows (:mod:`.blocks`), which sh
 softmax statistics between all terms. The backward is written by hand: it turns each block of
 logits into its gradient in place and needs two matmuls per panel.
 
-- dense: one panel holding every row; its logits are kept for the backward. Memory O(R * N).
+- dense: one panel holding every row; its logits are kept for the backward, which overwrites
+  them with their gradient (a second backward through a retained graph recomputes them).
+  Memory O(R * N).
 - chunked: panels of ``chunk_size`` rows whose logits are recomputed in the backward; only
   per-row and per-column statistics are kept. Memory O(chunk_size * N + (R + N) * D).
 """
