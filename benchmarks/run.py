@@ -239,8 +239,9 @@ def plot(rows: List[Dict], out: Path) -> None:
             continue
         figure, axes = plt.subplots(figsize=(6, 4))
         for name in dict.fromkeys(r["backend"] for r in chosen):
-            points = sorted((r["B"], float(r[key])) for r in chosen if r["backend"] == name)
-            axes.plot(*zip(*points), marker="o", label=name)
+            points = sorted((r["B"], float(r[key])) for r in chosen if r["backend"] == name and float(r[key]) > 0)
+            if points:  # log axes: a peak of 0 MB (too small to see) is left out
+                axes.plot(*zip(*points), marker="o", label=name)
         first = chosen[0]
         axes.set(xscale="log", yscale="log", xlabel="batch size B", ylabel=label,
                  title=f"G={first['G']}, D={first['D']}, {first['dtype']}, {first['device']}")
