@@ -1,7 +1,10 @@
 """Every backend against the plain reference (values and gradients, per dtype), and backend selection.
 
 The chunked backend runs with tiny chunks (1 and 3 rows) so that every problem spans several
-panels, and the dense backend with tiny blocks so that its block loop is exercised too.
+panels, and the dense backend with tiny blocks so that its block loop is exercised too. The
+triton backend runs under ``TRITON_INTERPRET=1`` (set by conftest.py) on CPU tensors, with 16 x 16
+tiles, so odd shapes leave partial tiles; the interpreter is slow, so the B=70 cases are left
+to the other backends.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ BACKENDS = {
     "dense-tiny-blocks": dict(backend="dense"),
     "chunked-1": dict(backend="chunked", chunk_size=1),
     "chunked-3": dict(backend="chunked", chunk_size=3),
+    "triton": dict(backend="triton"),
 }
+SLOW_UNDER_INTERPRETER = {"G3_B70", "B70_class_ids", "B70_multihot_overlap"}
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -53,10 +58,16 @@ def backend(request, monkeypatch):
     return BACKENDS[request.param]
 
 
+def _skip_slow(backend, case):
+    if backend["backend"] == "triton" and case in SLOW_UNDER_INTERPRETER:
+        pytest.skip("B=70 is slow under the Triton interpreter; covered by the other backends")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("opt_index", range(len(MGLL_OPTIONS)))
 @pytest.mark.parametrize("case", MULTI_CASES)
 def test_mgll_matches_reference(backend, case, opt_index, dtype):
+    _skip_slow(backend, case)
     image64, texts64, labels, targets, mask = multi_level_case(case)
     opts = dict(MGLL_OPTIONS[opt_index])
     if "level_weights" in opts:
@@ -76,6 +87,7 @@ def test_mgll_matches_reference(backend, case, opt_index, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", SINGLE_CASES)
 def test_single_level_terms_match_reference(backend, case, dtype):
+    _skip_slow(backend, case)
     image64, text64, labels, targets, mask, match = _single_inputs(case)
     scale = SCALES[len(case) % 3]
     lib, ref = _leaves(image64, text64, scale, BIAS_VALUE, dtype)
@@ -188,3 +200,17 @@ def test_default_chunk_fits_the_budget():
 def test_auto_picks_dense_until_the_logits_get_large(rows, expected):
     problem = SimpleNamespace(row_range=slice(0, rows), level_sizes=(rows,) * 3, compute_dtype=torch.float32)
     assert resolve_backend("auto", problem) is backends._BACKENDS[expected]
+
+
+def test_triton_on_cpu_tensors_without_the_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    images = F.normalize(torch.randn(4, 8), dim=-1)
+    texts = F.normalize(torch.randn(3, 4, 8), dim=-1)
+    with pytest.raises(ValueError, match="triton.*CUDA tensors.*cpu.*TRITON_INTERPRET=1"):
+        MGLLLoss(backend="triton")(images, texts, 10.0)
+
+
+def test_triton_without_the_package_raises_at_construction(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)
+    with pytest.raises(ValueError, match=r'triton.*pip install "mgll-loss\[triton\]"'):
+        MGLLLoss(backend="triton")

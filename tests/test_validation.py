@@ -535,7 +535,7 @@ OPTION_VALID = {
     "normalization": "'pairs', 'rows'",
     "pointwise_target": "'mask', 'row_normalized'",
     "kl_direction": "'to_mean', 'from_mean'",
-    "backend": "'auto', 'dense', 'chunked'",
+    "backend": "'auto', 'dense', 'chunked', 'triton'",
 }
 
 
@@ -555,7 +555,7 @@ def test_unknown_option_functional(option, api):
 
 
 @pytest.mark.parametrize("cls", [SoftCLIPLoss, PointwiseLoss, SmoothKLLoss, MGLLLoss])
-@pytest.mark.parametrize("backend", ["auto", "dense", "chunked"])
+@pytest.mark.parametrize("backend", ["auto", "dense", "chunked", "triton"])
 def test_available_backends(cls, backend):
     assert cls(backend=backend).backend == backend
 

@@ -3,8 +3,12 @@
 - ``"dense"``: every logit of a sweep from one matmul, kept for the hand-written backward.
 - ``"chunked"``: the same algorithm on panels of rows, recomputed in the backward; memory
   linear in the batch. ``chunk_size`` rows per panel (default: a 256 MiB panel of logits).
+- ``"triton"``: the chunked algorithm as Triton kernels (tiles of logits from ``tl.dot``, never
+  stored). CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (for tests). Raises a
+  ``ValueError`` where it cannot run, never falls back.
 - ``"auto"``: ``"dense"`` while its logits (rows x columns x 4 bytes, over all levels) fit in
-  :data:`DENSE_LIMIT_BYTES`, else ``"chunked"``.
+  :data:`DENSE_LIMIT_BYTES`, else ``"chunked"``. It does not pick ``"triton"``: the kernels are
+  validated under the Triton interpreter only, not yet on a GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable, Dict, Optional
 from ..validation import check_choice
 from .base import LevelSums, LossProblem, LossRequest
 from .fused import chunked_level_sums, dense_level_sums
+from .triton_sweep import triton_level_sums
 
 __all__ = [
     "BACKEND_NAMES", "DENSE_LIMIT_BYTES", "LevelSums", "LossProblem", "LossRequest", "check_backend",
@@ -22,7 +27,7 @@ __all__ = [
 
 Backend = Callable[[LossProblem, LossRequest, Optional[int]], LevelSums]
 
-_BACKENDS: Dict[str, Backend] = {"dense": dense_level_sums, "chunked": chunked_level_sums}
+_BACKENDS: Dict[str, Backend] = {"dense": dense_level_sums, "chunked": chunked_level_sums, "triton": triton_level_sums}
 BACKEND_NAMES = ("auto", *_BACKENDS)
 
 DENSE_LIMIT_BYTES = 2 * 2**30
@@ -30,8 +35,14 @@ DENSE_LIMIT_BYTES = 2 * 2**30
 
 
 def check_backend(name: str) -> str:
-    """Return ``name`` if it is a known backend, else raise ``ValueError``."""
-    return check_choice("backend", name, BACKEND_NAMES)
+    """Return ``name`` if it is a known backend that can be installed here, else raise ``ValueError``."""
+    check_choice("backend", name, BACKEND_NAMES)
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise ValueError('backend: "triton" needs the triton package (pip install "mgll-loss[triton]")') from None
+    return name
 
 
 def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:

@@ -104,27 +104,46 @@ class SweepState:
         """Turn the column statistics into the column soft CLIP sums (after the last block)."""
         if sweep.col_ce:
             self.column_lse = self.columns.lse()
-            has = self.columns.mass > 0
-            per_column = torch.where(has, self.column_lse - self.columns.pz / _safe(self.columns.mass), 0.0)
             for g, level in enumerate(sweep.levels):
-                self.sums.col_ce[g] = per_column[level.columns].sum()
-                self.sums.col_count[g] = has[level.columns].sum()
+                columns = level.columns
+                self.sums.col_ce[g], self.sums.col_count[g] = cross_entropy_sums(
+                    self.column_lse[columns], self.columns.pz[columns], self.columns.mass[columns])
         return self.sums
 
     def positive_coefficients(self, sweep: Sweep, g: int, rows: slice, grads: SweepSums) -> Tuple[Tensor, Optional[Tensor]]:
-        """(a [r], c [n] or None): the gradient of the sums has ``-P_ij (a_i + c_j)`` on logit z_ij."""
-        level = sweep.levels[g]
-        mass = self.rows.mass[g, rows]
-        inverse_mass = (mass > 0) / _safe(mass)
-        row_coef = torch.zeros_like(mass)
-        if sweep.row_ce:
-            row_coef += grads.row_ce[g] * inverse_mass
-        if sweep.pointwise:
-            row_coef += grads.pointwise[g] * (1.0 if sweep.pointwise_target == "mask" else inverse_mass)
-        if not sweep.col_ce:
-            return row_coef, None
-        col_mass = self.columns.mass[level.columns]
-        return row_coef, grads.col_ce[g] * (col_mass > 0) / _safe(col_mass)
+        """:func:`positive_coefficients` of level ``g`` for ``rows``."""
+        col_mass = self.columns.mass[sweep.levels[g].columns] if sweep.col_ce else None
+        return positive_coefficients(sweep, g, self.rows.mass[g, rows], col_mass, grads)
+
+
+def cross_entropy_sums(lse: Tensor, pz: Tensor, mass: Tensor) -> Tuple[Tensor, Tensor]:
+    """Sum of soft cross-entropies ``lse - pz / mass`` over the rows (or columns) with a positive, and their count."""
+    has = mass > 0
+    return torch.where(has, lse - pz / _safe(mass), 0.0).sum(), has.sum()
+
+
+def pointwise_sum(softplus_sum: Tensor, pz: Tensor, mass: Tensor, target: str) -> Tensor:
+    """Point-wise sum ``sum softplus(z) - sum y z`` from the per-row positive sums (y = P, or P / mass)."""
+    target_z = pz if target == "mask" else (mass > 0) * pz / _safe(mass)
+    return softplus_sum - target_z.sum()
+
+
+def positive_coefficients(
+    sweep: Sweep, g: int, mass: Tensor, col_mass: Optional[Tensor], grads: SweepSums
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """(a [r], c [n] or None): the gradient of the sums has ``-P_ij (a_i + c_j)`` on logit z_ij of level ``g``.
+
+    ``mass`` / ``col_mass`` are the positive masses of the rows and (with column terms) columns.
+    """
+    inverse_mass = (mass > 0) / _safe(mass)
+    row_coef = torch.zeros_like(mass)
+    if sweep.row_ce:
+        row_coef += grads.row_ce[g] * inverse_mass
+    if sweep.pointwise:
+        row_coef += grads.pointwise[g] * (1.0 if sweep.pointwise_target == "mask" else inverse_mass)
+    if col_mass is None:
+        return row_coef, None
+    return row_coef, grads.col_ce[g] * (col_mass > 0) / _safe(col_mass)
 
 
 def _safe(mass: Tensor) -> Tensor:
@@ -165,20 +184,19 @@ def forward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> No
         if sweep.col_ce:
             state.columns.pz[level.columns] += col_pz
         mass, row_pz = stats.mass[g, rows], stats.pz[g, rows]
-        has = mass > 0
         if sweep.row_ce or shared_kl:
             lse, probs = _softmax(zg)
             stats.lse[g, rows] = lse
             if shared_kl:
                 kl_inputs.append((lse, zg - lse[:, None], probs))
         if sweep.row_ce:
-            sums.row_ce[g] += torch.where(has, lse - row_pz / _safe(mass), 0.0).sum()
-            sums.row_count[g] += has.sum()
+            ce, count = cross_entropy_sums(lse, row_pz, mass)
+            sums.row_ce[g] += ce
+            sums.row_count[g] += count
         if sweep.col_ce:
             state.columns.update(level.columns, zg)
         if sweep.pointwise:
-            target_z = row_pz if sweep.pointwise_target == "mask" else has * row_pz / _safe(mass)
-            sums.pointwise[g] += F.softplus(zg).sum() - target_z.sum()
+            sums.pointwise[g] += pointwise_sum(F.softplus(zg).sum(), row_pz, mass, sweep.pointwise_target)
     if sweep.smooth_kl:
         _kl_forward(kl_inputs if shared_kl else _kl_softmax(z, sweep), rows, sweep, state)
 

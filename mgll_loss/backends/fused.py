@@ -22,7 +22,7 @@ from torch import Tensor
 from .base import LevelSums, LossProblem, LossRequest
 from .blocks import SweepState, SweepSums, backward_block, forward_block
 from .keyed import positive_gradients
-from .plan import Sweep, plan_sweeps
+from .plan import Sweep, plan_sweeps, run_sweeps
 
 __all__ = ["dense_level_sums", "chunked_level_sums", "chunk_rows", "CHUNK_BUDGET_BYTES"]
 
@@ -50,26 +50,12 @@ def chunked_level_sums(problem: LossProblem, request: LossRequest, chunk_size: O
 
 def _level_sums(problem: LossProblem, request: LossRequest, panel_rows: Callable[[Sweep], Optional[int]]) -> LevelSums:
     """Run the sweeps of ``problem``; ``panel_rows(sweep)`` is the chunk size (None: dense)."""
-    plan = plan_sweeps(problem, request)
 
     def run(sweep: Sweep) -> SweepSums:
         outputs = _SweepFunction.apply(sweep.images, sweep.texts, sweep.scale, sweep.bias, sweep, panel_rows(sweep))
         return SweepSums(*outputs)
 
-    main = run(plan.main)
-    col_ce, col_count = main.col_ce, main.col_count
-    if any(sweep is not None for sweep in plan.columns):
-        per_level = [run(sweep) for sweep in plan.columns if sweep is not None]
-        col_ce = torch.cat([sums.row_ce for sums in per_level])
-        col_count = torch.cat([sums.row_count for sums in per_level])
-    return LevelSums(
-        soft_clip_rows=main.row_ce if request.soft_clip else None,
-        soft_clip_row_count=main.row_count if request.soft_clip else None,
-        soft_clip_cols=col_ce if request.soft_clip else None,
-        soft_clip_col_count=col_count if request.soft_clip else None,
-        pointwise=main.pointwise if request.pointwise else None,
-        smooth_kl=main.smooth_kl if request.smooth_kl else None,
-    )
+    return run_sweeps(plan_sweeps(problem, request), request, run)
 
 
 def _spans(stop: int, step: int) -> Iterator[slice]:

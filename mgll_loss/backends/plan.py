@@ -14,13 +14,16 @@ backend ever masks a logit. Two layouts:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..targets import Index, LevelTargets
-from .base import LossProblem, LossRequest
+from .base import LevelSums, LossProblem, LossRequest
+
+if TYPE_CHECKING:
+    from .blocks import SweepSums
 
 
 def compose(outer: Optional[Index], inner: Index) -> Index:
@@ -208,6 +211,24 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
     if request.soft_clip and local:
         columns = [_column_sweep(problem, g, level_texts[g], present[g], device) for g in range(problem.num_levels)]
     return SweepPlan(main, tuple(columns))
+
+
+def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], "SweepSums"]) -> LevelSums:
+    """Compute every sweep of ``plan`` with ``run`` and assemble the problem's sums."""
+    main = run(plan.main)
+    col_ce, col_count = main.col_ce, main.col_count
+    if any(sweep is not None for sweep in plan.columns):
+        per_level = [run(sweep) for sweep in plan.columns if sweep is not None]
+        col_ce = torch.cat([sums.row_ce for sums in per_level])
+        col_count = torch.cat([sums.row_count for sums in per_level])
+    return LevelSums(
+        soft_clip_rows=main.row_ce if request.soft_clip else None,
+        soft_clip_row_count=main.row_count if request.soft_clip else None,
+        soft_clip_cols=col_ce if request.soft_clip else None,
+        soft_clip_col_count=col_count if request.soft_clip else None,
+        pointwise=main.pointwise if request.pointwise else None,
+        smooth_kl=main.smooth_kl if request.smooth_kl else None,
+    )
 
 
 def _column_sweep(problem: LossProblem, level: int, texts: Tensor, present: Optional[Tensor], device: torch.device) -> Sweep:

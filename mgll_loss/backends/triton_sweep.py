@@ -1,0 +1,269 @@
+"""The triton backend: the sweeps of :mod:`.plan` computed by the kernels of :mod:`.triton_kernels`.
+
+Per level, the forward runs a max pass and a sums pass over (row block, column block) tiles,
+then the smooth KL kernel over the columns every level has; the backward recomputes each tile
+and adds its gradient to the features with atomics. Nothing of size B x N is stored. Runs on
+CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import LevelSums, LossProblem, LossRequest
+from .blocks import SweepSums, cross_entropy_sums, pointwise_sum, positive_coefficients
+from .plan import Sweep, SweepLevel, compose, plan_sweeps, run_sweeps
+
+__all__ = ["triton_level_sums", "interpreting", "check_triton_device"]
+
+_MATCH_CODES = {"overlap": 1, "jaccard": 2}
+
+
+def interpreting() -> bool:
+    """True when Triton runs its kernels on CPU tensors (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_triton_device(device: torch.device) -> None:
+    """Raise ``ValueError`` unless the triton backend can run on ``device`` here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise ValueError('backend: "triton" needs the triton package (pip install "mgll-loss[triton]")') from None
+    if device.type == "cuda" or (device.type == "cpu" and interpreting()):
+        return
+    raise ValueError(
+        f'backend: "triton" runs on CUDA tensors, got tensors on {device}; set TRITON_INTERPRET=1 to run its '
+        'kernels (slowly) on CPU tensors for testing, or use backend="dense" or "chunked"'
+    )
+
+
+def triton_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+    """The sums of ``problem`` from the Triton kernels (``chunk_size`` is ignored: tiles are fixed)."""
+    check_triton_device(problem.image_features.device)
+
+    def run(sweep: Sweep) -> SweepSums:
+        return SweepSums(*_TritonSweep.apply(sweep.images, sweep.texts, sweep.scale, sweep.bias, sweep))
+
+    return run_sweeps(plan_sweeps(problem, request), request, run)
+
+
+@dataclass
+class _Tiles:
+    """Launch configuration shared by every kernel of a sweep."""
+
+    rows: int
+    dim: int
+    block_m: int
+    block_n: int
+    block_k: int
+    acc: Any
+
+    def grid(self, columns: int) -> Tuple[int, int]:
+        return (-(-self.rows // self.block_m), -(-columns // self.block_n))
+
+    def constants(self) -> dict:
+        return dict(BM=self.block_m, BN=self.block_n, BK=self.block_k, ACC=self.acc)
+
+
+@dataclass
+class _Positives:
+    """Kernel arguments describing one level's positives (unused ones are 1-element placeholders)."""
+
+    mode: int
+    match: int
+    tensors: Tuple[Tensor, ...]  # keys rows, keys cols, labels rows, labels cols, counts rows, counts cols, dense
+    classes: int
+
+    def arguments(self) -> Tuple[Tensor, ...]:
+        return self.tensors
+
+
+def _positives(level: SweepLevel, num_rows: int, dtype: torch.dtype, device: torch.device) -> _Positives:
+    placeholder_ids = torch.zeros(1, dtype=torch.int64, device=device)
+    placeholder = torch.zeros(1, dtype=dtype, device=device)
+    if level.keys is not None:
+        keys = level.keys
+        return _Positives(0, 0, (keys.rows, keys.cols, placeholder, placeholder, placeholder, placeholder, placeholder), 1)
+    view = level.targets
+    source = view.source
+    if source.multi_hot is not None:
+        rows = source.multi_hot[compose(view.row_map, slice(0, num_rows))].to(dtype).contiguous()
+        cols = source.multi_hot[compose(view.col_map, slice(0, level.size))].to(dtype).contiguous()
+        tensors = (placeholder_ids, placeholder_ids, rows, cols, rows.sum(1), cols.sum(1), placeholder)
+        return _Positives(1, _MATCH_CODES[source.match], tensors, rows.shape[1])
+    dense = view.tile(slice(0, num_rows), slice(0, level.size), dtype, device).contiguous()
+    return _Positives(2, 0, (placeholder_ids,) * 2 + (placeholder,) * 4 + (dense,), 1)
+
+
+def _tiles(sweep: Sweep, device: torch.device) -> _Tiles:
+    import triton.language as tl
+
+    acc = tl.float64 if sweep.compute_dtype == torch.float64 else tl.float32
+    size = 16 if device.type == "cpu" else 64
+    return _Tiles(sweep.num_rows, sweep.images.shape[1], size, size, 16 if device.type == "cpu" else 32, acc)
+
+
+class _TritonSweep(torch.autograd.Function):
+    """Sums of a sweep from (images, texts, scale, bias) by the Triton kernels; backward by the kernels too."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Optional[Tensor], sweep: Sweep
+    ) -> Tuple[Tensor, ...]:
+        from . import triton_kernels as kernels
+
+        dtype, device = sweep.compute_dtype, images.device
+        features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
+        scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
+        tiles = _tiles(sweep, device)
+        levels, rows = sweep.num_levels, sweep.num_rows
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        sums = SweepSums(zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros())
+        row_lse, row_mass = zeros(levels, rows), zeros(levels, rows)
+        col_lse, col_mass = zeros(sweep.num_columns), zeros(sweep.num_columns)
+        common = dict(HAS_BIAS=bias is not None, **tiles.constants())
+        for g, level in enumerate(sweep.levels):
+            if level.size == 0:
+                continue
+            positives = _positives(level, rows, dtype, device)
+            stats = _level_statistics(kernels, features, scalars, tiles, level.offset, level.size, None, sweep.col_ce,
+                                      positives, sweep.pointwise, common)
+            lse_r, lse_c, mass, pz, mass_c, pz_c, softplus = stats
+            row_lse[g], row_mass[g] = lse_r, mass
+            if sweep.row_ce:
+                sums.row_ce[g], sums.row_count[g] = cross_entropy_sums(lse_r, pz, mass)
+            if sweep.col_ce:
+                col_lse[level.columns], col_mass[level.columns] = lse_c, mass_c
+                sums.col_ce[g], sums.col_count[g] = cross_entropy_sums(lse_c, pz_c, mass_c)
+            if sweep.pointwise:
+                sums.pointwise[g] = pointwise_sum(softplus.sum(), pz, mass, sweep.pointwise_target)
+        kl = _kl_forward(kernels, features, scalars, tiles, sweep, row_lse, common) if sweep.smooth_kl else None
+        if kl is not None:
+            sums.smooth_kl.copy_(kl[3])
+        ctx.save_for_backward(images, texts, scale, bias)
+        ctx.sweep, ctx.stats, ctx.kl = sweep, (row_lse, row_mass, col_lse, col_mass), kl
+        ctx.mark_non_differentiable(sums.row_count, sums.col_count)
+        return sums.as_tuple()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        from . import triton_kernels as kernels
+
+        images, texts, scale, bias = ctx.saved_tensors
+        sweep = ctx.sweep
+        dtype, device = sweep.compute_dtype, images.device
+        levels = sweep.num_levels
+        shapes = ((levels,),) * 5 + ((),)
+        upstream = SweepSums(*(torch.zeros(s, dtype=dtype, device=device) if g is None else g.to(dtype)
+                               for g, s in zip(grads, shapes)))
+        features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
+        scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
+        tiles = _tiles(sweep, device)
+        grad_images, grad_texts = torch.zeros_like(features[0]), torch.zeros_like(features[1])
+        grad_bias = torch.zeros(1, dtype=dtype, device=device)
+        outputs = (grad_images, grad_texts, grad_bias)
+        row_lse, row_mass, col_lse, col_mass = ctx.stats
+        common = dict(HAS_BIAS=bias is not None, **tiles.constants())
+        for g, level in enumerate(sweep.levels):
+            if level.size == 0:
+                continue
+            columns = level.columns
+            mass = row_mass[g]
+            row_coef, col_coef = positive_coefficients(sweep, g, mass, col_mass[columns] if sweep.col_ce else None,
+                                                       upstream)
+            row_weight = upstream.row_ce[g] * (mass > 0)
+            col_weight = upstream.col_ce[g] * (col_mass[columns] > 0)
+            positives = _positives(level, sweep.num_rows, dtype, device)
+            kernels.backward_kernel[tiles.grid(level.size)](
+                *features, *scalars, *outputs, row_lse[g], row_weight, row_coef, col_lse[columns].contiguous(),
+                col_weight.contiguous(), (col_coef if col_coef is not None else col_weight).contiguous(),
+                upstream.pointwise[g].reshape(1), *positives.arguments(),
+                sweep.num_rows, level.size, tiles.dim, positives.classes, level.offset,
+                WITH_ROWS=sweep.row_ce, WITH_COLS=sweep.col_ce, WITH_SIGMOID=sweep.pointwise,
+                WITH_POSITIVES=sweep.row_ce or sweep.col_ce or sweep.pointwise, MODE=positives.mode,
+                MATCH=positives.match, BC=16, **common,
+            )
+        if ctx.kl is not None and ctx.kl[0].shape[1]:
+            text_rows, kl_lse, kl_dot, _ = ctx.kl
+            kernels.kl_backward_kernel[tiles.grid(text_rows.shape[1])](
+                *features, *scalars, *outputs, text_rows, kl_lse, kl_dot, upstream.smooth_kl.reshape(1),
+                sweep.num_rows, text_rows.shape[1], tiles.dim, levels, TO_MEAN=sweep.kl_direction == "to_mean", **common,
+            )
+        scale_c = scalars[0][0]
+        grad_scale = (features[0] * grad_images).sum() / scale_c
+        return (
+            grad_images.to(images.dtype) if ctx.needs_input_grad[0] else None,
+            grad_texts.to(texts.dtype) if ctx.needs_input_grad[1] else None,
+            grad_scale.to(scale.dtype) if ctx.needs_input_grad[2] else None,
+            grad_bias[0].to(bias.dtype) if bias is not None and ctx.needs_input_grad[3] else None,
+            None,
+        )
+
+
+def _level_statistics(
+    kernels: Any, features: Tuple[Tensor, Tensor], scalars: Tuple[Tensor, Tensor], tiles: _Tiles, offset: int,
+    size: int, column_index: Optional[Tensor], with_cols: bool, positives: Optional[_Positives], with_softplus: bool,
+    common: dict,
+) -> Tuple[Tensor, ...]:
+    """Row lse, column lse, row mass / positive sums, column mass / positive sums and row softplus sums of one level.
+
+    ``column_index``: the texts of the columns (else ``offset + column``).
+    """
+    images = features[0]
+    rows, dtype, device = tiles.rows, images.dtype, images.device
+    row_max = torch.full((rows,), -torch.inf, dtype=dtype, device=device)
+    col_max = torch.full((size,), -torch.inf, dtype=dtype, device=device)
+    index = column_index if column_index is not None else torch.zeros(1, dtype=torch.int64, device=device)
+    grid = tiles.grid(size)
+    flags = dict(HAS_INDEX=column_index is not None, WITH_COLS=with_cols, **common)
+    kernels.max_kernel[grid](*features, *scalars, index, row_max, col_max, rows, size, tiles.dim, offset, **flags)
+    row_vectors = [torch.zeros(rows, dtype=dtype, device=device) for _ in range(4)]  # sumexp, mass, pz, softplus
+    col_vectors = [torch.zeros(size, dtype=dtype, device=device) for _ in range(3)]  # sumexp, mass, pz
+    operands = positives if positives is not None else _Positives(0, 0, (index,) * 2 + (row_max,) * 5, 1)
+    kernels.sums_kernel[grid](
+        *features, *scalars, index, row_max, col_max, row_vectors[0], col_vectors[0], row_vectors[1], row_vectors[2],
+        col_vectors[1], col_vectors[2], row_vectors[3], *operands.arguments(), rows, size, tiles.dim,
+        operands.classes, offset, WITH_POSITIVES=positives is not None, WITH_SOFTPLUS=with_softplus,
+        MODE=operands.mode, MATCH=operands.match, BC=16, **flags,
+    )
+    row_lse = row_max + row_vectors[0].log()
+    col_lse = col_max + col_vectors[0].log()
+    return row_lse, col_lse, row_vectors[1], row_vectors[2], col_vectors[1], col_vectors[2], row_vectors[3]
+
+
+def _kl_forward(
+    kernels: Any, features: Tuple[Tensor, Tensor], scalars: Tuple[Tensor, Tensor], tiles: _Tiles, sweep: Sweep,
+    row_lse: Tensor, common: dict,
+) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """(text rows [G, Nc], lse [G, R], per-row dots [G, R], total): the smooth KL over the columns every level has."""
+    device = features[0].device
+    if sweep.kl_columns is None:
+        text_rows = torch.stack([torch.arange(lv.offset, lv.offset + lv.size, device=device) for lv in sweep.levels])
+        kl_lse = row_lse
+    else:
+        text_rows = torch.stack([lv.offset + positions for lv, positions in zip(sweep.levels, sweep.kl_columns)])
+        kl_lse = torch.stack([
+            _level_statistics(kernels, features, scalars, tiles, 0, text_rows.shape[1], text_rows[g].contiguous(),
+                              False, None, False, common)[0]
+            for g in range(sweep.num_levels)
+        ]) if text_rows.shape[1] else row_lse
+    text_rows = text_rows.contiguous()
+    kl_dot = torch.zeros_like(kl_lse)
+    kl_total = torch.zeros(sweep.num_rows, dtype=kl_lse.dtype, device=device)
+    if text_rows.shape[1]:
+        kernels.kl_kernel[tiles.grid(text_rows.shape[1])](
+            *features, *scalars, text_rows, kl_lse.contiguous(), kl_dot, kl_total, sweep.num_rows, text_rows.shape[1],
+            tiles.dim, sweep.num_levels, TO_MEAN=sweep.kl_direction == "to_mean", **common,
+        )
+    total = kl_dot.sum() if sweep.kl_direction == "to_mean" else kl_total.sum()
+    return text_rows, kl_lse.contiguous(), kl_dot, total
