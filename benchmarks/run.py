@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                  # CPU presets: time sweep + memory sweep (tens of minutes)
     python -m benchmarks.run --preset quick   # seconds: a smoke run of every method
-    python -m benchmarks.run --preset gpu     # on CUDA: larger sizes
+    python -m benchmarks.run --preset gpu     # on CUDA: larger sizes, and the triton backend
 
 Times are medians (and 20th / 80th percentiles) of interleaved runs in one process, so every
 method sees the same machine state. Peak memory is measured in a fresh subprocess per point:
@@ -51,12 +51,12 @@ PRESETS = {
     "cpu": Preset((256, 512, 1024, 2048, 4096), 512, (1024, 4096, 8192, 16384, 32768), 256,
                   ("naive", "clip", "gemms", "dense", "chunked"), repeats=7),
     "gpu": Preset((1024, 4096, 16384, 32768), 768, (16384, 65536, 262144, 1048576), 768,
-                  ("naive", "clip", "gemms", "dense", "chunked"), repeats=10),
+                  ("naive", "clip", "gemms", "dense", "chunked", "triton"), repeats=10),
     "quick": Preset((32, 64), 32, (64,), 32, ("naive", "clip", "gemms", "dense", "chunked"), repeats=3),
 }
 
 # beyond these many bytes of B x N x G logits a method is not run (it would exhaust memory)
-_MATERIALISING = {"naive": 6, "clip": 4, "gemms": 2, "dense": 2, "chunked": 0}
+_MATERIALISING = {"naive": 6, "clip": 4, "gemms": 2, "dense": 2, "chunked": 0, "triton": 0}
 
 
 def make_inputs(batch: int, dim: int, levels: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -89,6 +89,8 @@ def fits(name: str, batch: int, levels: int, limit_bytes: float) -> bool:
 def available(name: str, device: str) -> bool:
     if name == "clip":
         return _importable("open_clip")
+    if name == "triton":
+        return device == "cuda" and _importable("triton")
     return True
 
 
