@@ -247,7 +247,8 @@ def plot(rows: List[Dict], out: Path) -> None:
         first = chosen[0]
         axes.set(xscale="log", yscale="log", xlabel="batch size B", ylabel=label,
                  title=f"G={first['G']}, D={first['D']}, {first['dtype']}, {first['device']}")
-        axes.legend()
+        if axes.get_lines():
+            axes.legend()
         axes.grid(True, which="both", alpha=0.3)
         figure.tight_layout()
         figure.savefig(out / filename, dpi=120)
