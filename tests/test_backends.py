@@ -29,6 +29,7 @@ from test_parity_reference import (  # noqa: E402
     _check_grads,
     _check_value,
     _leaves,
+    _run_mgll,
     _single_inputs,
     multi_level_case,
 )
@@ -68,15 +69,8 @@ def _skip_slow(backend, case):
 @pytest.mark.parametrize("case", MULTI_CASES)
 def test_mgll_matches_reference(backend, case, opt_index, dtype):
     _skip_slow(backend, case)
-    image64, texts64, labels, targets, mask = multi_level_case(case)
-    opts = dict(MGLL_OPTIONS[opt_index])
-    if "level_weights" in opts:
-        opts["level_weights"] = opts["level_weights"][: len(texts64)]
     scale, bias = SCALES[(opt_index + len(case)) % 3], BIAS_VALUE if opt_index % 2 else None
-    lib, ref = _leaves(image64, texts64, scale, bias, dtype)
-    call = dict(labels=labels, targets=targets, text_mask=mask)
-    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], output_dict=True, **call, **opts, **backend)
-    want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], **call, **opts)
+    lib, ref, out, want = _run_mgll(case, MGLL_OPTIONS[opt_index], scale, bias, dtype, opt_index % 2 == 0, backend)
     for key in want:
         _check_value(out[key], want[key], dtype, key)
     sum(out.values()).backward()

@@ -402,7 +402,8 @@ MGLL_OPTIONS = [
 ]
 
 
-def _run_mgll(case, opts, scale, bias, dtype, use_module):
+def _run_mgll(case, opts, scale, bias, dtype, use_module, backend_options=None):
+    """Library (module or functional, with ``backend_options``) and reference outputs of a multi-level case."""
     image64, texts64, labels, targets, mask = multi_level_case(case)
     G = len(texts64)
     opts = dict(opts)
@@ -410,10 +411,11 @@ def _run_mgll(case, opts, scale, bias, dtype, use_module):
         opts["level_weights"] = opts["level_weights"][:G]
     lib, ref = _leaves(image64, texts64, scale, bias, dtype)
     call = dict(labels=labels, targets=targets, text_mask=mask)
+    library = dict(opts, **(backend_options or {}))
     if use_module:
-        out = MGLLLoss(**opts)(lib["image"], lib["text"], lib["scale"], lib["bias"], output_dict=True, **call)
+        out = MGLLLoss(**library)(lib["image"], lib["text"], lib["scale"], lib["bias"], output_dict=True, **call)
     else:
-        out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], output_dict=True, **call, **opts)
+        out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], output_dict=True, **call, **library)
     want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], **call, **opts)
     return lib, ref, out, want
 

@@ -77,6 +77,17 @@ class SweepSums:
     def as_tuple(self) -> Tuple[Tensor, ...]:
         return self.row_ce, self.row_count, self.col_ce, self.col_count, self.pointwise, self.smooth_kl
 
+    @classmethod
+    def zeros(cls, levels: int, dtype: torch.dtype, device: torch.device) -> "SweepSums":
+        """All sums zero ([G] each, smooth KL 0-dim)."""
+        return cls(*(torch.zeros(shape, dtype=dtype, device=device) for shape in ((levels,),) * 5 + ((),)))
+
+    @classmethod
+    def upstream(cls, grads: Tuple[Optional[Tensor], ...], levels: int, dtype: torch.dtype, device: torch.device) -> "SweepSums":
+        """The gradients a backward receives for the sums, zeros where a sum was unused (None)."""
+        zeros = cls.zeros(levels, dtype, device).as_tuple()
+        return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros)))
+
 
 class SweepState:
     """Everything the forward accumulates over the blocks of a sweep, and what the backward needs."""
@@ -90,7 +101,7 @@ class SweepState:
         self.rows = RowStats(*(zeros(levels, rows) for _ in range(5)))
         self.columns = ColumnStats(torch.full((cols,), -torch.inf, dtype=dtype, device=device), zeros(cols),
                                    zeros(cols), zeros(cols))
-        self.sums = SweepSums(zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros())
+        self.sums = SweepSums.zeros(levels, dtype, device)
         self.column_lse: Optional[Tensor] = None
 
     def add_keyed_masses(self, sweep: Sweep) -> None:

@@ -102,7 +102,7 @@ class _SweepFunction(torch.autograd.Function):
         images, texts, scale, bias = ctx.saved_tensors
         sweep, state = ctx.sweep, ctx.state
         dtype = sweep.compute_dtype
-        upstream = SweepSums(*(torch.zeros_like(v) if g is None else g.to(dtype) for g, v in zip(grads, state.sums.as_tuple())))
+        upstream = SweepSums.upstream(grads, sweep.num_levels, dtype, images.device)
         scale_c = scale.to(dtype)
         unscaled = images.to(dtype)
         scaled = unscaled * scale_c

@@ -69,6 +69,22 @@ def _softplus(z):
 
 
 @triton.jit
+def _tile(R, n, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's rows and columns, and which of them lie inside the [R, n] sweep."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    return rows, cols, rows < R, cols < n
+
+
+@triton.jit
+def _text_rows(COL_INDEX, cols, col_ok, col_offset, HAS_INDEX: tl.constexpr):
+    """The texts of the tile's columns: ``COL_INDEX[cols]``, or ``col_offset + cols``."""
+    if HAS_INDEX:
+        return tl.load(COL_INDEX + cols, mask=col_ok, other=0)
+    return col_offset + cols
+
+
+@triton.jit
 def _exp(x, valid):
     """exp(x) inside the sweep, 0 on the padding of a partial tile (where x is meaningless and may overflow)."""
     return tl.exp(tl.where(valid, x, -float("inf")))
@@ -86,13 +102,8 @@ def max_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, R, n, D, col_offs
                HAS_BIAS: tl.constexpr, HAS_INDEX: tl.constexpr, WITH_COLS: tl.constexpr,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
     """Row (and column) maxima of one level's logits."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rows < R, cols < n
-    if HAS_INDEX:
-        text_rows = tl.load(COL_INDEX + cols, mask=col_ok, other=0)
-    else:
-        text_rows = col_offset + cols
+    rows, cols, row_ok, col_ok = _tile(R, n, BM, BN)
+    text_rows = _text_rows(COL_INDEX, cols, col_ok, col_offset, HAS_INDEX)
     z = _logits(V, T, scale, bias, rows, text_rows, row_ok, col_ok, D, HAS_BIAS, BM, BN, BK, ACC)
     tl.atomic_max(ROW_MAX + rows, tl.max(tl.where(col_ok[None, :], z, -float("inf")), 1), mask=row_ok)
     if WITH_COLS:
@@ -108,14 +119,9 @@ def sums_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, ROW_SUMEXP, COL_
                 WITH_POSITIVES: tl.constexpr, WITH_SOFTPLUS: tl.constexpr, MODE: tl.constexpr, MATCH: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr):
     """Sums of exp(z - max) per row (and column), positive mass and logits, and softplus per row."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rows < R, cols < n
+    rows, cols, row_ok, col_ok = _tile(R, n, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
-    if HAS_INDEX:
-        text_rows = tl.load(COL_INDEX + cols, mask=col_ok, other=0)
-    else:
-        text_rows = col_offset + cols
+    text_rows = _text_rows(COL_INDEX, cols, col_ok, col_offset, HAS_INDEX)
     z = _logits(V, T, scale, bias, rows, text_rows, row_ok, col_ok, D, HAS_BIAS, BM, BN, BK, ACC)
     row_max = tl.load(ROW_MAX + rows, mask=row_ok, other=0.0)
     tl.atomic_add(ROW_SUMEXP + rows, tl.sum(_exp(z - row_max[:, None], valid), 1), mask=row_ok)
@@ -158,9 +164,7 @@ def kl_kernel(V, T, scale, bias, KL_ROWS, KL_LSE, KL_DOT, KL_TOTAL, R, Nc, D, G,
               HAS_BIAS: tl.constexpr, TO_MEAN: tl.constexpr,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
     """Per row and level: KL(p^g || m) (``TO_MEAN``), else <p^g, c> and G <m, c> with c = log m - mean_g log p^g."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rows < R, cols < Nc
+    rows, cols, row_ok, col_ok = _tile(R, Nc, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
     log_mean, mean_log = _level_mean(V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G,
                                      HAS_BIAS, BM, BN, BK, ACC)
@@ -205,9 +209,7 @@ def backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS,
                     WITH_SIGMOID: tl.constexpr, WITH_POSITIVES: tl.constexpr, MODE: tl.constexpr, MATCH: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr):
     """dz = w_i softmax_r + w'_j softmax_c + g sigmoid(z) - P (a_i + c_j) for one level's tile, sent to the features."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rows < R, cols < n
+    rows, cols, row_ok, col_ok = _tile(R, n, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
     text_rows = col_offset + cols
     z = _logits(V, T, scale, bias, rows, text_rows, row_ok, col_ok, D, HAS_BIAS, BM, BN, BK, ACC)
@@ -236,9 +238,7 @@ def kl_backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS, KL_ROWS, KL
                        R, Nc, D, G, HAS_BIAS: tl.constexpr, TO_MEAN: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
     """The smooth KL's gradient on every level's tile, sent to the features."""
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rows < R, cols < Nc
+    rows, cols, row_ok, col_ok = _tile(R, Nc, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
     log_mean, mean_log = _level_mean(V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G,
                                      HAS_BIAS, BM, BN, BK, ACC)

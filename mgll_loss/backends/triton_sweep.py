@@ -127,7 +127,7 @@ class _TritonSweep(torch.autograd.Function):
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        sums = SweepSums(zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros(levels), zeros())
+        sums = SweepSums.zeros(levels, dtype, device)
         row_lse, row_mass = zeros(levels, rows), zeros(levels, rows)
         col_lse, col_mass = zeros(sweep.num_columns), zeros(sweep.num_columns)
         common = dict(HAS_BIAS=bias is not None, **tiles.constants())
@@ -163,9 +163,7 @@ class _TritonSweep(torch.autograd.Function):
         sweep = ctx.sweep
         dtype, device = sweep.compute_dtype, images.device
         levels = sweep.num_levels
-        shapes = ((levels,),) * 5 + ((),)
-        upstream = SweepSums(*(torch.zeros(s, dtype=dtype, device=device) if g is None else g.to(dtype)
-                               for g, s in zip(grads, shapes)))
+        upstream = SweepSums.upstream(grads, levels, dtype, device)
         features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
         scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
         tiles = _tiles(sweep, device)
