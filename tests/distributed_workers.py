@@ -221,3 +221,37 @@ def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None
         except ValueError as error:
             outcomes[name] = f"ValueError: {error}"
     _finish(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
+
+
+def adapter_gradients(world_size: int, rank: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Gradients of a tiny open_clip model through MultiGranularOpenCLIP: on the whole batch, or
+    (with ``rank``) on this rank's rows with the adapter in DDP and the loss from open_clip flags."""
+    from types import SimpleNamespace
+
+    from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP, create_loss
+
+    from .adapter_models import tiny_open_clip
+
+    torch.manual_seed(0)
+    wrapper = MultiGranularOpenCLIP(tiny_open_clip(logit_bias=-5.0, dtype=torch.float64))
+    g = torch.Generator().manual_seed(3)
+    batch = 3 * world_size
+    images = torch.randn(batch, 3, 32, 32, generator=g, dtype=torch.float64)
+    texts = torch.randint(1, 400, (G, batch, 12), generator=g)
+    labels = [torch.randint(0, 2, (batch,), generator=g), None, torch.randint(0, 3, (batch,), generator=g)]
+    if rank is None:
+        model, loss = wrapper, MGLLLoss()
+    else:
+        rows = slice(3 * rank, 3 * rank + 3)
+        images, texts = images[rows], texts[:, rows]
+        labels = [None if label is None else label[rows] for label in labels]
+        model = nn.parallel.DistributedDataParallel(wrapper)
+        loss = create_loss(SimpleNamespace(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size))
+    loss(**model(images, texts), labels=labels).backward()
+    return {name: p.grad.detach().clone() for name, p in wrapper.named_parameters()}
+
+
+def adapter_ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    """One training step of the open_clip adapter in DDP on this rank's rows; save parameter grads."""
+    _init(rank, world_size, store)
+    _finish(adapter_gradients(world_size, rank), os.path.join(out_dir, f"adapter_rank{rank}.pt"))

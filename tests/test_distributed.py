@@ -66,6 +66,18 @@ def test_distributed_data_parallel_gradients_match_single_process(tmp_path):
             torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m: f"{name}: {m}")
 
 
+def test_open_clip_adapter_in_ddp_with_open_clip_flags_matches_single_process(tmp_path):
+    pytest.importorskip("open_clip")
+    world_size = 2
+    _spawn(workers.adapter_ddp_worker, world_size, tmp_path)
+    expected = workers.adapter_gradients(world_size)
+    for rank in range(world_size):
+        grads = torch.load(tmp_path / f"adapter_rank{rank}.pt")
+        assert grads.keys() == expected.keys()
+        for name in expected:
+            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m: f"{name}: {m}")
+
+
 def test_options_are_no_ops_without_a_process_group():
     images = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=-1)
     texts = torch.nn.functional.normalize(torch.randn(3, 6, 4, dtype=torch.float64), dim=-1)

@@ -25,6 +25,14 @@ MGLLLoss()(images, texts, 10.0, labels=[torch.tensor([0, 0, 1, 1]), None, None])
 SoftCLIPLoss()(images, texts[0], 10.0).item()
 PointwiseLoss()(images, texts[0], 10.0, -5.0).item()
 SmoothKLLoss()(images, texts, 10.0).item()
+from mgll_loss.adapters import hf, open_clip as open_clip_adapter  # the adapters import their framework lazily
+for build, extra in ((lambda: open_clip_adapter.MultiGranularOpenCLIP(None), "open_clip"), (lambda: hf.MGLLTrainer, "hf")):
+    try:
+        build()
+    except ImportError as error:
+        assert f'pip install "mgll-loss[{extra}]"' in str(error), error
+    else:
+        raise AssertionError("no ImportError without the framework")
 for name in ("open_clip", "transformers", "triton"):
     try:
         __import__(name)
