@@ -45,23 +45,23 @@ class Grid:
 
 def _rasterise(grid: Grid, lows: np.ndarray, highs: np.ndarray, signed_distance: SignedDistance) -> np.ndarray:
     """Coverage of n shapes with frame bounding boxes ``lows``/``highs`` [n, 2], combined by maximum."""
-    coverage = np.zeros((grid.size, grid.size))
     if len(lows) == 0:
-        return coverage
+        return np.zeros((grid.size, grid.size))
     corners_x = np.stack([lows[:, 0], lows[:, 0], highs[:, 0], highs[:, 0]], axis=1)
     corners_y = np.stack([lows[:, 1], highs[:, 1], lows[:, 1], highs[:, 1]], axis=1)
     columns, rows = grid.to_pixels(corners_x, corners_y)
     first_column, first_row = np.floor(columns.min(axis=1)) - 1, np.floor(rows.min(axis=1)) - 1
-    width = int(max((np.ceil(columns.max(axis=1)) + 1 - first_column).max(), (np.ceil(rows.max(axis=1)) + 1 - first_row).max())) + 1
+    end_column, end_row = np.ceil(columns.max(axis=1)) + 1, np.ceil(rows.max(axis=1)) + 1
+    width = int(max((end_column - first_column).max(), (end_row - first_row).max())) + 1
     if 2 * width > grid.size:  # big shapes: the whole image at once beats gathering and scattering windows
         distance = signed_distance(grid.x[None], grid.y[None])
         return np.clip(0.5 - distance.min(axis=0) / grid.pixel, 0.0, 1.0)
-    steps = np.arange(width)
-    last = grid.size - 1
+    steps, last = np.arange(width), grid.size - 1
     column_index = np.clip(np.clip(first_column, 0, last)[:, None, None] + steps[None, None, :], 0, last).astype(np.intp)
     row_index = np.clip(np.clip(first_row, 0, last)[:, None, None] + steps[None, :, None], 0, last).astype(np.intp)
     row_index, column_index = np.broadcast_arrays(row_index, column_index)
     distance = signed_distance(grid.x[row_index, column_index], grid.y[row_index, column_index])
+    coverage = np.zeros((grid.size, grid.size))
     np.maximum.at(coverage, (row_index, column_index), np.clip(0.5 - distance / grid.pixel, 0.0, 1.0))
     return coverage
 
@@ -91,7 +91,8 @@ def ellipses(grid: Grid, centres: np.ndarray, radii: np.ndarray, angles: np.ndar
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     n = len(centres)
     radii = np.asarray(radii, dtype=np.float64).reshape(-1, 2)
-    semi_x, semi_y, cos, sin = _column(radii[:, 0], n), _column(radii[:, 1], n), _column(np.cos(angles), n), _column(np.sin(angles), n)
+    semi_x, semi_y = _column(radii[:, 0], n), _column(radii[:, 1], n)
+    cos, sin = _column(np.cos(angles), n), _column(np.sin(angles), n)
     reach = radii.max(axis=1, keepdims=True)
 
     def signed_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:

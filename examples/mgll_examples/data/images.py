@@ -84,26 +84,15 @@ def read_image(path: Path) -> np.ndarray:
     return _as_rgb(pixels, path)
 
 
-def _augment(image: Tensor) -> Tensor:
-    """Shift [3, S, S] by up to S/16 pixels (zero fill) and scale its brightness by 0.9-1.1."""
-    size = image.shape[-1]
-    limit = max(1, size // 16)
-    dy, dx = torch.randint(-limit, limit + 1, (2,)).tolist()
-    shifted = torch.zeros_like(image)
-    shifted[:, max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)] = (
-        image[:, max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
-    )
-    return shifted * (0.9 + 0.2 * torch.rand(()))
-
-
 class ImageTextDataset(torch.utils.data.Dataset):
     """The samples' images as normalised float32 [3, image_size, image_size] tensors.
 
-    Item ``i`` is ``(i, image, None)``, or ``(i, None, message)`` when the image cannot be read;
-    ``train=True`` adds a random small shift and brightness jitter (``train=False`` is deterministic).
+    Item ``i`` is ``(i, image, None)``, or ``(i, None, message)`` when the image cannot be read.
+    Deterministic: training augmentation runs on whole batches in the main process
+    (``mgll_examples.pipeline.augment``), with a generator a checkpoint can restore.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, mean: Sequence[float], std: Sequence[float], train: bool):
+    def __init__(self, samples: Sequence[Sample], image_size: int, mean: Sequence[float], std: Sequence[float]):
         if image_size < 1:
             raise ExampleError(f"image size must be positive, got {image_size}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -112,7 +101,6 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.train = train
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -121,8 +109,6 @@ class ImageTextDataset(torch.utils.data.Dataset):
         image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
         size = (self.image_size, self.image_size)
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        if self.train:
-            image = _augment(image)
         return (image.clamp_(0.0, 1.0) - self.mean) / self.std
 
     def __getitem__(self, index: int) -> Item:

@@ -69,7 +69,8 @@ def read_records(path: Path) -> List[Record]:
     readers = {".json": _json_list, ".jsonl": _json_lines, ".csv": _csv_rows}
     suffix = path.suffix.lower()
     if suffix not in readers:
-        raise ExampleError(f"{path}: unsupported record file type {suffix or '(none)'!r}, expected one of {', '.join(RECORD_SUFFIXES)}")
+        expected = ", ".join(RECORD_SUFFIXES)
+        raise ExampleError(f"{path}: unsupported record file type {suffix or '(none)'!r}, expected one of {expected}")
     records = readers[suffix](path, _read_text(path))
     if not records:
         raise ExampleError(f"{path}: no records")
@@ -103,5 +104,6 @@ def read_prompts(path: Path) -> Dict[str, Dict[str, str]]:
             raise ExampleError(f"{path}: level {level!r}: expected an object {{class: prompt}}, got {type(prompts).__name__}")
         for name, prompt in prompts.items():
             if not isinstance(prompt, str):
-                raise ExampleError(f"{path}: level {level!r}, class {name!r}: prompt is {type(prompt).__name__}, expected a string")
+                kind = type(prompt).__name__
+                raise ExampleError(f"{path}: level {level!r}, class {name!r}: prompt is {kind}, expected a string")
     return data

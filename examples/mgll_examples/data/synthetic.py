@@ -58,7 +58,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _write(kind: str, data_dir: Path, num_train: int, num_test: int, image_size: int, seed: int) -> Path:
-    for name, value, least in (("num_train", num_train, 1), ("num_test", num_test, 1), ("image_size", image_size, _MIN_IMAGE_SIZE)):
+    limits = (("num_train", num_train, 1), ("num_test", num_test, 1), ("image_size", image_size, _MIN_IMAGE_SIZE))
+    for name, value, least in limits:
         if value < least:
             raise ExampleError(f"synthetic {kind} data: {name} must be at least {least}, got {value}")
     spec = _KINDS[kind]
@@ -79,12 +80,16 @@ def _write(kind: str, data_dir: Path, num_train: int, num_test: int, image_size:
     return data_dir
 
 
-def write_synthetic_fundus(data_dir: Path, num_train: int = 600, num_test: int = 200, image_size: int = 64, seed: int = 0) -> Path:
+def write_synthetic_fundus(
+    data_dir: Path, num_train: int = 600, num_test: int = 200, image_size: int = 64, seed: int = 0
+) -> Path:
     """Write a synthetic MGLL-Fundus data dir (deterministic for ``seed``); returns ``data_dir``."""
     return _write("fundus", data_dir, num_train, num_test, image_size, seed)
 
 
-def write_synthetic_xray(data_dir: Path, num_train: int = 600, num_test: int = 200, image_size: int = 64, seed: int = 0) -> Path:
+def write_synthetic_xray(
+    data_dir: Path, num_train: int = 600, num_test: int = 200, image_size: int = 64, seed: int = 0
+) -> Path:
     """Write a synthetic MGLL-Xray data dir (deterministic for ``seed``); returns ``data_dir``."""
     return _write("xray", data_dir, num_train, num_test, image_size, seed)
 
@@ -102,7 +107,7 @@ def ensure_synthetic(kind: str, data_dir: Path, **kwargs: Any) -> Path:
     if (data_dir / "train.json").exists():
         return data_dir
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise ExampleError(f"--data-dir {data_dir}: has no train.json and is not an empty directory; not writing synthetic data into it")
+        raise ExampleError(f"--data-dir {data_dir}: has no train.json and is not an empty directory; not writing into it")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.partial-", dir=data_dir.parent))
     try:

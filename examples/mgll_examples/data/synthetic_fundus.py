@@ -120,7 +120,7 @@ def _draw(rng: np.random.Generator, size: int, diseases: FrozenSet[str]) -> np.n
     if SEVERE in diseases:
         clusters = _scatter(rng, 2, centre, 0.3 * radius, retina, optic)
         points = np.concatenate([_scatter(rng, int(rng.integers(3, 7)), c, 0.07, retina, optic) for c in clusters])
-        paint(canvas, _dots(grid, points, rng.uniform(0.02, 0.035, len(points))), _EXUDATE)
+        paint(canvas, _dots(grid, points, rng.uniform(0.025, 0.04, len(points))), _EXUDATE)
     if AMD in diseases:
         points = _scatter(rng, int(rng.integers(8, 15)), macula, 0.1, retina, optic)
         paint(canvas, _dots(grid, points, rng.uniform(0.025, 0.045, len(points))), _DRUSEN, opacity=0.85)

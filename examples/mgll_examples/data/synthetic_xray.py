@@ -70,12 +70,12 @@ def _add_devices(canvas: np.ndarray, grid: Grid, rng: np.random.Generator) -> No
     """Portable-exam hardware, in place: endotracheal and nasogastric tubes, 3-5 ECG leads with wires."""
     tube_x = rng.normal(0.0, 0.02)
     tubes = [[[tube_x, -1.3], [tube_x, -0.8], [tube_x + 0.01, -0.35]], [[-0.04, -1.3], [-0.04, -0.3], [0.3, 0.6]]]
-    paint(canvas, polylines(grid, tubes, [0.03, 0.025]), _DEVICE)
+    paint(canvas, polylines(grid, tubes, [0.045, 0.035]), _DEVICE)
     count = int(rng.integers(3, 6))
     leads = np.stack([rng.uniform(-0.7, 0.7, count), rng.uniform(-0.6, 0.5, count)], axis=1)
     wires = np.stack([leads, leads * [1.8, 1.0] + [0.0, -0.8]], axis=1)
     paint(canvas, polylines(grid, wires, np.full(count, 0.015)), _DEVICE, opacity=0.8)
-    paint(canvas, rings(grid, leads, np.full(count, 0.045), 0.025), _DEVICE)
+    paint(canvas, rings(grid, leads, np.full(count, 0.05), 0.035), _DEVICE)
 
 
 def _expose(rng: np.random.Generator, attenuation: np.ndarray, modality: str) -> np.ndarray:

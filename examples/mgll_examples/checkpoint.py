@@ -1,0 +1,44 @@
+"""Atomic checkpoints (write to a temporary file, then rename) loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from .config import TrainConfig
+from .errors import ExampleError
+
+#: Flags that change what a step computes: a resumed run must use the same ones.
+MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "epochs", "max_steps", "lr",
+              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
+
+
+def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` so that ``path`` is always either the old or the new complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, config: TrainConfig, world_size: int) -> Dict[str, Any]:
+    """The checkpoint at ``path``, checked against this run's flags."""
+    if not path.is_file():
+        raise ExampleError(f"--resume {path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or holding objects weights_only refuses
+        raise ExampleError(f"--resume {path}: not a readable checkpoint ({type(error).__name__})") from error
+    if not isinstance(payload, dict) or not {"config", "step", "model", "optimizer"} <= payload.keys():
+        raise ExampleError(f"--resume {path}: not a checkpoint of these examples")
+    saved, current = payload["config"], config.to_dict()
+    for name in MUST_MATCH:
+        if saved.get(name) != current[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ExampleError(f"--resume {path}: saved with {flag} {saved.get(name)!r}, this run has {current[name]!r}")
+    if payload.get("world_size") != world_size:
+        raise ExampleError(f"--resume {path}: saved by {payload.get('world_size')} process(es), this run has {world_size}")
+    return payload

@@ -1,0 +1,120 @@
+"""The run configuration: every command-line flag of the pretraining scripts, as plain values."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, List, Optional, Sequence
+
+from mgll_loss.backends import BACKEND_NAMES
+
+from .model import TINY
+
+KINDS = ("fundus", "xray")
+LOSSES = ("mgll", "clip")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """One pretraining run (stored in every checkpoint; ``--resume`` checks it)."""
+
+    kind: str
+    data_dir: Optional[str] = None
+    synthetic: bool = False
+    synthetic_size: int = 800
+    train_file: Optional[str] = None
+    test_file: Optional[str] = None
+    image_column: str = "image"
+    text_columns: Optional[List[str]] = None
+    levels: Optional[List[str]] = None
+    model: str = TINY
+    pretrained: Optional[str] = None
+    loss: str = "mgll"
+    backend: str = "auto"
+    batch_size: int = 64
+    epochs: int = 10
+    max_steps: Optional[int] = None
+    stop_after: Optional[int] = None
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    workers: int = min(4, (os.cpu_count() or 2) // 2)
+    output_dir: str = "runs/pretrain"
+    checkpoint_every: int = 50
+    resume: Optional[str] = None
+    seed: int = 0
+    skip_bad_samples: bool = False
+    device: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _csv(text: str) -> List[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser(kind: str) -> argparse.ArgumentParser:
+    """The command line of ``examples/pretrain_<kind>.py``."""
+    defaults = TrainConfig(kind=kind)
+    parser = argparse.ArgumentParser(
+        prog=f"pretrain_{kind}.py",
+        description=f"MGLL (or plain CLIP) pretraining on {kind} image-text data, then zero-shot, "
+        "linear-probe and retrieval evaluation.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", help=f"folder with train.json and test.json in the MGLL-{kind.capitalize()} format")
+    data.add_argument("--synthetic", action="store_true",
+                      help="generate the built-in synthetic set in --data-dir (default runs/synthetic-<kind>) if absent, and use it")
+    data.add_argument("--synthetic-size", type=_positive, default=defaults.synthetic_size,
+                      help="number of synthetic images (3/4 train, 1/4 held out)")
+    data.add_argument("--train-file", help="generic format: CSV or JSONL with an image path column and one text column per level")
+    data.add_argument("--test-file", help="generic format: the held-out CSV or JSONL file")
+    data.add_argument("--image-column", default=defaults.image_column, help="generic format: the image path column")
+    data.add_argument("--text-columns", type=_csv, help="generic format: the text columns, one per level, comma-separated")
+    data.add_argument("--levels", type=_csv, help="levels to train on, comma-separated (default: all levels of the format)")
+    data.add_argument("--skip-bad-samples", action="store_true", help="skip and count unreadable images instead of stopping")
+    data.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
+    model = parser.add_argument_group("model and loss")
+    model.add_argument("--model", default=defaults.model, help="'tiny' (trains on CPU) or an open_clip architecture, e.g. ViT-B-32")
+    model.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (downloads weights)")
+    model.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="mgll, or the plain CLIP baseline on joined captions")
+    model.add_argument("--backend", choices=BACKEND_NAMES, default=defaults.backend, help="MGLLLoss backend")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--batch-size", type=_positive, default=defaults.batch_size, help="images per rank and step")
+    optim.add_argument("--epochs", type=_positive, default=defaults.epochs)
+    optim.add_argument("--max-steps", type=_positive, help="cap on the total number of steps (the schedule's length)")
+    optim.add_argument("--stop-after", type=_positive,
+                       help="stop this run after N steps and checkpoint (the schedule keeps its full length); resume later")
+    optim.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    optim.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    optim.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient norm clip (0: off)")
+    optim.add_argument("--precision", choices=PRECISIONS, default=defaults.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    optim.add_argument("--seed", type=int, default=defaults.seed)
+    optim.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    run = parser.add_argument_group("outputs")
+    run.add_argument("--output-dir", default=f"runs/{kind}", help="checkpoints (last.pt), metrics.json, training.png")
+    run.add_argument("--checkpoint-every", type=_positive, default=defaults.checkpoint_every, help="steps between checkpoints")
+    run.add_argument("--resume", help="continue from a checkpoint (e.g. <output-dir>/last.pt) with the same flags")
+    return parser
+
+
+def parse_config(kind: str, argv: Optional[Sequence[str]] = None) -> TrainConfig:
+    """Parse the command line into a :class:`TrainConfig`."""
+    namespace = build_parser(kind).parse_args(argv)
+    values = {f.name: getattr(namespace, f.name) for f in fields(TrainConfig) if f.name != "kind"}
+    if values["synthetic"] and not values["data_dir"]:
+        values["data_dir"] = f"runs/synthetic-{kind}"
+    return TrainConfig(kind=kind, **values)

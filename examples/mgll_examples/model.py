@@ -1,0 +1,64 @@
+"""The CLIP model of the examples: a tiny open_clip CLIP that trains on CPU, or any open_clip architecture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import open_clip
+from torch import Tensor, nn
+
+from .errors import ExampleError
+
+TINY = "tiny"
+TINY_CONTEXT_LENGTH = 40
+TINY_IMAGE_SIZE = 64
+
+
+@dataclass
+class ModelBundle:
+    """An open_clip model with what the data pipeline needs to feed it."""
+
+    model: nn.Module
+    tokenizer: Callable[[Sequence[str]], Tensor]  # list of strings -> token ids [n, L]
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def _tiny_clip() -> nn.Module:
+    """A 2-layer ViT (8x8 patches of 64x64 images) and a 2-layer text transformer; D = 64, ~3.5M parameters."""
+    return open_clip.CLIP(
+        embed_dim=64,
+        vision_cfg=dict(layers=2, width=96, head_width=32, patch_size=8, image_size=TINY_IMAGE_SIZE),
+        text_cfg=dict(context_length=TINY_CONTEXT_LENGTH, vocab_size=49408, width=64, heads=2, layers=2),
+    )
+
+
+def build_model(name: str, pretrained: Optional[str] = None) -> ModelBundle:
+    """The model ``name`` ("tiny" or an open_clip architecture), randomly initialised unless ``pretrained``.
+
+    ``pretrained`` (e.g. "openai") loads open_clip weights, which may download them: the tests and
+    the demo never pass it.
+    """
+    if name == TINY:
+        if pretrained:
+            raise ExampleError(f"--pretrained {pretrained}: the tiny model has no pretrained weights; pick an open_clip --model")
+        model = _tiny_clip()
+        tokenizer = open_clip.SimpleTokenizer(context_length=TINY_CONTEXT_LENGTH)
+        return ModelBundle(model, tokenizer, TINY_IMAGE_SIZE, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    if name not in open_clip.list_models():
+        raise ExampleError(f"--model {name}: not an open_clip architecture (see open_clip.list_models(), or use 'tiny')")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained or None)
+    except RuntimeError as error:  # unknown pretrained tag, weights not available offline
+        raise ExampleError(f"--model {name} --pretrained {pretrained}: {str(error).splitlines()[0]}") from error
+    size = model.visual.image_size
+    image_size = size if isinstance(size, int) else size[0]
+    mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    return ModelBundle(model, open_clip.get_tokenizer(name), image_size, mean, std)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,164 @@
+"""The training loop: AdamW, warmup + cosine, AMP, clipping, logit-scale clamp, DDP, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import open_clip
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mgll_loss import MGLLLoss
+from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import Dataset, ImageTextDataset, collate
+from .errors import ExampleError
+from .model import ModelBundle
+from .pipeline import StepBatches, augment, caption_tokens, level_labels
+from .world import World
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-step records (``step``, ``loss``, terms, ``lr``, ``logit_scale``)."""
+
+    history: List[Dict[str, float]]
+    steps: int
+    total_steps: int
+    seconds: float
+    skipped_samples: int = 0
+    checkpoint: Optional[Path] = None
+
+
+def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on gains, biases, embeddings' scale parameters and the logit scale (as open_clip)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 or "logit_scale" in name or "logit_bias" in name else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _loss_function(config: TrainConfig, world: World) -> nn.Module:
+    distributed = dict(local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size)
+    if config.loss == "clip":
+        return open_clip.ClipLoss(cache_labels=True, **distributed)
+    return MGLLLoss(backend=config.backend, **distributed)
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor], clip: bool) -> Dict[str, Tensor]:
+    if clip:
+        return {"clip_loss": loss_fn(features["image_features"], features["text_features"][0], features["logit_scale"])}
+    return loss_fn(**features, labels=labels, output_dict=True)
+
+
+def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: World) -> TrainResult:
+    """Train ``bundle.model`` in place on ``dataset.train``; checkpoint to ``<output-dir>/last.pt``."""
+    samples = dataset.train
+    global_batch = config.batch_size * world.size
+    steps_per_epoch = len(samples) // global_batch
+    if steps_per_epoch == 0:
+        raise ExampleError(f"the training split has {len(samples)} samples, fewer than one global batch "
+                           f"({config.batch_size} x {world.size} processes): lower --batch-size")
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    clip = config.loss == "clip"
+    tokens = caption_tokens(samples, bundle.tokenizer, joined=clip)  # [N, G, L]
+    labels = level_labels(dataset, samples)
+
+    wrapper = MultiGranularOpenCLIP(bundle.model).to(world.device)
+    model = nn.parallel.DistributedDataParallel(wrapper) if world.size > 1 else wrapper
+    optimizer = _optimizer(wrapper, config)
+    loss_fn = _loss_function(config, world)
+    generator = torch.Generator().manual_seed(config.seed * 1_000 + world.rank)
+    output_dir = Path(config.output_dir)
+    checkpoint_path = output_dir / CHECKPOINT_NAME
+    history: List[Dict[str, float]] = []
+    start = 0
+    if config.resume:
+        state = load_checkpoint(Path(config.resume), config, world.size)
+        wrapper.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["augment_rng"][world.rank])
+        history, start = list(state["history"]), int(state["step"])
+    stop = total_steps if config.stop_after is None else min(total_steps, start + config.stop_after)
+
+    images = ImageTextDataset(samples, bundle.image_size, bundle.mean, bundle.std)
+    sampler = StepBatches(len(samples), config.batch_size, world.rank, world.size, config.seed, steps_per_epoch, start, stop)
+    loader = torch.utils.data.DataLoader(images, batch_sampler=sampler, collate_fn=collate, num_workers=config.workers,
+                                         pin_memory=world.device.type == "cuda")
+    wrapper.train()
+    skipped, began = 0, time.perf_counter()
+    progress = tqdm(total=stop - start, desc=f"{config.loss} {config.kind}", disable=not world.is_main, leave=False)
+    for step, batch in zip(range(start, stop), loader):
+        if world.any(bool(batch.errors)) and not config.skip_bad_samples:
+            raise ExampleError(batch.errors[0] if batch.errors else "another process stopped at an unreadable image")
+        skipped += len(batch.errors)
+        if world.any(batch.indices.numel() == 0):
+            continue
+        index = batch.indices
+        lr = learning_rate(step, config, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pixels = augment(batch.images, generator).to(world.device, non_blocking=True)
+        texts = tokens[index].transpose(0, 1).to(world.device)
+        with _autocast(config, world.device):
+            features = model(pixels, texts)
+        terms = _terms(loss_fn, features, [label[index].to(world.device) for label in labels], clip)
+        total = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
+        optimizer.step()
+        wrapper.clamp_logit_scale()
+        record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr,
+                  "logit_scale": wrapper.model.logit_scale.exp().item()}
+        record.update({name: world.mean(value.item()) for name, value in terms.items()})
+        history.append(record)
+        progress.update()
+        progress.set_postfix(loss=f"{record['loss']:.3f}")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == stop:
+            _save(checkpoint_path, config, world, wrapper, optimizer, generator, history, step + 1)
+    progress.close()
+    return TrainResult(history, stop, total_steps, time.perf_counter() - began, skipped, checkpoint_path)
+
+
+def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularOpenCLIP,
+          optimizer: torch.optim.Optimizer, generator: torch.Generator, history: List[Dict[str, float]], step: int) -> None:
+    """Rank 0 writes the checkpoint (with every rank's augmentation generator state)."""
+    states = [generator.get_state()]
+    if world.size > 1:
+        states = [torch.empty_like(states[0]) for _ in range(world.size)]
+        torch.distributed.all_gather_object(states, generator.get_state())
+    if world.is_main:
+        payload: Dict[str, Any] = {
+            "config": config.to_dict(), "world_size": world.size, "step": step, "model": wrapper.model.state_dict(),
+            "optimizer": optimizer.state_dict(), "augment_rng": states, "history": history,
+        }
+        save_checkpoint(path, payload)
+    world.barrier()

@@ -1,0 +1,16 @@
+"""MGLL pretraining on MGLL-Xray (MIDRC chest X-rays; or the built-in synthetic X-ray set), then evaluation.
+
+    python examples/pretrain_xray.py --synthetic                     # synthetic data, tiny model, CPU
+    python examples/pretrain_xray.py --synthetic --loss clip         # the plain CLIP baseline
+    python examples/pretrain_xray.py --data-dir /data/MGLL-Xray --model ViT-B-16 --pretrained openai
+    torchrun --nproc_per_node 2 examples/pretrain_xray.py --synthetic
+
+``--help`` lists every flag. The engine lives in ``examples/mgll_examples``.
+"""
+
+import sys
+
+from mgll_examples.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("xray"))
