@@ -41,8 +41,10 @@ def side_by_side(tables: Sequence[List[str]], gap: int = 4) -> str:
 
 
 def _loss_axis(axis, history: List[Dict[str, float]], label: str = "") -> None:
+    """The loss terms of a run over steps, and their sum when there are several."""
     steps = [record["step"] for record in history]
-    for key in [k for k in history[0] if k.endswith("loss")] if history else []:
+    terms = [key for key in history[0] if key.endswith("_loss")] if history else []
+    for key in terms + (["loss"] if len(terms) > 1 else []):
         axis.plot(steps, [record[key] for record in history], label=f"{label}{key}".replace("_", " "))
     axis.set_xlabel("step")
     axis.set_ylabel("loss")

@@ -114,38 +114,53 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     wrapper.train()
     skipped, began = 0, time.perf_counter()
     progress = tqdm(total=stop - start, desc=f"{config.loss} {config.kind}", disable=not world.is_main, leave=False)
-    for step, batch in zip(range(start, stop), loader):
-        if world.any(bool(batch.errors)) and not config.skip_bad_samples:
-            raise ExampleError(batch.errors[0] if batch.errors else "another process stopped at an unreadable image")
-        skipped += len(batch.errors)
-        if world.any(batch.indices.numel() == 0):
-            continue
-        index = batch.indices
-        lr = learning_rate(step, config, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        pixels = augment(batch.images, generator).to(world.device, non_blocking=True)
-        texts = tokens[index].transpose(0, 1).to(world.device)
-        with _autocast(config, world.device):
-            features = model(pixels, texts)
-        terms = _terms(loss_fn, features, [label[index].to(world.device) for label in labels], clip)
-        total = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
-        optimizer.step()
-        wrapper.clamp_logit_scale()
-        record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr,
-                  "logit_scale": wrapper.model.logit_scale.exp().item()}
-        record.update({name: world.mean(value.item()) for name, value in terms.items()})
-        history.append(record)
-        progress.update()
-        progress.set_postfix(loss=f"{record['loss']:.3f}")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == stop:
-            _save(checkpoint_path, config, world, wrapper, optimizer, generator, history, step + 1)
-    progress.close()
+    try:
+        for step, batch in zip(range(start, stop), loader):
+            skipped += _check_batch(batch.errors, config, world)
+            if world.any(batch.indices.numel() == 0):
+                continue
+            record = _step(step, batch, model, wrapper, optimizer, loss_fn, tokens, labels, generator, config, world,
+                           total_steps, clip)
+            history.append(record)
+            progress.update()
+            progress.set_postfix(loss=f"{record['loss']:.3f}")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == stop:
+                _save(checkpoint_path, config, world, wrapper, optimizer, generator, history, step + 1)
+    finally:
+        progress.close()  # before any error message, so it starts on its own line
     return TrainResult(history, stop, total_steps, time.perf_counter() - began, skipped, checkpoint_path)
+
+
+def _check_batch(errors: List[str], config: TrainConfig, world: World) -> int:
+    """Stop every rank at an unreadable image (naming it), or count it with ``--skip-bad-samples``."""
+    if world.any(bool(errors)) and not config.skip_bad_samples:
+        raise ExampleError(errors[0] if errors else "another process stopped at an unreadable image")
+    return len(errors)
+
+
+def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLIP, optimizer: torch.optim.Optimizer,
+          loss_fn: nn.Module, tokens: Tensor, labels: List[Tensor], generator: torch.Generator, config: TrainConfig,
+          world: World, total_steps: int, clip: bool) -> Dict[str, float]:
+    """One optimiser step on the batch's good samples; returns the step's record (losses averaged over ranks)."""
+    index = batch.indices
+    lr = learning_rate(step, config, total_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    pixels = augment(batch.images, generator).to(world.device, non_blocking=True)
+    texts = tokens[index].transpose(0, 1).to(world.device)
+    with _autocast(config, world.device):
+        features = model(pixels, texts)
+    terms = _terms(loss_fn, features, [label[index].to(world.device) for label in labels], clip)
+    total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if config.grad_clip > 0:
+        nn.utils.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
+    optimizer.step()
+    wrapper.clamp_logit_scale()
+    record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr, "logit_scale": wrapper.model.logit_scale.exp().item()}
+    record.update({name: world.mean(value.item()) for name, value in terms.items()})
+    return record
 
 
 def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularOpenCLIP,

@@ -32,6 +32,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def _read_npz(path: Path) -> np.ndarray:
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would try to unpickle it
+        raise ExampleError(f"{path}: cannot read .npz (not a zip archive: corrupt or truncated)")
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
