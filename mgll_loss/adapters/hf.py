@@ -102,6 +102,13 @@ def collate_levels(features: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     ``attention_mask`` [G, L] and ``labels`` (G per-level labels: class ids or multi-hot
     vectors). Returns ``pixel_values`` [B, C, H, W], ``input_ids``/``attention_mask`` [G, B, L]
     and ``labels`` as a list of G tensors ([B] or [B, C]).
+
+    Example:
+        >>> examples = [dict(pixel_values=torch.zeros(3, 8, 8), input_ids=torch.ones(2, 5, dtype=torch.long),
+        ...                  labels=[i % 2, torch.tensor([1, 0, i % 2])]) for i in range(4)]
+        >>> batch = collate_levels(examples)
+        >>> tuple(batch["input_ids"].shape), [tuple(level.shape) for level in batch["labels"]]
+        ((2, 4, 5), [(4,), (4, 3)])
     """
     if len(features) == 0:
         raise ValueError("features: expected at least one example, got none")
@@ -133,6 +140,15 @@ def compute_mgll_loss(
 
     ``labels`` is a list of G per-level labels or a level-first tensor [G, B] / [G, B, C];
     missing means plain CLIP targets. Returns the loss, or ``(loss, features)``.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> def model(pixel_values, input_ids):  # stands in for a MultiGranularHFCLIP
+        ...     return dict(image_features=F.normalize(torch.randn(4, 8), dim=-1),
+        ...                 text_features=F.normalize(torch.randn(2, 4, 8), dim=-1), logit_scale=torch.tensor(10.0))
+        >>> batch = dict(pixel_values=None, input_ids=None, labels=torch.tensor([[0, 0, 1, 1], [0, 1, 2, 2]]))
+        >>> compute_mgll_loss(model, batch, MGLLLoss()).shape
+        torch.Size([])
     """
     model_inputs = dict(inputs)
     labels = _level_list("labels", model_inputs.pop("labels", None))
