@@ -86,6 +86,16 @@ def tokenize_levels(tokenizer: Any, levels: Sequence[Sequence[str]], **tokenizer
         levels: G sequences of B captions.
         tokenizer_options: passed to the tokenizer; default ``padding=True, truncation=True``
             (SigLIP checkpoints expect ``padding="max_length"``).
+
+    Example:
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> backend = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "normal": 2, "abnormal": 3}, unk_token="[UNK]"))
+        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")  # or AutoTokenizer.from_pretrained(...)
+        >>> batch = tokenize_levels(tokenizer, [["normal", "abnormal"], ["normal normal", "abnormal"]])
+        >>> tuple(batch["input_ids"].shape), batch["attention_mask"][1].tolist()
+        ((2, 2, 2), [[1, 1], [1, 0]])
     """
     flat, num_levels, batch_size = flatten_level_texts(levels)
     options = {"padding": True, "truncation": True, **tokenizer_options, "return_tensors": "pt"}
