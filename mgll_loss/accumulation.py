@@ -76,6 +76,11 @@ def accumulate_step(
     backpropagated once, through the first micro-batch's graph (the other micro-batches
     backpropagate zero), so the parameter receives exactly its big-batch gradient.
 
+    Layers that mix the rows of a batch (BatchNorm in training mode) see one micro-batch at a
+    time, as in any gradient accumulation, so such a model does not equal its big batch; the
+    module's buffers (running statistics) are restored after the second pass, so they move once
+    per micro-batch.
+
     Under DDP pass the ``DistributedDataParallel`` module: the first pass runs its inner module,
     the second pass runs all micro-batches but the last under ``no_sync()``, so gradients are
     all-reduced once per effective step. A distributed loss (``gather_with_grad``,
@@ -152,6 +157,7 @@ def accumulate_step(
             states.append(_RngState.capture())
             cached.append(_check_outputs(k, encoder(**batch)))
     after_first_pass = _RngState.capture()
+    buffers = _buffers(encoder)
 
     inputs, leaves, row_sizes = _effective_inputs(cached)
     text = inputs["text_features"]
@@ -177,6 +183,7 @@ def accumulate_step(
                 with _autocast_off():
                     torch.autograd.backward(tensors, vectors)
     after_first_pass.restore()
+    _restore_buffers(encoder, buffers)
     if output_dict:
         return {name: value.detach() for name, value in result.items()}  # type: ignore[union-attr]
     return total.detach()
@@ -193,6 +200,20 @@ def _autocast_off() -> contextlib.ExitStack:
         if enabled:
             stack.enter_context(torch.autocast(device_type, enabled=False))
     return stack
+
+
+def _buffers(model: Any) -> Dict[str, Tensor]:
+    """Copies of the module's buffers (e.g. BatchNorm running statistics) after the first pass."""
+    return {name: b.detach().clone() for name, b in model.named_buffers()} if isinstance(model, nn.Module) else {}
+
+
+def _restore_buffers(model: Any, saved: Dict[str, Tensor]) -> None:
+    """Undo the second pass's buffer updates, so running statistics move once per micro-batch."""
+    if isinstance(model, nn.Module):
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in saved and saved[name].shape == buffer.shape:
+                    buffer.copy_(saved[name])
 
 
 def _check_micro_batches(micro_batches: Any) -> List[Mapping[str, Any]]:

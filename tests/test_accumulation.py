@@ -135,6 +135,30 @@ def test_dropout_is_replayed_in_the_second_pass():
     assert not torch.allclose(without_dropout[1]["image_tower.0.weight"], expected[1]["image_tower.0.weight"], atol=1e-4)
 
 
+def test_batch_norm_running_statistics_move_once_per_micro_batch():
+    class Normed(TwoTower):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm1d(7, dtype=torch.float64)
+
+        def forward(self, images, texts):
+            return super().forward(self.norm(images), texts)
+
+    torch.manual_seed(0)
+    model, loss_fn = Normed(), MGLLLoss()
+    inputs = effective_batch(8)
+    batches = micro_batches(inputs, [3, 5])
+    expected = Normed()
+    expected.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for batch in batches:  # one training-mode forward per micro-batch
+            expected(**batch)
+    accumulate_step(model, loss_fn, batches)
+    for name, buffer in expected.named_buffers():
+        torch.testing.assert_close(dict(model.named_buffers())[name], buffer, **TOL)
+    assert int(model.norm.num_batches_tracked) == 2
+
+
 def test_autocast_bf16_matches_the_big_batch_under_the_same_autocast():
     torch.manual_seed(0)
     model, loss_fn = TwoTower().float(), MGLLLoss()
@@ -272,3 +296,34 @@ def test_model_output_without_features_and_output_dict_mismatch_are_rejected():
     with pytest.raises(TypeError, match="loss_fn: with output_dict=True expected a dict"):
         accumulate_step(model, lambda **f: loss_fn(**{k: v for k, v in f.items() if k != "output_dict"}), batches,
                         output_dict=True)
+
+
+# --- the examples' --accum-steps -------------------------------------------------------------
+
+
+def test_examples_train_with_accum_steps_record_it_and_resume_exactly(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    pytest.importorskip("sklearn")
+    from mgll_examples.cli import main, run
+    from mgll_examples.config import parse_config
+
+    common = ["--synthetic", "--data-dir", str(tmp_path / "data"), "--synthetic-size", "40", "--batch-size", "4",
+              "--workers", "0", "--max-steps", "2", "--checkpoint-every", "1", "--warmup-steps", "1"]
+    flags = [*common, "--accum-steps", "3"]  # 12 of the 30 training images per step
+    whole = run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "whole")]))
+    assert "effective batch 12 per step: --batch-size 4 x --accum-steps 3 x 1 process(es)" in capsys.readouterr().out
+    state = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert state["config"]["accum_steps"] == 3 and state["step"] == 2 == whole["steps"]
+
+    parts = ["--output-dir", str(tmp_path / "parts")]
+    run(parse_config("fundus", [*flags, *parts, "--stop-after", "1"]))
+    run(parse_config("fundus", [*flags, *parts, "--resume", str(tmp_path / "parts" / "last.pt")]))
+    expected = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["history"]
+    resumed = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["history"]
+    assert [r["step"] for r in resumed] == [1, 2]
+    for a, b in zip(resumed, expected):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7), (a, b)
+
+    capsys.readouterr()
+    assert main("fundus", [*common, "--accum-steps", "2", *parts, "--resume", str(tmp_path / "parts" / "last.pt")]) == 2
+    assert "saved with --accum-steps 3, this run has 2" in capsys.readouterr().err

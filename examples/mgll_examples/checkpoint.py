@@ -12,7 +12,7 @@ from .config import TrainConfig
 from .errors import ExampleError
 
 #: Flags that change what a step computes: a resumed run must use the same ones.
-MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "epochs", "max_steps", "lr",
+MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "epochs", "max_steps", "lr",
               "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
 
 

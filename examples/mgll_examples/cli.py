@@ -46,6 +46,10 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
         print(f"{config.loss} on {config.kind}: {len(dataset.train)} train / {len(dataset.test)} held-out images, "
               f"levels: {levels}; model {config.model} ({count_parameters(bundle.model) / 1e6:.1f}M parameters), "
               f"{world.size} process(es) on {world.device}", flush=True)
+        if config.accum_steps > 1:
+            print(f"effective batch {config.batch_size * config.accum_steps * world.size} per step: --batch-size "
+                  f"{config.batch_size} x --accum-steps {config.accum_steps} x {world.size} process(es), encoded "
+                  f"{config.batch_size} images at a time (feature-cached accumulation)", flush=True)
     result = train(config, dataset, bundle, world)
     if not world.is_main:
         return None

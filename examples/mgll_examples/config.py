@@ -34,6 +34,7 @@ class TrainConfig:
     loss: str = "mgll"
     backend: str = "auto"
     batch_size: int = 64
+    accum_steps: int = 1
     epochs: int = 10
     max_steps: Optional[int] = None
     stop_after: Optional[int] = None
@@ -93,6 +94,9 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     model.add_argument("--backend", choices=BACKEND_NAMES, default=defaults.backend, help="MGLLLoss backend")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--batch-size", type=_positive, default=defaults.batch_size, help="images per rank and step")
+    optim.add_argument("--accum-steps", type=_positive, default=defaults.accum_steps,
+                       help="micro-batches of --batch-size per step: the loss sees K x --batch-size images per rank, "
+                       "encoded --batch-size at a time (feature-cached accumulation, mgll_loss.accumulate_step)")
     optim.add_argument("--epochs", type=_positive, default=defaults.epochs)
     optim.add_argument("--max-steps", type=_positive, help="cap on the total number of steps (the schedule's length)")
     optim.add_argument("--stop-after", type=_positive,

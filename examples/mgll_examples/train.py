@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mgll_loss import MGLLLoss
+from mgll_loss import MGLLLoss, accumulate_step
 from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -78,11 +78,12 @@ def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor]
 def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: World) -> TrainResult:
     """Train ``bundle.model`` in place on ``dataset.train``; checkpoint to ``<output-dir>/last.pt``."""
     samples = dataset.train
-    global_batch = config.batch_size * world.size
-    steps_per_epoch = len(samples) // global_batch
+    rank_batch = config.batch_size * config.accum_steps  # images per rank and optimiser step
+    steps_per_epoch = len(samples) // (rank_batch * world.size)
     if steps_per_epoch == 0:
         raise ExampleError(f"the training split has {len(samples)} samples, fewer than one global batch "
-                           f"({config.batch_size} x {world.size} processes): lower --batch-size")
+                           f"({config.batch_size} x {config.accum_steps} accumulation steps x {world.size} processes): "
+                           "lower --batch-size or --accum-steps")
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -108,7 +109,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     stop = total_steps if config.stop_after is None else min(total_steps, start + config.stop_after)
 
     images = ImageTextDataset(samples, bundle.image_size, bundle.mean, bundle.std)
-    sampler = StepBatches(len(samples), config.batch_size, world.rank, world.size, config.seed, steps_per_epoch, start, stop)
+    sampler = StepBatches(len(samples), rank_batch, world.rank, world.size, config.seed, steps_per_epoch, start, stop)
     loader = torch.utils.data.DataLoader(images, batch_sampler=sampler, collate_fn=collate, num_workers=config.workers,
                                          pin_memory=world.device.type == "cuda")
     wrapper.train()
@@ -148,12 +149,16 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
         group["lr"] = lr
     pixels = augment(batch.images, generator).to(world.device, non_blocking=True)
     texts = tokens[index].transpose(0, 1).to(world.device)
-    with _autocast(config, world.device):
-        features = model(pixels, texts)
-    terms = _terms(loss_fn, features, [label[index].to(world.device) for label in labels], clip)
-    total = sum(terms.values())
+    step_labels = [label[index].to(world.device) for label in labels]
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    if config.accum_steps > 1:
+        terms = _accumulated_terms(model, loss_fn, pixels, texts, step_labels, config, world.device, clip)
+    else:
+        with _autocast(config, world.device):
+            features = model(pixels, texts)
+        terms = _terms(loss_fn, features, step_labels, clip)
+        sum(terms.values()).backward()
+    total = sum(terms.values())
     if config.grad_clip > 0:
         nn.utils.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
     optimizer.step()
@@ -161,6 +166,22 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
     record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr, "logit_scale": wrapper.model.logit_scale.exp().item()}
     record.update({name: world.mean(value.item()) for name, value in terms.items()})
     return record
+
+
+# --- --accum-steps: feature-cached gradient accumulation ------------------------------------------
+
+
+def _accumulated_terms(model: nn.Module, loss_fn: nn.Module, pixels: Tensor, texts: Tensor, labels: List[Tensor],
+                       config: TrainConfig, device: torch.device, clip: bool) -> Dict[str, Tensor]:
+    """The loss of all K x --batch-size images, encoded --batch-size at a time; gradients into ``.grad``."""
+    micro_batches = [dict(images=p, texts=t) for p, t in zip(pixels.split(config.batch_size),
+                                                             texts.split(config.batch_size, dim=1))]
+
+    def loss(labels: List[Tensor], output_dict: bool, **features: Tensor) -> Dict[str, Tensor]:
+        return _terms(loss_fn, features, labels, clip)
+
+    with _autocast(config, device):  # the encoders only: accumulate_step computes the loss outside autocast
+        return accumulate_step(model, loss, micro_batches, labels=labels, output_dict=True)  # type: ignore[return-value]
 
 
 def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularOpenCLIP,
