@@ -6,6 +6,7 @@
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
 #   make demo       the main job: MGLL vs plain CLIP pretraining on synthetic fundus data (a few minutes on CPU)
 #   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
+#   make bench-accumulation   one effective step of B=512: full batch vs accumulate_step vs naive (minutes)
 #   make dist       build sdist + wheel into dist/ and run twine check
 #   make clean      remove build artefacts and caches (keeps .venv)
 
@@ -22,7 +23,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow docs demo bench dist clean
+.PHONY: install test test-slow docs demo bench bench-accumulation dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -90,6 +91,9 @@ demo: $(DEMO_STAMP)
 BENCH_PRESET ?= cpu
 bench: install
 	$(PY) -m benchmarks.run --preset $(BENCH_PRESET) --out benchmarks/results
+
+bench-accumulation: install
+	$(PY) -m benchmarks.accumulation --out benchmarks/results
 
 dist: $(BUILD_STAMP)
 	rm -rf dist/

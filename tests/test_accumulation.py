@@ -171,6 +171,19 @@ def test_autocast_bf16_matches_the_big_batch_under_the_same_autocast():
     _assert_same(got, expected, tol=dict(rtol=2e-2, atol=2e-3))
 
 
+def test_grad_scaler_recipe_scales_every_gradient():
+    """fp16 recipe of the guide: scale inside loss_fn; gradients are the unscaled ones times the scale."""
+    torch.manual_seed(0)
+    model, loss_fn = TwoTower(), MGLLLoss()
+    inputs = effective_batch(6)
+    loss, plain = _accumulated(model, loss_fn, micro_batches(inputs, [2, 4]))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaled_loss, scaled = _accumulated(model, lambda **f: scaler.scale(loss_fn(**f)), micro_batches(inputs, [2, 4]))
+    torch.testing.assert_close(scaled_loss / scaler.get_scale(), loss, **TOL)
+    for name, grad in plain.items():
+        torch.testing.assert_close(scaled[name], 1024.0 * grad, **TOL)
+
+
 def test_open_clip_adapter_with_bias_multi_hot_labels_and_text_mask():
     pytest.importorskip("open_clip")
     from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
@@ -327,3 +340,39 @@ def test_examples_train_with_accum_steps_record_it_and_resume_exactly(tmp_path, 
     capsys.readouterr()
     assert main("fundus", [*common, "--accum-steps", "2", *parts, "--resume", str(tmp_path / "parts" / "last.pt")]) == 2
     assert "saved with --accum-steps 3, this run has 2" in capsys.readouterr().err
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def test_benchmark_probe_measures_one_configuration(capsys):
+    pytest.importorskip("open_clip")
+    import json
+
+    from benchmarks import accumulation as bench
+
+    threads = torch.get_num_threads()
+    try:
+        bench._probe(json.dumps(["accumulate", 2, 8, 2, 1]))
+    finally:
+        torch.set_num_threads(threads)  # the probe sets 1 thread for its own (subprocess) use
+    probe = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(probe["times"]) == 2 and all(t > 0 for t in probe["times"]) and probe["peak_mb"] >= 0
+
+
+@pytest.mark.slow  # a fresh subprocess per configuration
+def test_benchmark_writes_csv_and_plot(tmp_path):
+    pytest.importorskip("open_clip")
+    pytest.importorskip("matplotlib")
+    import csv
+
+    from benchmarks import accumulation as bench
+
+    rows = bench.main(["--batch", "8", "--splits", "2", "--repeats", "1", "--out", str(tmp_path)])
+    assert [(r["method"], r["micro_batches"], r["micro_batch"]) for r in rows] == [("full", 1, 8), ("accumulate", 2, 4),
+                                                                                   ("naive", 2, 4)]
+    with open(tmp_path / "accumulation.csv") as handle:
+        saved = list(csv.DictReader(handle))
+    assert list(saved[0]) == bench.FIELDS and len(saved) == 3
+    assert all(float(r["peak_mb"]) >= 0 and float(r["median_ms"]) > 0 for r in saved)
+    assert (tmp_path / "accumulation.png").stat().st_size > 10_000
