@@ -33,7 +33,7 @@ class _RngState:
     cuda: Optional[List[Tensor]]
 
     @classmethod
-    def capture(cls) -> "_RngState":
+    def capture(cls) -> _RngState:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         return cls(torch.get_rng_state(), cuda)
 
@@ -162,28 +162,34 @@ def accumulate_step(
     inputs, leaves, row_sizes = _effective_inputs(cached)
     text = inputs["text_features"]
     _check_effective_rows(labels, targets, text_mask, row_sizes, tuple(text.shape) if isinstance(text, Tensor) else ())
-    extra: Dict[str, Any] = {k: v for k, v in dict(labels=labels, targets=targets, text_mask=text_mask).items() if v is not None}
+    extra: Dict[str, Any] = {
+        k: v for k, v in dict(labels=labels, targets=targets, text_mask=text_mask).items() if v is not None
+    }
     if output_dict:
         extra["output_dict"] = True
-    with torch.enable_grad(), _autocast_off():  # the loss reads low-precision features itself; backward outside autocast
+    # the loss reads low-precision features itself; backward passes run outside autocast
+    with torch.enable_grad(), _autocast_off():
         result = loss_fn(**inputs, **extra)
         total = _total(result, output_dict)
         keys = [key for key, leaf in leaves.items() if leaf.requires_grad]
         values = torch.autograd.grad(total, [leaves[key] for key in keys], allow_unused=True) if keys else ()
-        grads = dict(zip(keys, values))
+        grads: Dict[Tuple[str, int], Optional[Tensor]] = dict(zip(keys, values, strict=True))
+    del cached, inputs, leaves
 
     no_sync = getattr(model, "no_sync", None)
-    for k, batch in enumerate(batches):
-        states[k].restore()
-        last = k == len(batches) - 1
-        with contextlib.nullcontext() if last or not callable(no_sync) else no_sync():
-            outputs = _check_outputs(k, model(**batch))
-            tensors, vectors = _micro_batch_gradients(k, outputs, grads, row_sizes)
-            if tensors:
-                with _autocast_off():
-                    torch.autograd.backward(tensors, vectors)
-    after_first_pass.restore()
-    _restore_buffers(encoder, buffers)
+    try:
+        for k, batch in enumerate(batches):
+            states[k].restore()
+            last = k == len(batches) - 1
+            with contextlib.nullcontext() if last or not callable(no_sync) else no_sync():
+                outputs = _check_outputs(k, model(**batch))
+                tensors, vectors = _micro_batch_gradients(k, outputs, grads, row_sizes)
+                if tensors:
+                    with _autocast_off():
+                        torch.autograd.backward(tensors, vectors)
+    finally:
+        after_first_pass.restore()
+        _restore_buffers(encoder, buffers)
     if output_dict:
         return {name: value.detach() for name, value in result.items()}  # type: ignore[union-attr]
     return total.detach()
@@ -218,12 +224,17 @@ def _restore_buffers(model: Any, saved: Dict[str, Tensor]) -> None:
 
 def _check_micro_batches(micro_batches: Any) -> List[Mapping[str, Any]]:
     if isinstance(micro_batches, (str, bytes, Mapping)) or not isinstance(micro_batches, Sequence):
-        raise TypeError(f"micro_batches: expected a sequence of keyword dicts for model(**batch), got {type(micro_batches).__name__}")
+        raise TypeError(
+            "micro_batches: expected a sequence of keyword dicts for model(**batch), "
+            f"got {type(micro_batches).__name__}"
+        )
     if len(micro_batches) == 0:
         raise ValueError("micro_batches: expected at least one micro-batch, got an empty sequence")
     for k, batch in enumerate(micro_batches):
         if not isinstance(batch, Mapping):
-            raise TypeError(f"micro_batches[{k}]: expected a dict of keyword arguments for model, got {type(batch).__name__}")
+            raise TypeError(
+                f"micro_batches[{k}]: expected a dict of keyword arguments for model, got {type(batch).__name__}"
+            )
     return list(micro_batches)
 
 
@@ -231,18 +242,24 @@ def _parts(k: int, key: str, value: Any) -> List[Tensor]:
     """A row output as a list of tensors [..., b, D] (one tensor, or one per level)."""
     parts = [value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else None
     if not parts or not all(isinstance(p, Tensor) and p.dim() >= 2 for p in parts):
-        raise TypeError(f"model(**micro_batches[{k}])[{key!r}]: expected a tensor [..., b, D] or a sequence of "
-                        f"tensors [b, D], got {type(value).__name__}")
+        raise TypeError(
+            f"model(**micro_batches[{k}])[{key!r}]: expected a tensor [..., b, D] or a sequence of "
+            f"tensors [b, D], got {type(value).__name__}"
+        )
     return parts
 
 
 def _check_outputs(k: int, outputs: Any) -> Dict[str, Any]:
     if not isinstance(outputs, Mapping):
-        raise TypeError(f"model(**micro_batches[{k}]): expected a mapping of the loss's keyword inputs "
-                        f"(image_features, text_features, logit_scale, ...), got {type(outputs).__name__}")
+        raise TypeError(
+            f"model(**micro_batches[{k}]): expected a mapping of the loss's keyword inputs "
+            f"(image_features, text_features, logit_scale, ...), got {type(outputs).__name__}"
+        )
     missing = [key for key in (*ROW_KEYS, "logit_scale") if key not in outputs]
     if missing:
-        raise TypeError(f"model(**micro_batches[{k}]): expected keys {list(ROW_KEYS) + ['logit_scale']}, missing {missing}")
+        raise TypeError(
+            f"model(**micro_batches[{k}]): expected keys {list(ROW_KEYS) + ['logit_scale']}, missing {missing}"
+        )
     for key in ROW_KEYS:
         _parts(k, key, outputs[key])
     return dict(outputs)
@@ -259,7 +276,9 @@ def _same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
-def _effective_inputs(cached: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[Tuple[str, int], Tensor], Dict[str, List[List[int]]]]:
+def _effective_inputs(
+    cached: List[Dict[str, Any]],
+) -> Tuple[Dict[str, Any], Dict[Tuple[str, int], Tensor], Dict[str, List[List[int]]]]:
     """The loss's inputs for the effective batch: cached features concatenated as leaves, the rest from micro-batch 0.
 
     Returns the inputs, the leaves that get a gradient (keyed by (output, part)), and per row
@@ -273,8 +292,10 @@ def _effective_inputs(cached: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dic
         if key not in ROW_KEYS:
             for k, outputs in enumerate(cached[1:], start=1):
                 if key not in outputs or not _same_value(value, outputs[key]):
-                    raise ValueError(f"{key}: expected the same value from every micro-batch (a function of the parameters "
-                                     f"only), got {value!r} from micro-batch 0 and {outputs.get(key)!r} from micro-batch {k}")
+                    raise ValueError(
+                        f"{key}: expected the same value from every micro-batch (a function of the parameters "
+                        f"only), got {value!r} from micro-batch 0 and {outputs.get(key)!r} from micro-batch {k}"
+                    )
             if isinstance(value, Tensor):
                 leaves[(key, 0)] = value.detach().requires_grad_(value.requires_grad or value.is_floating_point())
                 inputs[key] = leaves[(key, 0)]
@@ -296,7 +317,7 @@ def _effective_inputs(cached: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dic
             leaf = torch.cat([parts[index] for parts in per_batch], dim=-2).requires_grad_(True)
             leaves[(key, index)] = leaf
             joined.append(leaf)
-        inputs[key] = joined[0] if isinstance(first[key], Tensor) else type(first[key])(joined)
+        inputs[key] = joined[0] if isinstance(value, Tensor) else type(value)(joined)
     return inputs, leaves, row_sizes
 
 
@@ -315,13 +336,17 @@ def _check_effective_rows(
     for name, value in (("labels", labels), ("targets", targets)):
         for entry_name, entry in _entries(name, value, single_level):
             if entry.dim() == 0 or entry.shape[0] != images:
-                raise ValueError(f"{entry_name}: expected {images} rows, the effective batch ({split} images of the "
-                                 f"micro-batches), got shape {tuple(entry.shape)}")
+                raise ValueError(
+                    f"{entry_name}: expected {images} rows, the effective batch ({split} images of the "
+                    f"micro-batches), got shape {tuple(entry.shape)}"
+                )
     for g, (entry_name, entry) in enumerate(_entries("text_mask", text_mask, True)):
         columns = texts[g] if len(texts) > 1 else texts[0]
         if entry.dim() == 0 or entry.shape[-1] != columns:
-            raise ValueError(f"{entry_name}: expected {columns} entries in the last dimension, the texts of the effective "
-                             f"batch, got shape {tuple(entry.shape)}")
+            raise ValueError(
+                f"{entry_name}: expected {columns} entries in the last dimension, the texts of the effective "
+                f"batch, got shape {tuple(entry.shape)}"
+            )
 
 
 def _entries(name: str, value: Any, tensor_allowed: bool) -> List[Tuple[str, Tensor]]:
@@ -338,15 +363,23 @@ def _entries(name: str, value: Any, tensor_allowed: bool) -> List[Tuple[str, Ten
 def _total(result: Any, output_dict: bool) -> Tensor:
     if output_dict:
         if not isinstance(result, Mapping) or not result:
-            raise TypeError(f"loss_fn: with output_dict=True expected a dict of loss terms, got {type(result).__name__}")
+            raise TypeError(
+                f"loss_fn: with output_dict=True expected a dict of loss terms, got {type(result).__name__}"
+            )
         return sum(result.values())  # type: ignore[return-value]
     if not isinstance(result, Tensor) or result.dim() != 0:
-        raise TypeError(f"loss_fn: expected a 0-dim loss tensor (pass output_dict=True for a dict of terms), got {type(result).__name__}")
+        raise TypeError(
+            "loss_fn: expected a 0-dim loss tensor (pass output_dict=True for a dict of terms), "
+            f"got {type(result).__name__}"
+        )
     return result
 
 
 def _micro_batch_gradients(
-    k: int, outputs: Dict[str, Any], grads: Dict[Tuple[str, int], Optional[Tensor]], row_sizes: Dict[str, List[List[int]]]
+    k: int,
+    outputs: Dict[str, Any],
+    grads: Dict[Tuple[str, int], Optional[Tensor]],
+    row_sizes: Dict[str, List[List[int]]],
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Micro-batch k's outputs that need a backward and their gradients (rows k of the cached-feature gradients)."""
     tensors: List[Tensor] = []
@@ -357,8 +390,9 @@ def _micro_batch_gradients(
             for index, part in enumerate(parts):
                 sizes = [batch[index] for batch in row_sizes[key]]
                 if part.shape[-2] != sizes[k]:
-                    raise RuntimeError(f"{key}: micro-batch {k} gave {part.shape[-2]} rows in its second pass, "
-                                       f"{sizes[k]} in its first")
+                    raise RuntimeError(
+                        f"{key}: micro-batch {k} gave {part.shape[-2]} rows in its second pass, {sizes[k]} in its first"
+                    )
                 grad = grads.get((key, index))
                 if part.requires_grad and grad is not None:
                     start = sum(sizes[:k])

@@ -11,49 +11,43 @@ import os
 from typing import Any, Dict, List
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from mgll_loss import MGLLLoss, accumulate_step
 
-from .distributed_workers import _finish, _init
+from .distributed_workers import D, G, TinyTwoTower, _finish, _init, local_slice
 
-IN_DIM, D, G = 7, 5, 3
+IN_DIM = 7
 
 #: Micro-batch sizes per rank in the DDP test (uneven, and a different number of micro-batches per rank).
 RANK_SPLITS = [[3, 2], [1, 2, 2]]
 
 
-class TwoTower(nn.Module):
-    """Linear towers (optionally with dropout) in float64, a learnable log scale and bias."""
+class TwoTower(TinyTwoTower):
+    """TinyTwoTower (learnable log scale and bias, float64) with two-layer towers, optionally with dropout."""
 
     def __init__(self, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.image_tower = nn.Sequential(nn.Linear(IN_DIM, 8, dtype=torch.float64), nn.Tanh(), nn.Dropout(dropout),
-                                         nn.Linear(8, D, dtype=torch.float64))
-        self.text_tower = nn.Sequential(nn.Linear(IN_DIM, 8, dtype=torch.float64), nn.Dropout(dropout),
-                                        nn.Linear(8, D, dtype=torch.float64))
-        self.logit_scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
-        self.logit_bias = nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
-
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return dict(
-            image_features=F.normalize(self.image_tower(images), dim=-1),
-            text_features=F.normalize(self.text_tower(texts), dim=-1),
-            logit_scale=self.logit_scale.exp(),
-            logit_bias=self.logit_bias,
+        super().__init__(IN_DIM)
+        hidden = dict(dtype=torch.float64)
+        self.image_tower = nn.Sequential(
+            nn.Linear(IN_DIM, 8, **hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, D, **hidden)
         )
+        self.text_tower = nn.Sequential(nn.Linear(IN_DIM, 8, **hidden), nn.Dropout(dropout), nn.Linear(8, D, **hidden))
 
 
 def effective_batch(batch: int, seed: int = 0) -> Dict[str, Any]:
-    """Inputs of the two-tower model and labels of every kind for ``batch`` rows, with duplicate labels."""
+    """Inputs of the two-tower model, labels of every kind (with duplicates) and a text mask for ``batch`` rows.
+
+    The keys of distributed_workers.global_batch, so its ``local_slice`` cuts a rank's rows.
+    """
     g = torch.Generator().manual_seed(seed)
     return dict(
         images=torch.randn(batch, IN_DIM, generator=g, dtype=torch.float64),
         texts=torch.randn(G, batch, IN_DIM, generator=g, dtype=torch.float64),
         labels=[torch.randint(0, 3, (batch,), generator=g), (torch.rand(batch, 4, generator=g) < 0.4).long(), None],
-        text_mask=torch.rand(G, batch, generator=g) > 0.2,
+        targets=[None] * G,
+        mask=torch.rand(G, batch, generator=g) > 0.2,
     )
 
 
@@ -65,13 +59,6 @@ def micro_batches(inputs: Dict[str, Any], sizes: List[int], start: int = 0) -> L
         batches.append(dict(images=inputs["images"][rows], texts=inputs["texts"][:, rows]))
         start += size
     return batches
-
-
-def rows_of(inputs: Dict[str, Any], start: int, stop: int) -> Dict[str, Any]:
-    """The rows start..stop of every input (labels per level, the mask's columns)."""
-    rows = slice(start, stop)
-    return dict(images=inputs["images"][rows], texts=inputs["texts"][:, rows],
-                labels=[None if y is None else y[rows] for y in inputs["labels"]], text_mask=inputs["text_mask"][:, rows])
 
 
 def gradients(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -93,8 +80,12 @@ def ddp_accumulation_worker(rank: int, world_size: int, store: str, out_dir: str
     model.register_comm_hook(None, counting_allreduce)
     inputs = effective_batch(sum(sum(sizes) for sizes in RANK_SPLITS))
     start = sum(sum(sizes) for sizes in RANK_SPLITS[:rank])
-    local = rows_of(inputs, start, start + sum(RANK_SPLITS[rank]))
+    local = local_slice(inputs, start, start + sum(RANK_SPLITS[rank]))
     loss_fn = MGLLLoss(local_loss=True, gather_with_grad=True)
-    loss = accumulate_step(model, loss_fn, micro_batches(local, RANK_SPLITS[rank]), labels=local["labels"],
-                           text_mask=local["text_mask"])
-    _finish(dict(loss=loss, grads=gradients(model), reductions=len(reductions)), os.path.join(out_dir, f"accum_rank{rank}.pt"))
+    loss = accumulate_step(
+        model, loss_fn, micro_batches(local, RANK_SPLITS[rank]), labels=local["labels"], text_mask=local["mask"]
+    )
+    _finish(
+        dict(loss=loss, grads=gradients(model), reductions=len(reductions)),
+        os.path.join(out_dir, f"accum_rank{rank}.pt"),
+    )

@@ -18,7 +18,13 @@ from torch import nn
 from mgll_loss import MGLLLoss, SoftCLIPLoss, accumulate_step
 
 from . import accumulation_workers as workers
-from .accumulation_workers import G, TwoTower, effective_batch, gradients, micro_batches, rows_of
+from .accumulation_workers import (
+    G,
+    TwoTower,
+    effective_batch,
+    gradients,
+    micro_batches,
+)
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 SPLITS = [[12], [4, 4, 4], [5, 1, 6], [1] * 12]
@@ -46,7 +52,7 @@ def _assert_same(got, expected, tol=TOL) -> None:
     torch.testing.assert_close(loss, expected_loss, **tol)
     assert grads.keys() == expected_grads.keys()
     for name in expected_grads:
-        torch.testing.assert_close(grads[name], expected_grads[name], **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], expected_grads[name], **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("sizes", SPLITS, ids=["1x12", "3x4", "5+1+6", "12x1"])
@@ -54,7 +60,7 @@ def test_two_tower_gradients_equal_the_full_batch(sizes):
     torch.manual_seed(0)
     model, loss_fn = TwoTower(), MGLLLoss(match="overlap")
     inputs = effective_batch(sum(sizes))
-    loss_inputs = dict(labels=inputs["labels"], text_mask=inputs["text_mask"])
+    loss_inputs = dict(labels=inputs["labels"], text_mask=inputs["mask"])
     expected = _big_batch(model, loss_fn, dict(images=inputs["images"], texts=inputs["texts"]), **loss_inputs)
     _assert_same(_accumulated(model, loss_fn, micro_batches(inputs, sizes), **loss_inputs), expected)
     assert expected[1]["logit_scale"].abs() > 1e-3 and expected[1]["logit_bias"].abs() > 1e-3  # both really tested
@@ -76,8 +82,12 @@ def test_output_dict_returns_the_terms_and_backpropagates_their_sum():
     torch.manual_seed(0)
     model, loss_fn = TwoTower(), MGLLLoss()
     inputs = effective_batch(7)
-    expected = _big_batch(model, lambda **f: sum(loss_fn(**f, output_dict=True).values()),
-                          dict(images=inputs["images"], texts=inputs["texts"]), labels=inputs["labels"])
+    expected = _big_batch(
+        model,
+        lambda **f: sum(loss_fn(**f, output_dict=True).values()),
+        dict(images=inputs["images"], texts=inputs["texts"]),
+        labels=inputs["labels"],
+    )
     model.zero_grad(set_to_none=True)
     terms = accumulate_step(model, loss_fn, micro_batches(inputs, [3, 4]), labels=inputs["labels"], output_dict=True)
     assert set(terms) == {"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}
@@ -104,8 +114,10 @@ def test_single_level_loss_with_a_label_tensor():
     torch.manual_seed(0)
     model, loss_fn = OneLevel(), SoftCLIPLoss()
     inputs = effective_batch(9)
-    labels, mask = inputs["labels"][0], inputs["text_mask"][0]
-    expected = _big_batch(model, loss_fn, dict(images=inputs["images"], texts=inputs["texts"]), labels=labels, text_mask=mask)
+    labels, mask = inputs["labels"][0], inputs["mask"][0]
+    expected = _big_batch(
+        model, loss_fn, dict(images=inputs["images"], texts=inputs["texts"]), labels=labels, text_mask=mask
+    )
     _assert_same(_accumulated(model, loss_fn, micro_batches(inputs, [4, 5]), labels=labels, text_mask=mask), expected)
 
 
@@ -119,8 +131,11 @@ def test_dropout_is_replayed_in_the_second_pass():
     torch.manual_seed(7)
     model.zero_grad(set_to_none=True)
     outputs = [model(**batch) for batch in batches]
-    features = dict(outputs[0], image_features=torch.cat([o["image_features"] for o in outputs]),
-                    text_features=torch.cat([o["text_features"] for o in outputs], dim=1))
+    features = dict(
+        outputs[0],
+        image_features=torch.cat([o["image_features"] for o in outputs]),
+        text_features=torch.cat([o["text_features"] for o in outputs], dim=1),
+    )
     expected_loss = loss_fn(**features, labels=inputs["labels"])
     expected_loss.backward()
     expected = (expected_loss.detach(), gradients(model))
@@ -132,7 +147,9 @@ def test_dropout_is_replayed_in_the_second_pass():
 
     model.eval()  # dropout really changes the result, so the equality above needs the replay
     without_dropout = _accumulated(model, loss_fn, batches, labels=inputs["labels"])
-    assert not torch.allclose(without_dropout[1]["image_tower.0.weight"], expected[1]["image_tower.0.weight"], atol=1e-4)
+    assert not torch.allclose(
+        without_dropout[1]["image_tower.0.weight"], expected[1]["image_tower.0.weight"], atol=1e-4
+    )
 
 
 def test_batch_norm_running_statistics_move_once_per_micro_batch():
@@ -165,7 +182,9 @@ def test_autocast_bf16_matches_the_big_batch_under_the_same_autocast():
     inputs = effective_batch(8)
     inputs["images"], inputs["texts"] = inputs["images"].float(), inputs["texts"].float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = _big_batch(model, loss_fn, dict(images=inputs["images"], texts=inputs["texts"]), labels=inputs["labels"])
+        expected = _big_batch(
+            model, loss_fn, dict(images=inputs["images"], texts=inputs["texts"]), labels=inputs["labels"]
+        )
         got = _accumulated(model, loss_fn, micro_batches(inputs, [4, 4]), labels=inputs["labels"])
     # bf16 matmuls of 4 rows vs 8 rows round alike per row; what differs is the order of summation
     _assert_same(got, expected, tol=dict(rtol=2e-2, atol=2e-3))
@@ -219,9 +238,13 @@ def test_hugging_face_adapter_with_attention_mask():
     attention = (torch.arange(length) < torch.randint(2, length + 1, (G, batch, 1), generator=g)).long()
     labels = [torch.randint(0, 2, (batch,), generator=g)] * G
     loss_fn = MGLLLoss()
-    expected = _big_batch(model, loss_fn, dict(pixel_values=pixels, input_ids=ids, attention_mask=attention), labels=labels)
-    batches = [dict(pixel_values=pixels[rows], input_ids=ids[:, rows], attention_mask=attention[:, rows])
-               for rows in (slice(0, 4), slice(4, 6))]
+    expected = _big_batch(
+        model, loss_fn, dict(pixel_values=pixels, input_ids=ids, attention_mask=attention), labels=labels
+    )
+    batches = [
+        dict(pixel_values=pixels[rows], input_ids=ids[:, rows], attention_mask=attention[:, rows])
+        for rows in (slice(0, 4), slice(4, 6))
+    ]
     _assert_same(_accumulated(model, loss_fn, batches, labels=labels), expected)
 
 
@@ -237,13 +260,20 @@ def test_ddp_two_ranks_equal_one_process_with_the_global_effective_batch(tmp_pat
     torch.manual_seed(0)
     model, loss_fn = TwoTower(), MGLLLoss()
     inputs = effective_batch(sum(sum(sizes) for sizes in workers.RANK_SPLITS))
-    expected_loss, expected = _big_batch(model, loss_fn, dict(images=inputs["images"], texts=inputs["texts"]),
-                                         labels=inputs["labels"], text_mask=inputs["text_mask"])
+    expected_loss, expected = _big_batch(
+        model,
+        loss_fn,
+        dict(images=inputs["images"], texts=inputs["texts"]),
+        labels=inputs["labels"],
+        text_mask=inputs["mask"],
+    )
     torch.testing.assert_close(torch.stack([r["loss"] for r in per_rank]).mean(), expected_loss, **TOL)
     for rank, result in enumerate(per_rank):  # DDP averaged the ranks' gradients: every rank holds the global ones
         assert result["grads"].keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(result["grads"][name], expected[name], **TOL, msg=lambda m: f"{rank} {name}: {m}")
+            torch.testing.assert_close(
+                result["grads"][name], expected[name], **TOL, msg=lambda m, rank=rank, name=name: f"{rank} {name}: {m}"
+            )
         assert result["reductions"] == 1, "one all-reduce (one bucket) per effective step, no_sync for the others"
 
 
@@ -273,7 +303,9 @@ def test_micro_batches_whose_number_of_levels_differs_are_rejected():
     model, loss_fn, inputs = _setup()
     batches = micro_batches(inputs, [3, 3])
     batches[1]["texts"] = batches[1]["texts"][:2]
-    with pytest.raises(ValueError, match=r"text_features: .*\(3, 3, 5\).*micro-batch 0 and \[\(2, 3, 5\)\] from micro-batch 1"):
+    with pytest.raises(
+        ValueError, match=r"text_features: .*\(3, 3, 6\).*micro-batch 0 and \[\(2, 3, 6\)\] from micro-batch 1"
+    ):
         accumulate_step(model, loss_fn, batches)
 
 
@@ -281,14 +313,16 @@ def test_micro_batches_whose_number_of_levels_differs_are_rejected():
 def test_labels_whose_length_is_not_the_effective_batch_are_rejected(rows):
     model, loss_fn, inputs = _setup()
     labels = [torch.zeros(rows, dtype=torch.long), None, None]
-    with pytest.raises(ValueError, match=rf"labels\[0\]: expected 6 rows, the effective batch \(3 \+ 3 images.*got shape \({rows},\)"):
+    with pytest.raises(
+        ValueError, match=rf"labels\[0\]: expected 6 rows, the effective batch \(3 \+ 3 images.*got shape \({rows},\)"
+    ):
         accumulate_step(model, loss_fn, micro_batches(inputs, [3, 3]), labels=labels)
 
 
 def test_text_mask_of_one_micro_batch_is_rejected():
     model, loss_fn, inputs = _setup()
     with pytest.raises(ValueError, match=r"text_mask: expected 6 entries .* got shape \(3, 3\)"):
-        accumulate_step(model, loss_fn, micro_batches(inputs, [3, 3]), text_mask=inputs["text_mask"][:, :3])
+        accumulate_step(model, loss_fn, micro_batches(inputs, [3, 3]), text_mask=inputs["mask"][:, :3])
 
 
 def test_a_logit_scale_that_depends_on_the_micro_batch_is_rejected():
@@ -304,11 +338,16 @@ def test_a_logit_scale_that_depends_on_the_micro_batch_is_rejected():
 def test_model_output_without_features_and_output_dict_mismatch_are_rejected():
     model, loss_fn, inputs = _setup()
     batches = micro_batches(inputs, [3, 3])
-    with pytest.raises(TypeError, match=r"model\(\*\*micro_batches\[0\]\): expected keys .* missing \['text_features'\]"):
-        accumulate_step(lambda **b: {"image_features": model(**b)["image_features"], "logit_scale": 1.0}, loss_fn, batches)
+    with pytest.raises(
+        TypeError, match=r"model\(\*\*micro_batches\[0\]\): expected keys .* missing \['text_features'\]"
+    ):
+        accumulate_step(
+            lambda **b: {"image_features": model(**b)["image_features"], "logit_scale": 1.0}, loss_fn, batches
+        )
     with pytest.raises(TypeError, match="loss_fn: with output_dict=True expected a dict"):
-        accumulate_step(model, lambda **f: loss_fn(**{k: v for k, v in f.items() if k != "output_dict"}), batches,
-                        output_dict=True)
+        accumulate_step(
+            model, lambda **f: loss_fn(**{k: v for k, v in f.items() if k != "output_dict"}), batches, output_dict=True
+        )
 
 
 # --- the examples' --accum-steps -------------------------------------------------------------
@@ -320,8 +359,23 @@ def test_examples_train_with_accum_steps_record_it_and_resume_exactly(tmp_path, 
     from mgll_examples.cli import main, run
     from mgll_examples.config import parse_config
 
-    common = ["--synthetic", "--data-dir", str(tmp_path / "data"), "--synthetic-size", "40", "--batch-size", "4",
-              "--workers", "0", "--max-steps", "2", "--checkpoint-every", "1", "--warmup-steps", "1"]
+    common = [
+        "--synthetic",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--synthetic-size",
+        "40",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--max-steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--warmup-steps",
+        "1",
+    ]
     flags = [*common, "--accum-steps", "3"]  # 12 of the 30 training images per step
     whole = run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "whole")]))
     assert "effective batch 12 per step: --batch-size 4 x --accum-steps 3 x 1 process(es)" in capsys.readouterr().out
@@ -369,8 +423,11 @@ def test_benchmark_writes_csv_and_plot(tmp_path):
     from benchmarks import accumulation as bench
 
     rows = bench.main(["--batch", "8", "--splits", "2", "--repeats", "1", "--out", str(tmp_path)])
-    assert [(r["method"], r["micro_batches"], r["micro_batch"]) for r in rows] == [("full", 1, 8), ("accumulate", 2, 4),
-                                                                                   ("naive", 2, 4)]
+    assert [(r["method"], r["micro_batches"], r["micro_batch"]) for r in rows] == [
+        ("full", 1, 8),
+        ("accumulate", 2, 4),
+        ("naive", 2, 4),
+    ]
     with open(tmp_path / "accumulation.csv") as handle:
         saved = list(csv.DictReader(handle))
     assert list(saved[0]) == bench.FIELDS and len(saved) == 3
