@@ -39,8 +39,22 @@ import mgll_loss
 from benchmarks.run import _peak_resident_bytes, _reset_peak_resident, _resident_bytes
 from mgll_loss import MGLLLoss, accumulate_step
 
-FIELDS = ["method", "micro_batches", "micro_batch", "B", "D", "G", "dtype", "device", "median_ms", "p20_ms", "p80_ms",
-          "runs", "peak_mb", "version"]
+FIELDS = [
+    "method",
+    "micro_batches",
+    "micro_batch",
+    "B",
+    "D",
+    "G",
+    "dtype",
+    "device",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "runs",
+    "peak_mb",
+    "version",
+]
 LEVELS, EMBED, IMAGE, CONTEXT = 3, 64, 64, 32
 
 
@@ -51,11 +65,13 @@ def tiny_model() -> torch.nn.Module:
     from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
 
     torch.manual_seed(0)
-    return MultiGranularOpenCLIP(open_clip.CLIP(
-        embed_dim=EMBED,
-        vision_cfg=dict(layers=2, width=64, head_width=16, patch_size=8, image_size=IMAGE),
-        text_cfg=dict(context_length=CONTEXT, vocab_size=49408, width=64, heads=4, layers=2),
-    ))
+    return MultiGranularOpenCLIP(
+        open_clip.CLIP(
+            embed_dim=EMBED,
+            vision_cfg=dict(layers=2, width=64, head_width=16, patch_size=8, image_size=IMAGE),
+            text_cfg=dict(context_length=CONTEXT, vocab_size=49408, width=64, heads=4, layers=2),
+        )
+    )
 
 
 def make_batch(batch: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
@@ -66,8 +82,15 @@ def make_batch(batch: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, L
     return images, texts, labels
 
 
-def effective_step(method: str, micro_batches: int, model: torch.nn.Module, loss_fn: torch.nn.Module,
-                   images: torch.Tensor, texts: torch.Tensor, labels: List[torch.Tensor]) -> Callable[[], None]:
+def effective_step(
+    method: str,
+    micro_batches: int,
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    labels: List[torch.Tensor],
+) -> Callable[[], None]:
     """One effective step of ``method`` on the whole batch, as a closure."""
     size = -(-images.shape[0] // micro_batches)
     chunks = [dict(images=i, texts=t) for i, t in zip(images.split(size), texts.split(size, dim=1))]
@@ -111,17 +134,31 @@ def _probe(spec: str) -> None:
 def measure(method: str, micro_batches: int, batch: int, repeats: int, threads: int) -> Dict:
     spec = json.dumps([method, micro_batches, batch, repeats, threads])
     command = [sys.executable, "-m", "benchmarks.accumulation", "--probe", spec]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True
+    )
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     times = sorted(probe["times"])
 
     def quantile(q: float) -> float:
         return times[min(len(times) - 1, int(q * len(times)))]
 
-    return dict(method=method, micro_batches=micro_batches, micro_batch=-(-batch // micro_batches), B=batch, D=EMBED,
-                G=LEVELS, dtype="float32", device="cpu", median_ms=round(statistics.median(times), 1),
-                p20_ms=round(quantile(0.2), 1), p80_ms=round(quantile(0.8), 1), runs=len(times),
-                peak_mb=round(probe["peak_mb"], 1), version=mgll_loss.__version__)
+    return dict(
+        method=method,
+        micro_batches=micro_batches,
+        micro_batch=-(-batch // micro_batches),
+        B=batch,
+        D=EMBED,
+        G=LEVELS,
+        dtype="float32",
+        device="cpu",
+        median_ms=round(statistics.median(times), 1),
+        p20_ms=round(quantile(0.2), 1),
+        p80_ms=round(quantile(0.8), 1),
+        runs=len(times),
+        peak_mb=round(probe["peak_mb"], 1),
+        version=mgll_loss.__version__,
+    )
 
 
 def configurations(splits: Sequence[int]) -> List[Tuple[str, int]]:
@@ -139,15 +176,26 @@ def plot(rows: List[Dict], path: Path) -> None:
     names = [f"{r['method']}\n{r['micro_batches']}x{r['micro_batch']}" for r in rows]
     colours = {"full": "tab:gray", "accumulate": "tab:blue", "naive": "tab:orange"}
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, key, label in ((axes[0], "peak_mb", "peak memory above the inputs (MB)"),
-                             (axes[1], "median_ms", "time of one effective step (ms)")):
-        axis.bar(names, [float(r[key]) for r in rows], color=[colours[r["method"]] for r in rows])
+    for axis, key, label in (
+        (axes[0], "peak_mb", "peak memory above the inputs (MB)"),
+        (axes[1], "median_ms", "time of one effective step (ms)"),
+    ):
+        values = [float(r[key]) for r in rows]
+        spread = None  # time: p20..p80 as error bars
+        if key == "median_ms":
+            spread = [
+                [v - float(r["p20_ms"]) for v, r in zip(values, rows)],
+                [float(r["p80_ms"]) - v for v, r in zip(values, rows)],
+            ]
+        axis.bar(names, values, yerr=spread, capsize=3, color=[colours[r["method"]] for r in rows])
         axis.set(ylabel=label)
         axis.tick_params(axis="x", labelsize=8)
         axis.grid(True, axis="y", alpha=0.3)
     first = rows[0]
-    figure.suptitle(f"one effective step, B={first['B']}, G={first['G']}, D={first['D']}, {first['dtype']}, "
-                    f"{first['device']} (naive: a different objective)")
+    figure.suptitle(
+        f"one effective step, B={first['B']}, G={first['G']}, D={first['D']}, {first['dtype']}, "
+        f"{first['device']} (naive: a different objective)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -158,7 +206,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     parser.add_argument("--batch", type=int, default=512, help="effective batch size B")
     parser.add_argument("--splits", default="1,4,16", help="numbers of micro-batches K, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier times on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: steadier times on a shared machine)"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="folder for accumulation.csv and accumulation.png")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -169,8 +219,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     for method, micro_batches in configurations([int(k) for k in args.splits.split(",")]):
         rows.append(measure(method, micro_batches, args.batch, args.repeats, args.threads))
         row = rows[-1]
-        print(f"{method:>10} {micro_batches:>3} x {row['micro_batch']:<4} peak {row['peak_mb']:>8} MB   "
-              f"median {row['median_ms']:>9} ms (p20 {row['p20_ms']}, p80 {row['p80_ms']})", flush=True)
+        print(
+            f"{method:>10} {micro_batches:>3} x {row['micro_batch']:<4} peak {row['peak_mb']:>8} MB   "
+            f"median {row['median_ms']:>9} ms (p20 {row['p20_ms']}, p80 {row['p80_ms']})",
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "accumulation.csv", "w", newline="") as handle:
