@@ -297,7 +297,7 @@ def _effective_inputs(
                         f"only), got {value!r} from micro-batch 0 and {outputs.get(key)!r} from micro-batch {k}"
                     )
             if isinstance(value, Tensor):
-                leaves[(key, 0)] = value.detach().requires_grad_(value.requires_grad or value.is_floating_point())
+                leaves[(key, 0)] = value.detach().requires_grad_(value.is_floating_point())
                 inputs[key] = leaves[(key, 0)]
             else:
                 inputs[key] = value
