@@ -12,8 +12,8 @@ from .config import TrainConfig
 from .errors import ExampleError
 
 #: Flags that change what a step computes: a resumed run must use the same ones.
-MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "epochs", "max_steps", "lr",
-              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
+MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "epochs", "max_steps",
+              "lr", "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
 
 
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
