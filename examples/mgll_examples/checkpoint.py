@@ -11,8 +11,9 @@ import torch
 from .config import TrainConfig
 from .errors import ExampleError
 
-#: Flags that change what a step computes: a resumed run must use the same ones.
-MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "epochs", "max_steps", "lr",
+#: Flags that change what a step computes: a resumed run must use the same ones (``--epochs`` and
+#: ``--max-steps`` may change: see ``runs.resume_schedule``; the data set: ``runs.check_same_data``).
+MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "lr",
               "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
 
 
