@@ -202,6 +202,8 @@ def test_compare_prints_runs_side_by_side(tmp_path, fundus_dir, monkeypatch, cap
     capsys.readouterr()
     assert compare_runs.main() == 0  # without --plot: the tables only
     assert capsys.readouterr().out == text.rsplit("\nplot:", 1)[0] + "\n"
+    twice = compare([tmp_path / "mgll", tmp_path / "mgll"])  # one loss twice: both tables
+    assert twice.startswith("MGLL (1 steps") and f"MGLL {tmp_path / 'mgll'} (1 steps" in twice
 
 
 # --- the data people have, and runs that are extended, not overwritten (issue 13) -----------------

@@ -84,6 +84,8 @@ def compare(run_dirs: Sequence[Path], plot: Optional[Path] = None) -> str:
             raise ExampleError(f"{directory}: no {METRICS_NAME} (has the run finished?)")
         report = json.loads(metrics_file.read_text())
         name = report["loss"].upper()
+        if name in reports:  # two runs of one loss: tell them apart by their directories
+            name = f"{name} {directory}"
         reports[name] = report
         histories[name] = json.loads((directory / HISTORY_NAME).read_text())
     tables = [metrics_table(r["levels"], f"{name} ({r['steps']} steps, {r['train_seconds']:.0f} s training)")
