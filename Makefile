@@ -77,7 +77,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 # The fundus example on the built-in synthetic set, MGLL and then the plain CLIP baseline with the
 # same model, data, seed and steps; then both metric tables side by side and one comparison plot.
 DEMO_DIR ?= runs/demo
-DEMO_FLAGS ?= --synthetic --data-dir $(DEMO_DIR)/synthetic-fundus --epochs 12 --batch-size 50
+DEMO_FLAGS ?= --synthetic --data-dir $(DEMO_DIR)/synthetic-fundus --epochs 12 --batch-size 50 --overwrite
 demo: $(DEMO_STAMP)
 	$(PY) examples/pretrain_fundus.py $(DEMO_FLAGS) --loss mgll --output-dir $(DEMO_DIR)/mgll
 	$(PY) examples/pretrain_fundus.py $(DEMO_FLAGS) --loss clip --output-dir $(DEMO_DIR)/clip

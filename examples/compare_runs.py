@@ -1,5 +1,6 @@
-"""Print the metric tables of finished pretraining runs side by side and plot them together.
+"""Print the metric tables of finished pretraining runs side by side (and, with --plot, plot them together).
 
+    python examples/compare_runs.py runs/demo/mgll runs/demo/clip
     python examples/compare_runs.py runs/demo/mgll runs/demo/clip --plot runs/demo/comparison.png
 """
 
@@ -14,7 +15,7 @@ from mgll_examples.errors import ExampleError
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="output directories of finished runs")
-    parser.add_argument("--plot", type=Path, required=True, help="where to write the comparison PNG")
+    parser.add_argument("--plot", type=Path, help="also write a comparison PNG there")
     args = parser.parse_args()
     try:
         print(compare(args.runs, args.plot))

@@ -15,14 +15,16 @@ import torch
 from PIL import Image
 
 from mgll_examples.data import (
-    ImageTextDataset, collate, ensure_synthetic, load_fundus, load_table, load_xray, read_image,
-    write_synthetic_fundus, write_synthetic_xray,
+    ImageTextDataset, check_image_files, collate, ensure_synthetic, load_fundus, load_json_lists, load_table, load_xray,
+    read_image, write_synthetic_fundus, write_synthetic_xray,
 )
 from mgll_examples.data import images as images_module
 from mgll_examples.data.drawing import Grid, discs, polylines
 from mgll_examples.data import synthetic as synthetic_module
 from mgll_examples.data.records import Sample
 from mgll_examples.errors import ExampleError
+
+from .example_layouts import NIH_CLASSES, write_authors_fundus, write_authors_midrc, write_nih_table
 
 MILD = "Mild Non-Proliferative Diabetic Retinopathy"
 MODERATE = "Moderate Non-Proliferative Diabetic Retinopathy"
@@ -121,6 +123,100 @@ def test_generic_csv_and_jsonl_tables_with_a_separator_column(tmp_path: Path):
     assert data.prompts["finding"]["normal"] == "normal"
 
 
+# --- the field's public layouts (issue 13) -------------------------------------------------------
+
+
+def test_nih_table_with_a_multi_label_column_reads_label_sets(tmp_path: Path):
+    files = write_nih_table(tmp_path, rows=10, test_rows=3)
+    whole = load_table(files["train"], files["test"], "Image Index", ["Finding Labels", "View Position"])
+    assert "Cardiomegaly|Effusion" in whole.classes(0) and "Effusion|Cardiomegaly" in whole.classes(0)  # strings
+    data = load_table(files["train"], files["test"], "Image Index", ["Finding Labels", "View Position"],
+                      {"Finding Labels": "|"})
+    assert [(level.name, level.separator) for level in data.levels] == [("Finding Labels", "|"),
+                                                                        ("View Position", None)]
+    assert data.classes(0) == NIH_CLASSES and data.classes(1) == ["AP", "PA"]
+    # either order, and stray spaces, are one caption and one label set
+    assert data.train[0].texts[0] == data.train[1].texts[0] == "Cardiomegaly|Effusion"
+    assert data.train[4].texts[0] == data.train[7].texts[0] == "Infiltration|Mass"
+    matrix = data.class_matrix(data.train, 0)
+    np.testing.assert_array_equal(matrix[0], matrix[1])
+    assert matrix[0].tolist() == [name in ("Cardiomegaly", "Effusion") for name in NIH_CLASSES]
+    assert matrix[2].tolist() == [name == "No Finding" for name in NIH_CLASSES]
+    assert data.train[0].image == tmp_path / "00000000_000.png" and data.prompts["Finding Labels"]["Mass"] == "Mass"
+
+
+def test_a_wrong_column_name_lists_the_columns_of_the_file(tmp_path: Path):
+    files = write_nih_table(tmp_path, rows=3, test_rows=1)
+    columns = r"the file has: 'Image Index', 'Finding Labels', 'Follow-up #', .*'View Position'"
+    _raises(r"train\.csv: no column 'image' \(--image-column\); " + columns,
+            load_table, files["train"], files["test"], "image", ["Finding Labels"])
+    _raises(r"train\.csv: no column 'Finding Label' \(--text-columns\); " + columns,
+            load_table, files["train"], files["test"], "Image Index", ["Finding Label"])
+    (tmp_path / "test.csv").write_text("Image Index,Labels\n00000000_000.png,Effusion\n")
+    _raises(r"test\.csv: no column 'Finding Labels' \(--text-columns\); the file has: 'Image Index', 'Labels'$",
+            load_table, files["train"], files["test"], "Image Index", ["Finding Labels"])
+
+
+def test_authors_fundus_layout_concatenates_the_listed_files_and_maps_image_ids_to_npz(tmp_path: Path):
+    root = write_authors_fundus(tmp_path, per_file=4)
+    data = load_json_lists(root, "2level_multi_disease_list", "fundus")
+    assert (len(data.train), len(data.test)) == (8, 2)
+    assert data.train[0].image == root / "All_data_npz" / "SubsetA" / "img_0.npz"
+    assert data.train[4].image == root / "All_data_npz" / "SubsetB" / "img_0.npz"
+    assert data.train[4].source == "All_json/SubsetB_train.json[0]"
+    assert data.test[1].source == "All_json/SubsetA_val.json[1]"
+    assert data.train[2].texts == ("Abnormal", "Age-related Macular Degeneration, Glaucoma",
+                                   "Drusen around the macula; enlarged optic cup")
+    assert all(sample.image.is_file() for sample in data.train + data.test)
+    selected = load_json_lists(root, "2level_multi_disease_list", "fundus", ["category"])
+    assert [level.name for level in selected.levels] == ["category"]
+
+
+def test_authors_midrc_layout_uses_the_image_id_as_the_path(tmp_path: Path):
+    root = write_authors_midrc(tmp_path / "root", tmp_path / "elsewhere", per_file=4)
+    data = load_json_lists(root, "MIDRC_list", "xray")
+    assert (len(data.train), len(data.test)) == (4, 2)
+    assert data.train[0].image == tmp_path / "elsewhere" / "m0.npz"  # absolute ImageID
+    assert data.train[1].image == root / "npz" / "m1.npz"  # relative to the data root
+    assert data.train[0].texts == ("DX", "CHEST AP", "AP") and data.classes(0) == ["CR", "DX"]
+
+
+def test_authors_layout_errors_name_the_file_and_what_it_has(tmp_path: Path):
+    root = write_authors_fundus(tmp_path, per_file=2)
+    listed = r"MIDRC_list_train\.txt: no such file \(list names in .*: 2level_multi_disease_list\)"
+    _raises(r"--json-list MIDRC_list: .*" + listed, load_json_lists, root, "MIDRC_list", "fundus")
+    (root / "bad_train.txt").write_text("/All_json/SubsetA_train.json\n/All_json/gone.json\n")
+    (root / "bad_val.txt").write_text("\n")
+    _raises(r"bad_train\.txt line 2: .*All_json/gone\.json: no such file", load_json_lists, root, "bad", "fundus")
+    (root / "bad_train.txt").write_text("/All_json/SubsetA_train.json\n")
+    _raises(r"bad_val\.txt: lists no JSON file", load_json_lists, root, "bad", "fundus")
+    (root / "All_json" / "odd.json").write_text(json.dumps([{"ImageID": "/Other/x.jpg", "Disease": "Normal, Healthy",
+                                                              "Description": "No abnormality observed"}]))
+    (root / "bad_val.txt").write_text("All_json/odd.json\n")
+    _raises(r"odd\.json\[0\]: ImageID '/Other/x\.jpg' does not start with '/All_data/'",
+            load_json_lists, root, "bad", "fundus")
+    _write_json(root / "All_json" / "odd.json", [{"ImageID": "/All_data/S/x.jpg", "Disease": "Normal, Healthy"}])
+    _raises(r"odd\.json: no field 'Description'; the file has: 'ImageID', 'Disease'$",
+            load_json_lists, root, "bad", "fundus")
+    _raises(r"--data-dir .*nowhere: no such directory", load_json_lists, tmp_path / "nowhere", "x", "fundus")
+
+
+def test_missing_image_files_are_found_in_one_pass_or_left_out(fundus_dir: Path):
+    data = load_fundus(fundus_dir)  # f3 (the only test image) does not exist
+    _raises(r"^1 of 4 image files do not exist: test\.json\[0\]: .*f3 \(--skip-bad-samples leaves them out\)$",
+            check_image_files, data, False)
+    (fundus_dir / "images" / "f0.npz").unlink()
+    (fundus_dir / "f1.png").unlink()
+    _raises(r"^3 of 4 image files do not exist: train\.json\[0\]: .*f0, train\.json\[1\]: .*f1\.png, "
+            r"test\.json\[0\]: .*f3 \(", check_image_files, load_fundus(fundus_dir), False, 3)
+    _raises(r"^3 of 4 .*train\.json\[0\]: .*f0 and 2 more \(", check_image_files, load_fundus(fundus_dir), False, 1)
+    _raises(r"no image file of the held-out split exists", check_image_files, load_fundus(fundus_dir), True)
+    Image.fromarray(_pixels(1)).save(fundus_dir / "f3.png")
+    kept = check_image_files(load_fundus(fundus_dir), True)
+    assert [s.source for s in kept.train] == ["train.json[2]"] and kept.missing_images == 2 and len(kept.test) == 1
+    assert check_image_files(kept, False) is kept
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -168,7 +264,8 @@ def test_unknown_and_repeated_levels_and_bad_table_arguments(fundus_dir: Path):
     _raises(r"no text columns", load_table, train, train, "ImageID", [])
     _raises(r"separator given for 'Disease', which is not a text column",
             load_table, train, train, "ImageID", ["Description"], {"Disease": ","})
-    _raises(r"train\.json\[0\]: missing field 'path'", load_table, train, train, "path", ["Description"])
+    _raises(r"train\.json: no field 'path' \(--image-column\); the file has: 'ImageID', 'Disease', 'Description'",
+            load_table, train, train, "path", ["Description"])
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -347,15 +444,18 @@ def test_synthetic_xray_views_modalities_and_devices_are_visible(synthetic: dict
     assert np.median(frontal) > 40 and np.median(lateral) < 10 and np.percentile(frontal, 10) > np.percentile(lateral, 90)
 
     cr, dx = _images_with(data, samples, 0, "CR"), _images_with(data, samples, 0, "DX")
-    assert cr[:, :4, :4].mean() > dx[:, :4, :4].mean() + 25  # lifted black level
-    assert dx.std(axis=(1, 2, 3)).mean() > 1.3 * cr.std(axis=(1, 2, 3)).mean()  # higher contrast
+    cr_black, dx_black = cr[:, :4, :4].mean(axis=(1, 2, 3)), dx[:, :4, :4].mean(axis=(1, 2, 3))
+    assert np.median(cr_black) > np.median(dx_black) + 10  # a lifted black level, as a rule...
+    assert dx_black.max() > cr_black.min() + 10  # ...not always: the modalities overlap, the set does not saturate
 
     dx_samples = [sample for sample, is_dx in zip(samples, data.class_matrix(samples, 0)[:, 1]) if is_dx]
-    portable = _images_with(data, dx_samples, 2, "AP PORTABLE")
-    other = _images_with(data, dx_samples, 2, "AP PORTABLE", present=False)
-    brighter_than_bone = 236  # tubes and ECG leads; DX bone stays below
-    assert (portable[..., 0] > brighter_than_bone).sum(axis=(1, 2)).min() > 5
-    assert (other[..., 0] > brighter_than_bone).sum(axis=(1, 2)).mean() < 0.5
+
+    def with_devices(series: str) -> float:
+        """Fraction of the DX images of ``series`` with tubes or ECG leads (brighter than DX bone)."""
+        return float(((_images_with(data, dx_samples, 2, series)[..., 0] > 236).sum(axis=(1, 2)) > 5).mean())
+
+    assert with_devices("AP PORTABLE") > 0.5 and 0 < with_devices("AP") < 0.3
+    assert with_devices("PA") == with_devices("LATERAL") == 0
 
 
 def test_synthetic_sets_are_deterministic_for_a_seed(tmp_path: Path):

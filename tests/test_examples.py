@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,15 @@ import torch
 pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
 
+import compare_runs  # noqa: E402
 from mgll_examples.cli import compare, main, run  # noqa: E402
-from mgll_examples.config import parse_config  # noqa: E402
+from mgll_examples.config import build_parser, parse_config  # noqa: E402
 from mgll_examples.data import ensure_synthetic  # noqa: E402
 from mgll_examples.evaluate import METRICS  # noqa: E402
-from mgll_examples.pipeline import StepBatches, augment  # noqa: E402
+from mgll_examples.pipeline import StepBatches, augment, level_labels, load_dataset  # noqa: E402
+from mgll_examples.train import learning_rate  # noqa: E402
+
+from .example_layouts import NIH_CLASSES, write_authors_fundus, write_authors_midrc, write_nih_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--synthetic-size", "80", "--batch-size", "16", "--workers", "0", "--checkpoint-every", "2"]
@@ -79,9 +84,23 @@ def test_resume_with_different_flags_is_refused(tmp_path, fundus_dir, capsys):
     capsys.readouterr()
     assert main("fundus", [*flags, "--max-steps", "2", "--loss", "clip", "--resume", str(tmp_path / "last.pt")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --resume {tmp_path / 'last.pt'}: saved with --loss 'mgll', this run has 'clip'"
+    checkpoint = str(tmp_path / "last.pt")
+    assert main("fundus", [*flags, "--max-steps", "2", "--batch-size", "8", "--resume", checkpoint]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --resume {checkpoint}: saved with --batch-size 16, this run has 8")
+    assert main("fundus", [*flags, "--max-steps", "2", "--levels", "normality", "--resume", checkpoint]) == 2
+    assert "saved with --levels None, this run has ['normality']" in capsys.readouterr().err
+    copy = shutil.copytree(fundus_dir, tmp_path / "copy")  # the same records in another --data-dir
+    assert main("fundus", [*flags, "--max-steps", "3", "--data-dir", str(copy), "--resume", checkpoint]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --resume {checkpoint}: made from --data-dir {str(fundus_dir.resolve())!r}, "
+        f"this run has {str(copy.resolve())!r}")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    assert main("fundus", [*flags, "--resume", str(tmp_path / "broken.pt")]) == 2
+    broken = str(tmp_path / "broken.pt")
+    assert main("fundus", [*flags, "--output-dir", str(tmp_path / "other"), "--resume", broken]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+    assert main("fundus", [*flags, "--resume", broken]) == 2  # would overwrite last.pt
+    assert capsys.readouterr().err.startswith(f"error: --output-dir {tmp_path}: holds the checkpoint of another run")
 
 
 def _fundus_records(tmp_path: Path, records, test=None) -> Path:
@@ -172,10 +191,141 @@ def test_augment_is_reproducible_from_the_generator_state_and_keeps_shapes():
     assert not torch.equal(first, augment(images, generator))
 
 
-def test_compare_prints_runs_side_by_side(tmp_path, fundus_dir):
+def test_compare_prints_runs_side_by_side(tmp_path, fundus_dir, monkeypatch, capsys):
     for loss in ("mgll", "clip"):
         run(parse_config("fundus", ["--data-dir", str(fundus_dir), *TINY_RUN, "--max-steps", "1", "--loss", loss,
                                     "--output-dir", str(tmp_path / loss)]))
     text = compare([tmp_path / "mgll", tmp_path / "clip"], tmp_path / "comparison.png")
     assert text.splitlines()[0].startswith("MGLL (1 steps") and "CLIP (1 steps" in text.splitlines()[0]
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    monkeypatch.setattr(sys, "argv", ["compare_runs.py", str(tmp_path / "mgll"), str(tmp_path / "clip")])
+    capsys.readouterr()
+    assert compare_runs.main() == 0  # without --plot: the tables only
+    assert capsys.readouterr().out == text.rsplit("\nplot:", 1)[0] + "\n"
+    twice = compare([tmp_path / "mgll", tmp_path / "mgll"])  # one loss twice: both tables
+    assert twice.startswith("MGLL (1 steps") and f"MGLL {tmp_path / 'mgll'} (1 steps" in twice
+
+
+# --- the data people have, and runs that are extended, not overwritten (issue 13) -----------------
+
+NIH_FLAGS = ["--image-column", "Image Index", "--text-columns", "Finding Labels,View Position",
+             "--batch-size", "8", "--workers", "0", "--max-steps", "1"]
+
+
+def test_nih_table_trains_with_its_findings_as_multi_label(tmp_path, capsys):
+    files = write_nih_table(tmp_path / "nih", rows=24, test_rows=8)
+    (tmp_path / "nih" / "00000005_000.png").unlink()  # left out when the records are loaded, and counted
+    flags = ["--train-file", str(files["train"]), "--test-file", str(files["test"]), *NIH_FLAGS,
+             "--multi-label", "Finding Labels=|", "--skip-bad-samples", "--output-dir", str(tmp_path / "out")]
+    config = parse_config("xray", flags)
+    assert config.multi_label == {"Finding Labels": "|"}
+    dataset = load_dataset(config)
+    assert dataset.classes(0) == NIH_CLASSES  # 8 classes: the 7 findings and "No Finding", either order one set
+    labels = level_labels(dataset, dataset.train)
+    assert labels[0].dtype == torch.bool and labels[0].shape == (23, 8) and labels[1].dtype == torch.int64
+    assert torch.equal(labels[0][0], labels[0][1])  # "Cardiomegaly|Effusion" and "Effusion|Cardiomegaly"
+    report = run(config)
+    assert list(report["levels"]) == ["Finding Labels", "View Position", "mean"]
+    assert report["missing_images"] == 1 and report["skipped_samples"] == 0
+    assert "left out 1 sample(s) whose image file does not exist" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "out" / "last.pt", weights_only=True)["config"]
+    assert saved["multi_label"] == {"Finding Labels": "|"}
+
+
+def test_authors_layouts_train_from_their_list_files(tmp_path, capsys):
+    fundus = write_authors_fundus(tmp_path / "MGLL-Fundus", per_file=8)
+    assert main("fundus", ["--data-dir", str(fundus), "--json-list", "2level_multi_disease_list", "--batch-size", "8",
+                           "--workers", "0", "--max-steps", "1", "--output-dir", str(tmp_path / "fundus")]) == 0
+    assert "fundus: 16 train / 4 held-out images, levels: normality, category, description" in capsys.readouterr().out
+    report = json.loads((tmp_path / "fundus" / "metrics.json").read_text())
+    assert report["steps"] == 1 and list(report["levels"]) == ["normality", "category", "description", "mean"]
+    midrc = write_authors_midrc(tmp_path / "MIDRC", tmp_path / "dicom-npz", per_file=8)
+    dataset = load_dataset(parse_config("xray", ["--data-dir", str(midrc), "--json-list", "MIDRC_list"]))
+    assert (len(dataset.train), len(dataset.test)) == (8, 4) and dataset.missing_images == 0
+    assert [level.name for level in dataset.levels] == ["modality", "study", "series"]
+
+
+def test_help_shows_the_default_image_column():
+    assert "the image path column (default: image)" in " ".join(build_parser("xray").format_help().split())
+
+
+def _table_args(p: Path, image_column: str = "Image Index"):
+    files = write_nih_table(p / "nih", rows=8, test_rows=2)
+    return ["--train-file", str(files["train"]), "--test-file", str(files["test"]), "--image-column", image_column,
+            "--text-columns", "Finding Labels", "--multi-label", "Finding Labels=|"]
+
+
+def _missing_images(p: Path):
+    data = _fundus_records(p, _records(40))
+    for name in ("im3", "im5", "im8"):
+        (data / "images" / f"{name}.npz").unlink()
+    return ["--data-dir", str(data)]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda p: _table_args(p, "image"),
+         r"train\.csv: no column 'image' \(--image-column\); the file has: 'Image Index', 'Finding Labels', "),
+        (lambda p: _table_args(p)[:-1] + ["Finding Label=|"],
+         r"separator given for 'Finding Label', which is not a text column"),
+        (lambda p: ["--data-dir", str(_fundus_records(p, _records(4))), "--multi-label", "Disease=,"],
+         r"--multi-label: only for the generic table format"),
+        (lambda p: _table_args(p) + ["--multi-label", "Finding Labels=;"],
+         r"--multi-label: column 'Finding Labels' given twice"),
+        (lambda p: ["--data-dir", str(write_authors_fundus(p, per_file=2)), "--json-list", "MIDRC_list"],
+         r"--json-list MIDRC_list: .*MIDRC_list_train\.txt: no such file \(list names in .*: 2level_multi_disease_list"),
+        (lambda p: ["--synthetic", "--data-dir", str(p / "synthetic"), "--json-list", "x"],
+         r"--json-list: .* not with --synthetic"),
+        (_missing_images, r"^error: 6 of 80 image files do not exist: train\.json\[3\]: .*im3, train\.json\[5\]: "
+                          r".*im5, train\.json\[8\]: .*im8 and 3 more \(--skip-bad-samples leaves them out\)$"),
+    ],
+    ids=["wrong-image-column", "multi-label-not-a-text-column", "multi-label-not-a-table", "multi-label-twice",
+         "unknown-json-list", "json-list-synthetic", "missing-images"],
+)
+def test_bad_layout_input_is_one_clear_line(tmp_path, capsys, make_args, message):
+    test_bad_input_is_one_clear_line(tmp_path, capsys, make_args, message)
+
+
+def test_multi_label_flag_needs_a_separator(capsys):
+    with pytest.raises(SystemExit):
+        parse_config("xray", ["--multi-label", "Finding Labels"])
+    assert "expected COLUMN=SEPARATOR, e.g. 'Finding Labels=|', got 'Finding Labels'" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_extended_never_overwritten_or_silently_rewritten(tmp_path, fundus_dir, capsys):
+    out = tmp_path / "run"
+    flags = ["--data-dir", str(fundus_dir), *TINY_RUN, "--warmup-steps", "1", "--output-dir", str(out)]
+    checkpoint = str(out / "last.pt")
+    assert main("fundus", [*flags, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main("fundus", [*flags, "--max-steps", "1"]) == 2  # a new run into the same directory
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output-dir {out}: holds the checkpoint of another run ({checkpoint}); continue it with --resume "
+        f"{checkpoint}, replace it with --overwrite, or pick another --output-dir")
+
+    assert main("fundus", [*flags, "--max-steps", "2", "--resume", checkpoint]) == 0  # a longer schedule
+    assert ("resuming at step 1 with --epochs 10 --max-steps 2 (saved with --epochs 10 --max-steps 1): "
+            "the learning-rate schedule is rebuilt for 2 steps from step 1") in capsys.readouterr().out
+    history = torch.load(checkpoint, weights_only=True)["history"]
+    assert [r["step"] for r in history] == [1, 2]
+    assert history[1]["lr"] == pytest.approx(learning_rate(1, parse_config("fundus", [*flags, "--max-steps", "2"]), 2))
+    metrics = (out / "metrics.json").read_bytes()
+    assert json.loads(metrics)["steps"] == 2
+
+    assert main("fundus", [*flags, "--max-steps", "2", "--resume", checkpoint]) == 2  # the same flags again
+    assert capsys.readouterr().err.strip() == (
+        f"error: --resume {checkpoint}: the run has finished (step 2 of 2): nothing left to train; "
+        "pass a longer --max-steps or --epochs to train it further")
+    assert main("fundus", [*flags, "--max-steps", "1", "--resume", checkpoint]) == 2
+    assert "checkpoint is at step 2, the schedule of --epochs 10 --max-steps 1 has 1 steps" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == metrics
+
+    assert main("fundus", [*flags, "--epochs", "1", "--resume", checkpoint]) == 0  # 60 images / 16: 3 steps per epoch
+    assert ("resuming at step 2 with --epochs 1 (saved with --epochs 10 --max-steps 2): the learning-rate schedule "
+            "is rebuilt for 3 steps from step 2") in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+
+    assert main("fundus", [*flags, "--max-steps", "1", "--overwrite"]) == 0  # replaced, on purpose
+    assert torch.load(checkpoint, weights_only=True)["step"] == 1
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 1

@@ -67,3 +67,15 @@ def test_readme_python_blocks_run():
     assert blocks, "README.md has no python code blocks"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+def test_the_sdist_holds_the_examples_and_the_wheel_only_the_library(tmp_path):
+    """The examples run from a clone or the sdist (docs/examples.md); the wheel's only package is mgll_loss."""
+    setup = [sys.executable, "-c", "from setuptools import setup; setup()", "egg_info", "--egg-base", str(tmp_path)]
+    result = subprocess.run(setup, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sources = set((tmp_path / "mgll_loss.egg-info" / "SOURCES.txt").read_text().split())
+    examples = {path.relative_to(ROOT).as_posix() for path in (ROOT / "examples").rglob("*.py")}
+    assert {"examples/pretrain_fundus.py", "examples/pretrain_xray.py", "examples/mgll_examples/cli.py"} <= examples
+    assert examples | {"conftest.py", "tests/test_examples.py"} <= sources
+    assert (tmp_path / "mgll_loss.egg-info" / "top_level.txt").read_text().split() == ["mgll_loss"]

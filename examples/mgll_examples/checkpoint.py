@@ -11,9 +11,10 @@ import torch
 from .config import TrainConfig
 from .errors import ExampleError
 
-#: Flags that change what a step computes: a resumed run must use the same ones.
-MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "epochs", "max_steps",
-              "lr", "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
+#: Flags that change what a step computes: a resumed run must use the same ones (``--epochs`` and
+#: ``--max-steps`` may change: see ``runs.resume_schedule``; the data set: ``runs.check_same_data``).
+MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "lr",
+              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
 
 
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:

@@ -16,12 +16,10 @@ from .evaluate import evaluate
 from .model import build_model, count_parameters
 from .pipeline import load_dataset
 from .report import metrics_table, plot_runs, side_by_side
+from .runs import HISTORY_NAME, METRICS_NAME, PLOT_NAME, claim_output_dir
 from .train import train
 from .world import World, close_world, init_world
 
-METRICS_NAME = "metrics.json"
-HISTORY_NAME = "history.json"
-PLOT_NAME = "training.png"
 
 
 def run(config: TrainConfig) -> Optional[Dict[str, Any]]:
@@ -35,7 +33,10 @@ def run(config: TrainConfig) -> Optional[Dict[str, Any]]:
 
 def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
     torch.manual_seed(config.seed)
+    claim_output_dir(config, remove=False)  # every rank refuses alike
+    world.barrier()
     if world.is_main:
+        claim_output_dir(config, remove=True)
         dataset = load_dataset(config)  # rank 0 may write the synthetic set; the others wait, then read it
     world.barrier()
     if not world.is_main:
@@ -61,6 +62,7 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
         "total_steps": result.total_steps, "train_seconds": round(result.seconds, 2),
         "eval_seconds": round(time.perf_counter() - began, 2), "skipped_samples": result.skipped_samples,
         "final_loss": result.history[-1]["loss"] if result.history else None, "levels": metrics,
+        "missing_images": dataset.missing_images,
     }
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -71,12 +73,14 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
     print("\n".join(metrics_table(metrics, title)))
     if result.skipped_samples:
         print(f"skipped {result.skipped_samples} unreadable sample(s) (--skip-bad-samples)")
+    if dataset.missing_images:
+        print(f"left out {dataset.missing_images} sample(s) whose image file does not exist (--skip-bad-samples)")
     print(f"checkpoint: {result.checkpoint}\nmetrics: {output / METRICS_NAME}\nplot: {plot}", flush=True)
     return report
 
 
-def compare(run_dirs: Sequence[Path], plot: Path) -> str:
-    """Side-by-side metric tables of finished runs (their ``metrics.json``) and one plot of all of them."""
+def compare(run_dirs: Sequence[Path], plot: Optional[Path] = None) -> str:
+    """Side-by-side metric tables of finished runs (their ``metrics.json``) and, with ``plot``, one plot of them all."""
     reports, histories = {}, {}
     for directory in run_dirs:
         metrics_file = directory / METRICS_NAME
@@ -84,10 +88,14 @@ def compare(run_dirs: Sequence[Path], plot: Path) -> str:
             raise ExampleError(f"{directory}: no {METRICS_NAME} (has the run finished?)")
         report = json.loads(metrics_file.read_text())
         name = report["loss"].upper()
+        if name in reports:  # two runs of one loss: tell them apart by their directories
+            name = f"{name} {directory}"
         reports[name] = report
         histories[name] = json.loads((directory / HISTORY_NAME).read_text())
     tables = [metrics_table(r["levels"], f"{name} ({r['steps']} steps, {r['train_seconds']:.0f} s training)")
               for name, r in reports.items()]
+    if plot is None:
+        return side_by_side(tables)
     plot_runs(histories, {name: r["levels"] for name, r in reports.items()}, plot)
     return side_by_side(tables) + f"\nplot: {plot}"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mgll_loss.backends import BACKEND_NAMES
 
+from .errors import ExampleError
 from .model import TINY
 
 KINDS = ("fundus", "xray")
@@ -50,6 +51,10 @@ class TrainConfig:
     seed: int = 0
     skip_bad_samples: bool = False
     device: Optional[str] = None
+    # real data layouts and run directories
+    json_list: Optional[str] = None
+    multi_label: Optional[Dict[str, str]] = None
+    overwrite: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -64,6 +69,39 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def _column_separator(text: str) -> Tuple[str, str]:
+    """``COLUMN=SEP`` (split at the first ``=``) -> (column, separator)."""
+    column, equals, separator = text.partition("=")
+    if not equals or not column.strip() or not separator:
+        raise argparse.ArgumentTypeError(f"expected COLUMN=SEPARATOR, e.g. 'Finding Labels=|', got {text!r}")
+    return column.strip(), separator
+
+
+def _separators(pairs: Optional[List[Tuple[str, str]]]) -> Optional[Dict[str, str]]:
+    """The ``--multi-label`` pairs as {column: separator}; a column given twice is an error."""
+    if not pairs:
+        return None
+    separators: Dict[str, str] = {}
+    for column, separator in pairs:
+        if column in separators:
+            raise ExampleError(f"--multi-label: column {column!r} given twice")
+        separators[column] = separator
+    return separators
+
+
+def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags for real data layouts and for run directories (docs/examples.md)."""
+    layouts = parser.add_argument_group("real data layouts and run directories")
+    layouts.add_argument("--json-list", metavar="NAME",
+                         help="the authors' layout: read NAME_train.txt and NAME_val.txt in --data-dir, each line "
+                         "a JSON record file relative to --data-dir (fundus images from All_data_npz/)")
+    layouts.add_argument("--multi-label", metavar="COLUMN=SEP", action="append", type=_column_separator,
+                         help="generic format: COLUMN holds several class names split by SEP, e.g. 'Finding Labels=|' "
+                         "(repeatable)")
+    layouts.add_argument("--overwrite", action="store_true",
+                         help="replace the run in --output-dir (its checkpoint and results) instead of refusing")
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
@@ -82,7 +120,8 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
                       help="number of synthetic images (3/4 train, 1/4 held out)")
     data.add_argument("--train-file", help="generic format: CSV or JSONL with an image path column and one text column per level")
     data.add_argument("--test-file", help="generic format: the held-out CSV or JSONL file")
-    data.add_argument("--image-column", default=defaults.image_column, help="generic format: the image path column")
+    data.add_argument("--image-column", default=defaults.image_column,
+                      help="generic format: the image path column (default: %(default)s)")
     data.add_argument("--text-columns", type=_csv, help="generic format: the text columns, one per level, comma-separated")
     data.add_argument("--levels", type=_csv, help="levels to train on, comma-separated (default: all levels of the format)")
     data.add_argument("--skip-bad-samples", action="store_true", help="skip and count unreadable images instead of stopping")
@@ -111,7 +150,9 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("outputs")
     run.add_argument("--output-dir", default=f"runs/{kind}", help="checkpoints (last.pt), metrics.json, training.png")
     run.add_argument("--checkpoint-every", type=_positive, default=defaults.checkpoint_every, help="steps between checkpoints")
-    run.add_argument("--resume", help="continue from a checkpoint (e.g. <output-dir>/last.pt) with the same flags")
+    run.add_argument("--resume", help="continue from a checkpoint (e.g. <output-dir>/last.pt) with the same flags "
+                     "(a longer --max-steps or --epochs extends the run)")
+    _add_layout_flags(parser)
     return parser
 
 
@@ -119,6 +160,7 @@ def parse_config(kind: str, argv: Optional[Sequence[str]] = None) -> TrainConfig
     """Parse the command line into a :class:`TrainConfig`."""
     namespace = build_parser(kind).parse_args(argv)
     values = {f.name: getattr(namespace, f.name) for f in fields(TrainConfig) if f.name != "kind"}
+    values["multi_label"] = _separators(values["multi_label"])
     if values["synthetic"] and not values["data_dir"]:
         values["data_dir"] = f"runs/synthetic-{kind}"
     return TrainConfig(kind=kind, **values)

@@ -9,20 +9,39 @@ import torch
 from torch import Tensor
 
 from .config import TrainConfig
-from .data import Dataset, Sample, ensure_synthetic, load_fundus, load_table, load_xray
+from .data import (
+    Dataset, Sample, check_image_files, ensure_synthetic, load_fundus, load_json_lists, load_table, load_xray,
+)
 from .errors import ExampleError
 
 CLIP_CAPTION_SEPARATOR = ". "
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
-    """The data set the flags name: a generic table, or an MGLL-Fundus / MGLL-Xray folder (synthetic or real)."""
-    if config.train_file or config.test_file or config.text_columns:
+    """The data set the flags name, every image file checked to exist (see :func:`check_image_files`)."""
+    return check_image_files(_load_records(config), config.skip_bad_samples)
+
+
+def _load_records(config: TrainConfig) -> Dataset:
+    """The data set the flags name: a generic table, or an MGLL-Fundus / MGLL-Xray folder (synthetic or real,
+    the simple layout or the authors' list files)."""
+    table = bool(config.train_file or config.test_file or config.text_columns)
+    if config.multi_label and not table:
+        raise ExampleError("--multi-label: only for the generic table format (--train-file/--test-file/--text-columns)")
+    if config.json_list and (table or config.synthetic):
+        other = "--train-file" if table else "--synthetic"
+        raise ExampleError(f"--json-list: reads the authors' layout in --data-dir; not with {other}")
+    if table:
         if not (config.train_file and config.test_file and config.text_columns):
             raise ExampleError("--train-file, --test-file and --text-columns go together (the generic table format)")
         if config.levels:
             raise ExampleError("--levels: with the generic table format the levels are the --text-columns")
-        return load_table(Path(config.train_file), Path(config.test_file), config.image_column, config.text_columns)
+        return load_table(Path(config.train_file), Path(config.test_file), config.image_column, config.text_columns,
+                          config.multi_label)
+    if config.json_list:
+        if not config.data_dir:
+            raise ExampleError("--json-list: needs --data-dir, the folder that holds the list files")
+        return load_json_lists(Path(config.data_dir), config.json_list, config.kind, config.levels)
     if not config.data_dir:
         raise ExampleError("--data-dir: required (or --synthetic for the built-in synthetic set, or --train-file/--test-file)")
     data_dir = Path(config.data_dir)

@@ -23,9 +23,8 @@ from .data import Dataset, ImageTextDataset, collate
 from .errors import ExampleError
 from .model import ModelBundle
 from .pipeline import StepBatches, augment, caption_tokens, level_labels
+from .runs import CHECKPOINT_NAME, check_same_data, data_identity, resume_schedule
 from .world import World
-
-CHECKPOINT_NAME = "last.pt"
 
 
 @dataclass
@@ -100,8 +99,13 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     checkpoint_path = output_dir / CHECKPOINT_NAME
     history: List[Dict[str, float]] = []
     start = 0
+    data = data_identity(config, dataset)
     if config.resume:
         state = load_checkpoint(Path(config.resume), config, world.size)
+        check_same_data(Path(config.resume), state.get("data"), data)
+        schedule_change = resume_schedule(Path(config.resume), state["config"], config, int(state["step"]), total_steps)
+        if schedule_change and world.is_main:
+            print(schedule_change, flush=True)
         wrapper.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["augment_rng"][world.rank])
@@ -126,7 +130,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
             progress.update()
             progress.set_postfix(loss=f"{record['loss']:.3f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == stop:
-                _save(checkpoint_path, config, world, wrapper, optimizer, generator, history, step + 1)
+                _save(checkpoint_path, config, world, wrapper, optimizer, generator, history, step + 1, data)
     finally:
         progress.close()  # before any error message, so it starts on its own line
     return TrainResult(history, stop, total_steps, time.perf_counter() - began, skipped, checkpoint_path)
@@ -185,8 +189,9 @@ def _accumulated_terms(model: nn.Module, loss_fn: nn.Module, pixels: Tensor, tex
 
 
 def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularOpenCLIP,
-          optimizer: torch.optim.Optimizer, generator: torch.Generator, history: List[Dict[str, float]], step: int) -> None:
-    """Rank 0 writes the checkpoint (with every rank's augmentation generator state)."""
+          optimizer: torch.optim.Optimizer, generator: torch.Generator, history: List[Dict[str, float]], step: int,
+          data: Dict[str, Any]) -> None:
+    """Rank 0 writes the checkpoint (with every rank's augmentation generator state and the data set's identity)."""
     states = [generator.get_state()]
     if world.size > 1:
         states = [torch.empty_like(states[0]) for _ in range(world.size)]
@@ -194,7 +199,7 @@ def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularO
     if world.is_main:
         payload: Dict[str, Any] = {
             "config": config.to_dict(), "world_size": world.size, "step": step, "model": wrapper.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "augment_rng": states, "history": history,
+            "optimizer": optimizer.state_dict(), "augment_rng": states, "history": history, "data": data,
         }
         save_checkpoint(path, payload)
     world.barrier()

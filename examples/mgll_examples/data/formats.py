@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ExampleError
-from .record_files import Record, read_prompts, read_records, string_field
+from .record_files import Record, read_prompts, read_records, require_fields, string_field
 from .records import IMAGE_SUFFIXES, Dataset, Level, Sample
 
 __all__ = ["FUNDUS_LEVELS", "XRAY_LEVELS", "load_fundus", "load_xray", "load_table", "resolve_image"]
@@ -102,14 +102,28 @@ def _caption(record: Record, spec: _LevelSpec, where: str) -> str:
     return caption
 
 
-def _read_samples(path: Path, specs: Sequence[_LevelSpec], image_field: str, folders: Sequence[Path]) -> List[Sample]:
+#: ``locate(image_id, where)``: the image file of a record's ``ImageID`` (``where`` prefixes errors).
+ImageLocator = Callable[[str, str], Path]
+
+
+def _samples(records: Sequence[Record], path: Path, name: str, specs: Sequence[_LevelSpec], image_field: str,
+             locate: ImageLocator) -> List[Sample]:
+    """The samples of ``records`` read from ``path``; record ``i`` is called ``name[i]`` in ``Sample.source``."""
     samples = []
-    for index, record in enumerate(read_records(path)):
+    for index, record in enumerate(records):
         where = f"{path}[{index}]"
-        image = resolve_image(string_field(record, image_field, where).strip(), folders)
+        image = locate(string_field(record, image_field, where).strip(), where)
         texts = tuple(_caption(record, spec, where) for spec in specs)
-        samples.append(Sample(image=image, texts=texts, source=f"{path.name}[{index}]"))
+        samples.append(Sample(image=image, texts=texts, source=f"{name}[{index}]"))
     return samples
+
+
+def _read_samples(path: Path, specs: Sequence[_LevelSpec], image_field: str, folders: Sequence[Path],
+                  flags: Optional[Mapping[str, str]] = None) -> List[Sample]:
+    """The samples of one record file; a field no record has is named with the file's fields (and ``flags[field]``)."""
+    records = read_records(path)
+    require_fields(path, records, [image_field, *(spec.field for spec in specs)], flags or {})
+    return _samples(records, path, path.name, specs, image_field, lambda image_id, _: resolve_image(image_id, folders))
 
 
 def _dataset(specs: Sequence[_LevelSpec], train: List[Sample], test: List[Sample], prompts_file: Path) -> Dataset:
@@ -159,6 +173,20 @@ def load_xray(data_dir: Path, levels: Sequence[str] = XRAY_LEVELS) -> Dataset:
     return _load_dir(data_dir, _XRAY_SPECS, levels, "xray")
 
 
+def _table_spec(column: str, separator: Optional[str]) -> _LevelSpec:
+    """A table column's level; a multi-label cell becomes its label set in a canonical form (the class
+    names with whitespace runs made single spaces, de-duplicated, sorted, joined by ``separator``), so
+    ``"Effusion|Cardiomegaly"`` and ``"Cardiomegaly| Effusion"`` are one caption and one label set."""
+    level = Level(column, separator)
+    if separator is None:
+        return _LevelSpec(level, column)
+
+    def label_set(value: str) -> str:
+        return separator.join(sorted({" ".join(label.split()) for label in level.labels(value)}))
+
+    return _LevelSpec(level, column, label_set)
+
+
 def load_table(
     train_file: Path,
     test_file: Path,
@@ -167,7 +195,9 @@ def load_table(
     separators: Optional[Dict[str, str]] = None,
 ) -> Dataset:
     """A generic table: one level per text column, named after it; ``separators[column]`` makes that
-    column multi-label."""
+    column multi-label (e.g. ``{"Finding Labels": "|"}`` for NIH ChestX-ray14's ``Data_Entry_2017.csv``),
+    its captions canonical label sets (see :func:`_table_spec`). A column no record has is an error that
+    lists the file's columns."""
     columns = tuple(text_columns)
     separators = dict(separators or {})
     if not columns:
@@ -182,8 +212,9 @@ def load_table(
             raise ExampleError(f"separator given for {column!r}, which is not a text column ({', '.join(columns)})")
         if not separator:
             raise ExampleError(f"empty separator for text column {column!r}")
-    specs = tuple(_LevelSpec(Level(column, separators.get(column)), column) for column in columns)
+    specs = tuple(_table_spec(column, separators.get(column)) for column in columns)
     train_file, test_file = Path(train_file), Path(test_file)
-    train = _read_samples(train_file, specs, image_column, (train_file.parent,))
-    test = _read_samples(test_file, specs, image_column, (test_file.parent,))
+    flags = {image_column: "--image-column", **{column: "--text-columns" for column in columns}}
+    train = _read_samples(train_file, specs, image_column, (train_file.parent,), flags)
+    test = _read_samples(test_file, specs, image_column, (test_file.parent,), flags)
     return _dataset(specs, train, test, train_file.parent / "class_prompts.json")

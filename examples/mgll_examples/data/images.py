@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -20,9 +20,9 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import ExampleError
-from .records import IMAGE_SUFFIXES, Sample
+from .records import IMAGE_SUFFIXES, Dataset, Sample
 
-__all__ = ["read_image", "ImageTextDataset", "Batch", "collate"]
+__all__ = ["read_image", "check_image_files", "ImageTextDataset", "Batch", "collate"]
 
 Item = Tuple[int, Optional[Tensor], Optional[str]]
 
@@ -84,6 +84,31 @@ def read_image(path: Path) -> np.ndarray:
         raise ExampleError(f"{path}: unsupported image type {suffix or '(none)'!r}, expected one of {', '.join(IMAGE_SUFFIXES)}")
     pixels = _read_npz(path) if suffix == ".npz" else _read_pil(path)
     return _as_rgb(pixels, path)
+
+
+def check_image_files(dataset: Dataset, skip_missing: bool, shown: int = 3) -> Dataset:
+    """``dataset`` after one pass of existence checks over every sample's image file.
+
+    A missing file raises, with the count and the first ``shown`` missing samples, before any
+    training; with ``skip_missing`` (``--skip-bad-samples``) the samples are left out instead and
+    counted in ``missing_images``. Files that exist but cannot be read are found later, by the loader.
+    """
+    missing = [sample for sample in dataset.train + dataset.test if not sample.image.is_file()]
+    if not missing:
+        return dataset
+    if not skip_missing:
+        total = len(dataset.train) + len(dataset.test)
+        first = ", ".join(f"{sample.source}: {sample.image}" for sample in missing[:shown])
+        more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise ExampleError(f"{len(missing)} of {total} image files do not exist: {first}{more} "
+                           "(--skip-bad-samples leaves them out)")
+    absent = {id(sample) for sample in missing}
+    train = [sample for sample in dataset.train if id(sample) not in absent]
+    test = [sample for sample in dataset.test if id(sample) not in absent]
+    if not train or not test:
+        split = "training" if not train else "held-out"
+        raise ExampleError(f"no image file of the {split} split exists (e.g. {missing[0].source}: {missing[0].image})")
+    return replace(dataset, train=train, test=test, missing_images=dataset.missing_images + len(missing))
 
 
 class ImageTextDataset(torch.utils.data.Dataset):

@@ -10,11 +10,11 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping, Sequence
 
 from ..errors import ExampleError
 
-__all__ = ["RECORD_SUFFIXES", "read_records", "string_field", "read_prompts"]
+__all__ = ["RECORD_SUFFIXES", "read_records", "require_fields", "string_field", "read_prompts"]
 
 RECORD_SUFFIXES = (".json", ".jsonl", ".csv")
 
@@ -78,6 +78,17 @@ def read_records(path: Path) -> List[Record]:
         if not isinstance(record, dict):
             raise ExampleError(f"{path}[{index}]: expected an object, got {type(record).__name__}")
     return records
+
+
+def require_fields(path: Path, records: Sequence[Record], fields: Sequence[str], flags: Mapping[str, str]) -> None:
+    """Raise when one of ``fields`` is in no record of ``path``, naming the flag that asked for it
+    (``flags[field]``, if any) and listing the fields (columns) the file does have, in file order."""
+    present = dict.fromkeys(key for record in records for key in record)
+    for field in fields:
+        if field not in present:
+            noun = "column" if path.suffix.lower() == ".csv" else "field"
+            flag = f" ({flags[field]})" if field in flags else ""
+            raise ExampleError(f"{path}: no {noun} {field!r}{flag}; the file has: {', '.join(map(repr, present))}")
 
 
 def string_field(record: Record, field: str, where: str) -> str:

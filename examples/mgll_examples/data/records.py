@@ -46,12 +46,14 @@ class Sample:
 
 @dataclass
 class Dataset:
-    """A loaded train/test pair; ``prompts`` maps level name -> class name -> zero-shot prompt text."""
+    """A loaded train/test pair; ``prompts`` maps level name -> class name -> zero-shot prompt text;
+    ``missing_images`` counts the samples left out because their image file does not exist."""
 
     levels: Tuple[Level, ...]
     train: List[Sample]
     test: List[Sample]
     prompts: Dict[str, Dict[str, str]]
+    missing_images: int = 0
 
     def classes(self, level: int) -> List[str]:
         """The sorted class names of level ``level`` over the train and test samples."""
