@@ -13,7 +13,9 @@ from .errors import ExampleError
 
 #: Flags that change what a step computes: a resumed run must use the same ones.
 MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "epochs", "max_steps", "lr",
-              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
+              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size",
+              "match", "soft_clip_weight", "pointwise_weight", "smooth_kl_weight", "level_weights", "normalization",
+              "pointwise_target", "kl_direction", "drop_texts", "init_logit_scale", "init_logit_bias")
 
 
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:

@@ -14,15 +14,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mgll_loss import MGLLLoss
+from mgll_loss import MGLLLoss, SoftCLIPLoss
 from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, check_loss_options
 from .data import Dataset, ImageTextDataset, collate
 from .errors import ExampleError
+from .missing_texts import TextDropper
 from .model import ModelBundle
-from .pipeline import StepBatches, augment, caption_tokens, level_labels
+from .pipeline import CLIP_CAPTION_SEPARATOR, StepBatches, augment, caption_tokens, level_labels
 from .world import World
 
 CHECKPOINT_NAME = "last.pt"
@@ -59,9 +60,11 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 def _loss_function(config: TrainConfig, world: World) -> nn.Module:
     distributed = dict(local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size)
+    if config.loss == "clip" and config.drop_texts:  # == ClipLoss, and drops the samples left without text
+        return SoftCLIPLoss(backend=config.backend, **distributed)
     if config.loss == "clip":
         return open_clip.ClipLoss(cache_labels=True, **distributed)
-    return MGLLLoss(backend=config.backend, **distributed)
+    return MGLLLoss(backend=config.backend, **config.loss_options(), **distributed)
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -69,15 +72,20 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor], clip: bool) -> Dict[str, Tensor]:
+def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor], clip: bool,
+           mask: Optional[Tensor]) -> Dict[str, Tensor]:
     if clip:
-        return {"clip_loss": loss_fn(features["image_features"], features["text_features"][0], features["logit_scale"])}
-    return loss_fn(**features, labels=labels, output_dict=True)
+        image, text, scale = features["image_features"], features["text_features"][0], features["logit_scale"]
+        if mask is None:
+            return {"clip_loss": loss_fn(image, text, scale)}
+        return {"clip_loss": loss_fn(image, text, scale, text_mask=mask)}
+    return loss_fn(**features, labels=labels, text_mask=mask, output_dict=True)
 
 
 def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: World) -> TrainResult:
     """Train ``bundle.model`` in place on ``dataset.train``; checkpoint to ``<output-dir>/last.pt``."""
     samples = dataset.train
+    check_loss_options(config, len(dataset.levels))
     global_batch = config.batch_size * world.size
     steps_per_epoch = len(samples) // global_batch
     if steps_per_epoch == 0:
@@ -89,6 +97,9 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     clip = config.loss == "clip"
     tokens = caption_tokens(samples, bundle.tokenizer, joined=clip)  # [N, G, L]
     labels = level_labels(dataset, samples)
+    dropper = None
+    if config.drop_texts:
+        dropper = TextDropper(config.drop_texts, config.seed, samples, bundle.tokenizer, clip, CLIP_CAPTION_SEPARATOR)
 
     wrapper = MultiGranularOpenCLIP(bundle.model).to(world.device)
     model = nn.parallel.DistributedDataParallel(wrapper) if world.size > 1 else wrapper
@@ -120,7 +131,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
             if world.any(batch.indices.numel() == 0):
                 continue
             record = _step(step, batch, model, wrapper, optimizer, loss_fn, tokens, labels, generator, config, world,
-                           total_steps, clip)
+                           total_steps, clip, dropper)
             history.append(record)
             progress.update()
             progress.set_postfix(loss=f"{record['loss']:.3f}")
@@ -140,17 +151,20 @@ def _check_batch(errors: List[str], config: TrainConfig, world: World) -> int:
 
 def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLIP, optimizer: torch.optim.Optimizer,
           loss_fn: nn.Module, tokens: Tensor, labels: List[Tensor], generator: torch.Generator, config: TrainConfig,
-          world: World, total_steps: int, clip: bool) -> Dict[str, float]:
+          world: World, total_steps: int, clip: bool, dropper: Optional[TextDropper]) -> Dict[str, float]:
     """One optimiser step on the batch's good samples; returns the step's record (losses averaged over ranks)."""
     index = batch.indices
     lr = learning_rate(step, config, total_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
     pixels = augment(batch.images, generator).to(world.device, non_blocking=True)
-    texts = tokens[index].transpose(0, 1).to(world.device)
+    texts, mask = tokens[index].transpose(0, 1), None
+    if dropper is not None:
+        texts, mask = dropper(step, index, texts, world.rank)
+        mask = mask.to(world.device)
     with _autocast(config, world.device):
-        features = model(pixels, texts)
-    terms = _terms(loss_fn, features, [label[index].to(world.device) for label in labels], clip)
+        features = model(pixels, texts.to(world.device))
+    terms = _terms(loss_fn, features, [label[index].to(world.device) for label in labels], clip, mask)
     total = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -159,6 +173,8 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
     optimizer.step()
     wrapper.clamp_logit_scale()
     record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr, "logit_scale": wrapper.model.logit_scale.exp().item()}
+    if getattr(wrapper.model, "logit_bias", None) is not None:
+        record["logit_bias"] = wrapper.model.logit_bias.item()
     record.update({name: world.mean(value.item()) for name, value in terms.items()})
     return record
 
