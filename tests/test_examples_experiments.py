@@ -13,19 +13,19 @@ import torch
 pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
 
-from mgll_examples.ablation import main as ablation_main  # noqa: E402
-from mgll_examples.checkpoint_import import load_pretrained  # noqa: E402
-from mgll_examples.cli import main, run  # noqa: E402
-from mgll_examples.config import parse_config  # noqa: E402
-from mgll_examples.data import Sample, ensure_synthetic  # noqa: E402
-from mgll_examples.downstream import main as downstream_main  # noqa: E402
-from mgll_examples.downstream_data import load_downstream_csvs  # noqa: E402
-from mgll_examples.errors import ExampleError  # noqa: E402
-from mgll_examples.missing_texts import TextDropper, text_mask  # noqa: E402
-from mgll_examples.model import build_model  # noqa: E402
-from mgll_examples.own_prompts import own_form_scores  # noqa: E402
+from mgll_examples.ablation import main as ablation_main
+from mgll_examples.checkpoint_import import load_pretrained
+from mgll_examples.cli import main, run
+from mgll_examples.config import parse_config
+from mgll_examples.data import Sample, ensure_synthetic
+from mgll_examples.downstream import main as downstream_main
+from mgll_examples.downstream_data import load_downstream_csvs
+from mgll_examples.errors import ExampleError
+from mgll_examples.missing_texts import TextDropper, text_mask
+from mgll_examples.model import build_model
+from mgll_examples.own_prompts import own_form_scores
 
-from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP  # noqa: E402
+from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
 
 TINY_RUN = ["--synthetic-size", "80", "--batch-size", "16", "--workers", "0", "--max-steps", "2"]
 
@@ -39,18 +39,50 @@ def fundus_dir(tmp_path_factory) -> Path:
 def mgll_run(tmp_path_factory, fundus_dir) -> Path:
     """A tiny MGLL run with every loss flag changed, a bias, and 30% of the texts missing."""
     output = tmp_path_factory.mktemp("mgll-run")
-    flags = ["--data-dir", str(fundus_dir), *TINY_RUN, "--output-dir", str(output), "--match", "overlap",
-             "--soft-clip-weight", "0.7", "--pointwise-weight", "0.5", "--smooth-kl-weight", "0.25",
-             "--level-weights", "1,2,0.5", "--normalization", "rows", "--pointwise-target", "row_normalized",
-             "--kl-direction", "from_mean", "--drop-texts", "0.3", "--init-logit-scale", "10", "--init-logit-bias", "-10"]
+    flags = [
+        "--data-dir",
+        str(fundus_dir),
+        *TINY_RUN,
+        "--output-dir",
+        str(output),
+        "--match",
+        "overlap",
+        "--soft-clip-weight",
+        "0.7",
+        "--pointwise-weight",
+        "0.5",
+        "--smooth-kl-weight",
+        "0.25",
+        "--level-weights",
+        "1,2,0.5",
+        "--normalization",
+        "rows",
+        "--pointwise-target",
+        "row_normalized",
+        "--kl-direction",
+        "from_mean",
+        "--drop-texts",
+        "0.3",
+        "--init-logit-scale",
+        "10",
+        "--init-logit-bias",
+        "-10",
+    ]
     assert main("fundus", flags) == 0
     return output
 
 
 def test_loss_flags_reach_the_checkpoint_and_metrics(mgll_run):
-    expected = {"match": "overlap", "soft_clip_weight": 0.7, "pointwise_weight": 0.5, "smooth_kl_weight": 0.25,
-                "level_weights": [1.0, 2.0, 0.5], "normalization": "rows", "pointwise_target": "row_normalized",
-                "kl_direction": "from_mean"}
+    expected = {
+        "match": "overlap",
+        "soft_clip_weight": 0.7,
+        "pointwise_weight": 0.5,
+        "smooth_kl_weight": 0.25,
+        "level_weights": [1.0, 2.0, 0.5],
+        "normalization": "rows",
+        "pointwise_target": "row_normalized",
+        "kl_direction": "from_mean",
+    }
     report = json.loads((mgll_run / "metrics.json").read_text())
     assert report["loss_options"] == expected
     assert report["drop_texts"] == 0.3 and report["init_logit_bias"] == -10.0 and report["init_logit_scale"] == 10.0
@@ -61,18 +93,26 @@ def test_loss_flags_reach_the_checkpoint_and_metrics(mgll_run):
     assert history[0]["logit_scale"] == pytest.approx(10.0, rel=1e-2) and "logit_bias" in history[0]
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--level-weights", "1,2"], "--level-weights: expected 3 weights"),
-    (["--loss", "clip", "--match", "jaccard"], "--match: MGLL loss options"),
-    (["--soft-clip-weight", "0", "--pointwise-weight", "0", "--smooth-kl-weight", "0"], "all 0"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--level-weights", "1,2"], "--level-weights: expected 3 weights"),
+        (["--loss", "clip", "--match", "jaccard"], "--match: MGLL loss options"),
+        (["--soft-clip-weight", "0", "--pointwise-weight", "0", "--smooth-kl-weight", "0"], "all 0"),
+    ],
+)
 def test_loss_flags_that_cannot_apply_are_refused(tmp_path, fundus_dir, capsys, flags, message):
     assert main("fundus", ["--data-dir", str(fundus_dir), *TINY_RUN, "--output-dir", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_bad_flag_values_are_refused_by_the_parser(capsys):
-    for flags in (["--drop-texts", "1.0"], ["--init-logit-scale", "0.5"], ["--match", "any"], ["--pointwise-weight", "-1"]):
+    for flags in (
+        ["--drop-texts", "1.0"],
+        ["--init-logit-scale", "0.5"],
+        ["--match", "any"],
+        ["--pointwise-weight", "-1"],
+    ):
         with pytest.raises(SystemExit):
             parse_config("fundus", ["--synthetic", *flags])
     assert "expected a probability in [0, 1)" in capsys.readouterr().err
@@ -108,8 +148,9 @@ def test_init_logit_scale_and_bias_build_a_model_whose_bias_reaches_the_loss():
     bundle = build_model("tiny", init_logit_scale=10.0, init_logit_bias=-10.0)
     outputs = MultiGranularOpenCLIP(bundle.model)(torch.randn(2, 3, 64, 64), torch.zeros(3, 2, 40, dtype=torch.long))
     assert outputs["logit_scale"].item() == pytest.approx(10.0) and outputs["logit_bias"].item() == -10.0
-    assert "logit_bias" not in MultiGranularOpenCLIP(build_model("tiny").model)(torch.randn(2, 3, 64, 64),
-                                                                                torch.zeros(1, 2, 40, dtype=torch.long))
+    assert "logit_bias" not in MultiGranularOpenCLIP(build_model("tiny").model)(
+        torch.randn(2, 3, 64, 64), torch.zeros(1, 2, 40, dtype=torch.long)
+    )
 
 
 def test_own_form_scores_take_the_best_training_caption_of_each_class(fundus_dir):
@@ -137,8 +178,13 @@ def _authors_checkpoint(path: Path) -> dict:
     """A tiny open_clip CustomTextCLIP saved in the layout of the authors' released checkpoints."""
     model = build_model("tiny", custom_text=True).model
     state = {f"clip.{key}": value for key, value in model.state_dict().items()}
-    payload = {"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3, "scaler": {"scale": 1.0},
-               "args": argparse.Namespace(model="clip_vit", lr=1e-4, json_list="MGLL_list", output_dir="/out")}
+    payload = {
+        "model": state,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 3,
+        "scaler": {"scale": 1.0},
+        "args": argparse.Namespace(model="clip_vit", lr=1e-4, json_list="MGLL_list", output_dir="/out"),
+    }
     torch.save(payload, path)
     return state
 
@@ -175,18 +221,43 @@ def test_a_checkpoint_holding_other_objects_is_refused(tmp_path):
 def test_downstream_on_synthetic_data_scores_both_checkpoint_layouts(tmp_path, mgll_run, mode):
     (tmp_path / "authors").mkdir()
     _authors_checkpoint(tmp_path / "authors" / "checkpoint-3.pth")
-    flags = ["--synthetic", "--data-dir", str(tmp_path / "ds"), "--synthetic-size", "36", "--mode", mode,
-             "--checkpoint", str(mgll_run / "last.pt"), "--checkpoint", str(tmp_path / "authors" / "checkpoint-3.pth"),
-             "--model", "tiny",
-             "--epochs", "3", "--max-steps", "4", "--batch-size", "8", "--output-dir", str(tmp_path / "out")]
+    flags = [
+        "--synthetic",
+        "--data-dir",
+        str(tmp_path / "ds"),
+        "--synthetic-size",
+        "36",
+        "--mode",
+        mode,
+        "--checkpoint",
+        str(mgll_run / "last.pt"),
+        "--checkpoint",
+        str(tmp_path / "authors" / "checkpoint-3.pth"),
+        "--model",
+        "tiny",
+        "--epochs",
+        "3",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     # --model overrides the architecture of both checkpoints: both are tiny here
     assert downstream_main(flags) == 0
     names = [mgll_run.name, "authors"]
     for name in names:
         report = json.loads((tmp_path / "out" / name / "metrics.json").read_text())
         assert report["mode"] == mode and report["steps"] == 4 and 1 <= report["best_epoch"] <= 2
-        assert list(report["test"]["per_class"]) == ["Disease_Risk", "MildNPDR", "ModerateNPDR", "SevereNPDR", "ARMD",
-                                                     "Glaucoma"]
+        assert list(report["test"]["per_class"]) == [
+            "Disease_Risk",
+            "MildNPDR",
+            "ModerateNPDR",
+            "SevereNPDR",
+            "ARMD",
+            "Glaucoma",
+        ]
         assert set(report["test"]["macro"]) == {"auc", "acc", "map"}
         assert all(v is None or 0 <= v <= 1 for scores in report["test"]["per_class"].values() for v in scores.values())
     table = (tmp_path / "out" / "downstream.md").read_text()
@@ -210,7 +281,10 @@ def _write_generic(folder: Path, rows: dict) -> dict:
 def test_generic_multiclass_csv_with_class_ids_and_its_errors(tmp_path):
     files = _write_generic(tmp_path, {"Train": [0, 2, 1], "Val": [1, 0], "Test": [2, 2]})
     data = load_downstream_csvs(files, tmp_path, "multiclass")
-    assert data.labels["Train"].tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]] and data.samples["Val"][1].image.name == "Val1.npz"
+    assert (
+        data.labels["Train"].tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+        and data.samples["Val"][1].image.name == "Val1.npz"
+    )
     with pytest.raises(ExampleError, match="must hold 0 or 1"):
         load_downstream_csvs(files, tmp_path, "multilabel")
     with pytest.raises(ExampleError, match="no column 'nope'; the file has: path, label"):
@@ -221,7 +295,15 @@ def test_generic_multiclass_csv_with_class_ids_and_its_errors(tmp_path):
 
 
 def test_ablation_trains_each_configuration_tabulates_and_reuses_finished_runs(tmp_path, fundus_dir, capsys):
-    flags = ["--data-dir", str(fundus_dir), *TINY_RUN, "--output-dir", str(tmp_path), "--configs", "clip,mgll-missing30"]
+    flags = [
+        "--data-dir",
+        str(fundus_dir),
+        *TINY_RUN,
+        "--output-dir",
+        str(tmp_path),
+        "--configs",
+        "clip,mgll-missing30",
+    ]
     assert ablation_main(flags) == 0
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert table[0].startswith("| configuration | linear-probe AUC |") and len(table) == 4
@@ -239,7 +321,10 @@ def test_drop_texts_trains_the_clip_baseline_and_resumes_exactly(tmp_path, fundu
     flags = ["--data-dir", str(fundus_dir), *TINY_RUN[:-1], "3", "--loss", "clip", "--drop-texts", "0.5"]
     whole = run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "whole")]))
     run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "parts"), "--stop-after", "2"]))
-    resumed = run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "parts"),
-                                          "--resume", str(tmp_path / "parts" / "last.pt")]))
+    resumed = run(
+        parse_config(
+            "fundus", [*flags, "--output-dir", str(tmp_path / "parts"), "--resume", str(tmp_path / "parts" / "last.pt")]
+        )
+    )
     assert whole is not None and resumed is not None
     assert resumed["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from .checkpoint import MUST_MATCH
 from .cli import METRICS_NAME, run
@@ -36,10 +37,10 @@ _BIAS = -10.0
 class Configuration:
     key: str
     label: str
-    overrides: Dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _weights(soft_clip: float, pointwise: float, smooth_kl: float, **extra: Any) -> Dict[str, Any]:
+def _weights(soft_clip: float, pointwise: float, smooth_kl: float, **extra: Any) -> dict[str, Any]:
     return {"soft_clip_weight": soft_clip, "pointwise_weight": pointwise, "smooth_kl_weight": smooth_kl, **extra}
 
 
@@ -73,12 +74,15 @@ def build_ablation_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("ablation")
     group.add_argument("--kind", choices=KINDS, default="fundus", help="which pretraining data layout")
     group.add_argument("--configs", help=f"comma-separated keys (default all): {', '.join(c.key for c in ABLATION)}")
-    group.add_argument("--downstream", action="store_true",
-                       help="also a linear probe of each model on the synthetic RFMiD-like downstream set")
+    group.add_argument(
+        "--downstream",
+        action="store_true",
+        help="also a linear probe of each model on the synthetic RFMiD-like downstream set",
+    )
     return parser
 
 
-def _select(keys: Optional[str]) -> List[Configuration]:
+def _select(keys: str | None) -> list[Configuration]:
     if not keys:
         return list(ABLATION)
     known = {c.key: c for c in ABLATION}
@@ -89,12 +93,12 @@ def _select(keys: Optional[str]) -> List[Configuration]:
     return [known[key] for key in wanted]
 
 
-def _same_run(saved: Dict[str, Any], config: TrainConfig) -> bool:
+def _same_run(saved: dict[str, Any], config: TrainConfig) -> bool:
     current = config.to_dict()
     return all(saved.get(name) == current[name] for name in (*MUST_MATCH, "data_dir"))
 
 
-def _train_or_reuse(config: TrainConfig) -> Dict[str, Any]:
+def _train_or_reuse(config: TrainConfig) -> dict[str, Any]:
     """The run's report: reused when ``metrics.json`` holds the same flags, resumed from ``last.pt`` when unfinished."""
     output = Path(config.output_dir)
     metrics, checkpoint = output / METRICS_NAME, output / CHECKPOINT_NAME
@@ -112,7 +116,7 @@ def _train_or_reuse(config: TrainConfig) -> Dict[str, Any]:
     return report
 
 
-def ablation_table(rows: Dict[str, Dict[str, Optional[float]]]) -> List[str]:
+def ablation_table(rows: dict[str, dict[str, float | None]]) -> list[str]:
     """Markdown lines: one row per configuration, one column per value (mean over levels)."""
     headers = [header for _, header in COLUMNS] + ([DOWNSTREAM] if any(DOWNSTREAM in r for r in rows.values()) else [])
     lines = ["| configuration | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
@@ -122,20 +126,29 @@ def ablation_table(rows: Dict[str, Dict[str, Optional[float]]]) -> List[str]:
     return lines
 
 
-def _write_outputs(rows: Dict[str, Dict[str, Optional[float]]], output: Path) -> List[str]:
+def _write_outputs(rows: dict[str, dict[str, float | None]], output: Path) -> list[str]:
     table = ablation_table(rows)
     (output / "ablation.md").write_text("\n".join(table) + "\n")
     headers = [h.strip() for h in table[0].strip("|").split("|")]
-    lines = [",".join(headers)] + [",".join([f'"{label}"'] + ["" if values.get(h) is None else f"{values[h]:.6f}"
-                                                              for h in headers[1:]]) for label, values in rows.items()]
+    lines = [",".join(headers)] + [
+        ",".join([f'"{label}"'] + ["" if values.get(h) is None else f"{values[h]:.6f}" for h in headers[1:]])
+        for label, values in rows.items()
+    ]
     (output / "ablation.csv").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(max(8, 1.4 * len(rows)), 4))
     width = 0.8 / len(headers[1:])
     for k, header in enumerate(headers[1:]):
-        axis.bar([i + k * width for i in range(len(rows))], [v.get(header) or 0.0 for v in rows.values()], width, label=header)
-    axis.set_xticks([i + width * (len(headers) - 2) / 2 for i in range(len(rows))], list(rows), rotation=20, fontsize=7, ha="right")
+        axis.bar(
+            [i + k * width for i in range(len(rows))],
+            [v.get(header) or 0.0 for v in rows.values()],
+            width,
+            label=header,
+        )
+    axis.set_xticks(
+        [i + width * (len(headers) - 2) / 2 for i in range(len(rows))], list(rows), rotation=20, fontsize=7, ha="right"
+    )
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axis.set_title("loss ablation (mean over levels, held-out split)", fontsize=9)
     figure.tight_layout()
     figure.savefig(output / "ablation.png", dpi=110)
@@ -143,7 +156,7 @@ def _write_outputs(rows: Dict[str, Dict[str, Optional[float]]], output: Path) ->
     return table
 
 
-def ablation(argv: Optional[Sequence[str]] = None) -> List[str]:
+def ablation(argv: Sequence[str] | None = None) -> list[str]:
     """Train, evaluate and tabulate the selected configurations; returns the Markdown table."""
     args = build_ablation_parser().parse_args(argv)
     values = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "kind"}
@@ -153,7 +166,7 @@ def ablation(argv: Optional[Sequence[str]] = None) -> List[str]:
     if base.loss != "mgll" or base.resume:
         raise ExampleError("--loss and --resume: the ablation sets the loss per configuration and resumes by itself")
     output = Path(base.output_dir)
-    rows: Dict[str, Dict[str, Optional[float]]] = {}
+    rows: dict[str, dict[str, float | None]] = {}
     for configuration in _select(args.configs):
         print(f"== {configuration.label} ({configuration.key})", flush=True)
         config = replace(base, output_dir=str(output / configuration.key), **configuration.overrides)
@@ -167,19 +180,28 @@ def ablation(argv: Optional[Sequence[str]] = None) -> List[str]:
     return _write_outputs(rows, output)
 
 
-def _downstream_probe(config: TrainConfig, output: Path, seed: int) -> Optional[float]:
+def _downstream_probe(config: TrainConfig, output: Path, seed: int) -> float | None:
     """The macro test AUC of a linear probe on the synthetic downstream set (reused when the probe has run)."""
     checkpoint = Path(config.output_dir) / CHECKPOINT_NAME
     done = Path(config.output_dir) / "downstream" / Path(config.output_dir).name / METRICS_NAME
     if done.is_file() and done.stat().st_mtime >= checkpoint.stat().st_mtime:
         return json.loads(done.read_text())["test"]["macro"]["auc"]
-    flags = ["--synthetic", "--data-dir", str(output / "synthetic-downstream"), "--checkpoint", str(checkpoint),
-             "--seed", str(seed), "--output-dir", str(Path(config.output_dir) / "downstream")]
+    flags = [
+        "--synthetic",
+        "--data-dir",
+        str(output / "synthetic-downstream"),
+        "--checkpoint",
+        str(checkpoint),
+        "--seed",
+        str(seed),
+        "--output-dir",
+        str(Path(config.output_dir) / "downstream"),
+    ]
     report = downstream_run(downstream_config(flags))
     return next(iter(report.values()))["test"]["macro"]["auc"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``examples/ablation.py``; a user error prints one line to stderr and returns 2."""
     try:
         table = ablation(argv)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -33,7 +33,7 @@ class PretrainedModel:
     bundle: ModelBundle
     source: str
     model_name: str
-    info: Dict[str, Any]
+    info: dict[str, Any]
 
 
 def _read(path: Path) -> Any:
@@ -44,48 +44,69 @@ def _read(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or holding objects weights_only refuses
         detail = " ".join(str(error).split())[:300]
-        raise ExampleError(f"--checkpoint {path}: not a readable checkpoint ({type(error).__name__}: {detail})") from error
+        raise ExampleError(
+            f"--checkpoint {path}: not a readable checkpoint ({type(error).__name__}: {detail})"
+        ) from error
 
 
-def _load_state(bundle: ModelBundle, state: Dict[str, Any], path: Path, model_name: str) -> None:
+def _load_state(bundle: ModelBundle, state: dict[str, Any], path: Path, model_name: str) -> None:
     try:
         bundle.model.load_state_dict(state)
     except RuntimeError:
         expected = bundle.model.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         shapes = [key for key in set(expected) & set(state) if tuple(expected[key].shape) != tuple(state[key].shape)]
-        detail = "; ".join(f"{label} {len(keys)} (first: {keys[0]})" for label, keys in
-                           (("missing keys", missing), ("unexpected keys", unexpected), ("other shapes", sorted(shapes)))
-                           if keys)
-        raise ExampleError(f"--checkpoint {path}: does not fit the {model_name} model ({detail}); "
-                           "pass the architecture it was trained with as --model") from None
+        detail = "; ".join(
+            f"{label} {len(keys)} (first: {keys[0]})"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("other shapes", sorted(shapes)),
+            )
+            if keys
+        )
+        raise ExampleError(
+            f"--checkpoint {path}: does not fit the {model_name} model ({detail}); "
+            "pass the architecture it was trained with as --model"
+        ) from None
 
 
-def load_pretrained(path: Path, model: Optional[str] = None) -> PretrainedModel:
+def load_pretrained(path: Path, model: str | None = None) -> PretrainedModel:
     """The model in ``path`` (either layout), weights loaded; ``model`` overrides the architecture name."""
     payload = _read(path)
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise ExampleError(f"--checkpoint {path}: expected a dict with a 'model' state dict (this project's last.pt "
-                           "or the authors' format)")
+        raise ExampleError(
+            f"--checkpoint {path}: expected a dict with a 'model' state dict (this project's last.pt "
+            "or the authors' format)"
+        )
     if isinstance(payload.get("config"), dict):  # this project's last.pt
         config = payload["config"]
         name = model or config["model"]
-        bundle = build_model(name, init_logit_scale=config.get("init_logit_scale"),
-                             init_logit_bias=config.get("init_logit_bias"))
+        bundle = build_model(
+            name, init_logit_scale=config.get("init_logit_scale"), init_logit_bias=config.get("init_logit_bias")
+        )
         _load_state(bundle, payload["model"], path, name)
         return PretrainedModel(bundle, "mgll-loss", name, {"step": payload.get("step"), "loss": config.get("loss")})
     if "args" not in payload:
-        raise ExampleError(f"--checkpoint {path}: neither this project's last.pt (no 'config') nor the authors' "
-                           f"format (no 'args'); it has: {', '.join(map(str, payload))}")
-    state = {key[len(_AUTHORS_PREFIX):]: value for key, value in payload["model"].items()
-             if key.startswith(_AUTHORS_PREFIX)}
+        raise ExampleError(
+            f"--checkpoint {path}: neither this project's last.pt (no 'config') nor the authors' "
+            f"format (no 'args'); it has: {', '.join(map(str, payload))}"
+        )
+    state = {
+        key[len(_AUTHORS_PREFIX) :]: value for key, value in payload["model"].items() if key.startswith(_AUTHORS_PREFIX)
+    }
     if not state:
-        raise ExampleError(f"--checkpoint {path}: the authors' format keeps the open_clip model under 'clip.'; "
-                           "no such key in 'model'")
+        raise ExampleError(
+            f"--checkpoint {path}: the authors' format keeps the open_clip model under 'clip.'; no such key in 'model'"
+        )
     name = model or AUTHORS_MODEL
     bias = 0.0 if "logit_bias" in state else None  # the value comes with the state dict
     bundle = build_model(name, init_logit_bias=bias, custom_text=any(key.startswith("text.") for key in state))
     _load_state(bundle, state, path, name)
     args = payload["args"]
-    return PretrainedModel(bundle, "authors", name, {"epoch": payload.get("epoch"), "args": vars(args)
-                                                     if isinstance(args, argparse.Namespace) else None})
+    return PretrainedModel(
+        bundle,
+        "authors",
+        name,
+        {"epoch": payload.get("epoch"), "args": vars(args) if isinstance(args, argparse.Namespace) else None},
+    )

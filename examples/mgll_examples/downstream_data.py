@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,15 +28,25 @@ from .data.record_files import read_records
 from .data.synthetic_fundus import FUNDUS_CATEGORIES, fundus_sample
 from .errors import ExampleError
 
-__all__ = ["TASKS", "SPLITS", "DownstreamSet", "authors_image_path", "load_downstream_csvs", "write_synthetic_downstream"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "DownstreamSet",
+    "authors_image_path",
+    "load_downstream_csvs",
+    "write_synthetic_downstream",
+]
 
 TASKS = ("multilabel", "multiclass")
 SPLITS = ("Train", "Val", "Test")
 _AUTHORS_PREFIX = "/All_data/"  # 9 characters up to the subset's slash, dropped by the authors' loader
-_SHORT_NAMES = {"Mild Non-Proliferative Diabetic Retinopathy": "MildNPDR",
-                "Moderate Non-Proliferative Diabetic Retinopathy": "ModerateNPDR",
-                "Severe Non-Proliferative Diabetic Retinopathy": "SevereNPDR",
-                "Age-related Macular Degeneration": "ARMD", "Glaucoma": "Glaucoma"}
+_SHORT_NAMES = {
+    "Mild Non-Proliferative Diabetic Retinopathy": "MildNPDR",
+    "Moderate Non-Proliferative Diabetic Retinopathy": "ModerateNPDR",
+    "Severe Non-Proliferative Diabetic Retinopathy": "SevereNPDR",
+    "Age-related Macular Degeneration": "ARMD",
+    "Glaucoma": "Glaucoma",
+}
 
 
 @dataclass
@@ -44,9 +54,9 @@ class DownstreamSet:
     """Train / val / test images with labels: ``labels[split]`` float [n, C] (multi-hot or one-hot)."""
 
     task: str
-    class_names: List[str]
-    samples: Dict[str, List[Sample]]
-    labels: Dict[str, np.ndarray]
+    class_names: list[str]
+    samples: dict[str, list[Sample]]
+    labels: dict[str, np.ndarray]
 
 
 def authors_image_path(value: str, data_dir: Path) -> Path:
@@ -57,11 +67,11 @@ def authors_image_path(value: str, data_dir: Path) -> Path:
         '/data/All_data_npz/RFMiD/12.npz'
     """
     if value.startswith(_AUTHORS_PREFIX):
-        return data_dir / "All_data_npz" / (os.path.splitext(value[len(_AUTHORS_PREFIX):])[0] + ".npz")
+        return data_dir / "All_data_npz" / (os.path.splitext(value[len(_AUTHORS_PREFIX) :])[0] + ".npz")
     return resolve_image(value, [data_dir, data_dir / "images"])
 
 
-def _labels(path: Path, rows: List[Dict[str, str]], columns: Sequence[str]) -> np.ndarray:
+def _labels(path: Path, rows: list[dict[str, str]], columns: Sequence[str]) -> np.ndarray:
     values = np.zeros((len(rows), len(columns)), dtype=np.float32)
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
@@ -72,7 +82,7 @@ def _labels(path: Path, rows: List[Dict[str, str]], columns: Sequence[str]) -> n
     return values
 
 
-def _as_targets(path: Path, values: np.ndarray, task: str, num_classes: Optional[int]) -> np.ndarray:
+def _as_targets(path: Path, values: np.ndarray, task: str, num_classes: int | None) -> np.ndarray:
     """Multi-hot (multilabel) or one-hot (multiclass) float [n, C]; checks the values fit the task."""
     if task == "multiclass" and values.shape[1] == 1:  # one column of class ids
         ids = values[:, 0]
@@ -81,15 +91,23 @@ def _as_targets(path: Path, values: np.ndarray, task: str, num_classes: Optional
             raise ExampleError(f"{path}: --task multiclass: the label column must hold class ids 0..{count - 1}")
         return np.eye(count, dtype=np.float32)[ids.astype(int)]
     if not np.isin(values, (0.0, 1.0)).all():
-        raise ExampleError(f"{path}: --task {task}: label columns must hold 0 or 1 (found {values[~np.isin(values, (0, 1))][0]})")
+        raise ExampleError(
+            f"{path}: --task {task}: label columns must hold 0 or 1 (found {values[~np.isin(values, (0, 1))][0]})"
+        )
     if task == "multiclass" and (values.sum(axis=1) != 1).any():
         row = int(np.flatnonzero(values.sum(axis=1) != 1)[0])
         raise ExampleError(f"{path}[{row}]: --task multiclass: expected exactly one 1 among the label columns")
     return values
 
 
-def _read_split(path: Path, data_dir: Path, task: str, image_column: Optional[str],
-                label_columns: Optional[Sequence[str]], num_classes: Optional[int]) -> Tuple[List[str], List[Sample], np.ndarray]:
+def _read_split(
+    path: Path,
+    data_dir: Path,
+    task: str,
+    image_column: str | None,
+    label_columns: Sequence[str] | None,
+    num_classes: int | None,
+) -> tuple[list[str], list[Sample], np.ndarray]:
     rows = read_records(path)
     if not rows:
         raise ExampleError(f"{path}: no rows")
@@ -101,8 +119,10 @@ def _read_split(path: Path, data_dir: Path, task: str, image_column: Optional[st
         raise ExampleError(f"{path}: no column {unknown[0]!r}; the file has: {', '.join(header)}")
     if not columns:
         raise ExampleError(f"{path}: no label columns besides the image column {image!r}")
-    samples = [Sample(authors_image_path(str(row[image]).strip(), data_dir), (), f"{path.name}[{i}]")
-               for i, row in enumerate(rows)]
+    samples = [
+        Sample(authors_image_path(str(row[image]).strip(), data_dir), (), f"{path.name}[{i}]")
+        for i, row in enumerate(rows)
+    ]
     missing = [sample for sample in samples if not sample.image.is_file()]
     if missing:
         shown = ", ".join(f"{s.source}: {s.image}" for s in missing[:3])
@@ -110,23 +130,33 @@ def _read_split(path: Path, data_dir: Path, task: str, image_column: Optional[st
     return columns, samples, _as_targets(path, _labels(path, rows, columns), task, num_classes)
 
 
-def load_downstream_csvs(files: Dict[str, Path], data_dir: Path, task: str, image_column: Optional[str] = None,
-                         label_columns: Optional[Sequence[str]] = None) -> DownstreamSet:
+def load_downstream_csvs(
+    files: dict[str, Path],
+    data_dir: Path,
+    task: str,
+    image_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+) -> DownstreamSet:
     """The three splits from CSV files (``files`` maps "Train"/"Val"/"Test" to a path)."""
-    names: Optional[List[str]] = None
+    names: list[str] | None = None
     samples, labels = {}, {}
     for split in SPLITS:
-        columns, samples[split], labels[split] = _read_split(files[split], data_dir, task, image_column, label_columns,
-                                                             None if names is None else len(names))
+        columns, samples[split], labels[split] = _read_split(
+            files[split], data_dir, task, image_column, label_columns, None if names is None else len(names)
+        )
         if names is None:
-            names = columns if labels[split].shape[1] == len(columns) else [str(c) for c in range(labels[split].shape[1])]
+            names = (
+                columns if labels[split].shape[1] == len(columns) else [str(c) for c in range(labels[split].shape[1])]
+            )
         elif labels[split].shape[1] != len(names):
             raise ExampleError(f"{files[split]}: {labels[split].shape[1]} classes, the train split has {len(names)}")
     assert names is not None
     return DownstreamSet(task, names, samples, labels)
 
 
-def write_synthetic_downstream(data_dir: Path, name: str, sizes: Dict[str, int], seed: int, image_size: int = 64) -> None:
+def write_synthetic_downstream(
+    data_dir: Path, name: str, sizes: dict[str, int], seed: int, image_size: int = 64
+) -> None:
     """An RFMiD-like multilabel set from the synthetic fundus generator, in the authors' layout.
 
     Columns ``ID`` (an ``/All_data/<name>/...`` path), ``Disease_Risk`` and one 0/1 column per

@@ -9,15 +9,15 @@ caption, and a sample with no text left leaves its loss like an MGLL column with
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .data import Sample
 
-__all__ = ["text_mask", "joined_tokens", "TextDropper"]
+__all__ = ["TextDropper", "joined_tokens", "text_mask"]
 
 _STEP_STRIDE = 1_000_003
 
@@ -34,14 +34,17 @@ def text_mask(probability: float, seed: int, step: int, num_levels: int, batch_s
     """
     generator = torch.Generator().manual_seed(seed * _STEP_STRIDE + step)
     draws = torch.rand((rank + 1) * batch_size, num_levels, generator=generator)  # slot-major: a slot's draws
-    return (draws[rank * batch_size:] >= probability).T.contiguous()  # do not depend on the number of slots
+    return (draws[rank * batch_size :] >= probability).T.contiguous()  # do not depend on the number of slots
 
 
-def joined_tokens(samples: Sequence[Sample], mask: Tensor, tokenizer: Callable[[Sequence[str]], Tensor],
-                  separator: str) -> Tensor:
+def joined_tokens(
+    samples: Sequence[Sample], mask: Tensor, tokenizer: Callable[[Sequence[str]], Tensor], separator: str
+) -> Tensor:
     """Token ids [1, B, L] of each sample's present texts joined by ``separator`` (an empty caption if none is)."""
-    joined = [separator.join(text for text, present in zip(sample.texts, mask[:, i].tolist()) if present)
-              for i, sample in enumerate(samples)]
+    joined = [
+        separator.join(text for text, present in zip(sample.texts, mask[:, i].tolist()) if present)
+        for i, sample in enumerate(samples)
+    ]
     return tokenizer(joined).unsqueeze(0)
 
 
@@ -56,7 +59,7 @@ class TextDropper:
     joined: bool  # the CLIP baseline: one caption of the present parts (``separator``-joined)
     separator: str
 
-    def __call__(self, step: int, index: Tensor, tokens: Tensor, rank: int) -> Tuple[Tensor, Tensor]:
+    def __call__(self, step: int, index: Tensor, tokens: Tensor, rank: int) -> tuple[Tensor, Tensor]:
         """Token ids [G, B, L] (G = 1 when joined) and bool [G, B] (joined: [B], the samples with any text left)."""
         num_levels = len(self.samples[int(index[0])].texts)
         mask = text_mask(self.probability, self.seed, step, num_levels, len(index), rank)

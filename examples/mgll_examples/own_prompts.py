@@ -10,7 +10,7 @@ no training caption names scores -2 for every image (AUC 0.5).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,16 +22,23 @@ from .pipeline import captions
 __all__ = ["own_form_scores"]
 
 
-def own_form_scores(model: nn.Module, tokenizer: Callable[[Sequence[str]], Tensor], image_x: Tensor, dataset: Dataset,
-                    level: int, joined: bool, device: torch.device,
-                    encode_texts: Callable[..., Tensor]) -> np.ndarray:
+def own_form_scores(
+    model: nn.Module,
+    tokenizer: Callable[[Sequence[str]], Tensor],
+    image_x: Tensor,
+    dataset: Dataset,
+    level: int,
+    joined: bool,
+    device: torch.device,
+    encode_texts: Callable[..., Tensor],
+) -> np.ndarray:
     """Scores [n_images, C] for the classes of ``level`` (``joined``: the model trained on joined captions)."""
     spec, classes = dataset.levels[level], dataset.classes(level)
     forms = captions(dataset.train, joined)[0 if joined else level]
-    members: Dict[str, set] = {}
+    members: dict[str, set] = {}
     for sample, caption in zip(dataset.train, forms):
         members.setdefault(caption, set()).update(spec.labels(sample.texts[level]))
-    unique: List[str] = sorted(members)
+    unique: list[str] = sorted(members)
     similarity = (image_x @ encode_texts(model, tokenizer, unique, device).T).numpy()  # [n, captions]
     scores = np.full((len(image_x), len(classes)), -2.0)  # below any cosine: a class no training caption names ties
     for j, caption in enumerate(unique):
