@@ -328,3 +328,13 @@ def test_drop_texts_trains_the_clip_baseline_and_resumes_exactly(tmp_path, fundu
     )
     assert whole is not None and resumed is not None
     assert resumed["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
+
+
+def test_drop_texts_reaches_the_mgll_loss(tmp_path, fundus_dir):
+    flags = ["--data-dir", str(fundus_dir), *TINY_RUN[:-1], "1", "--smooth-kl-weight", "0"]
+    losses = {}
+    for drop in ("0", "0.5"):
+        run(parse_config("fundus", [*flags, "--drop-texts", drop, "--output-dir", str(tmp_path / drop)]))
+        losses[drop] = json.loads((tmp_path / drop / "history.json").read_text())[0]
+    # same model, batch and augmentation: only the missing texts differ
+    assert losses["0"]["soft_clip_loss"] != pytest.approx(losses["0.5"]["soft_clip_loss"], rel=1e-3)

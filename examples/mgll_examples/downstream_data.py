@@ -137,20 +137,21 @@ def load_downstream_csvs(
     image_column: str | None = None,
     label_columns: Sequence[str] | None = None,
 ) -> DownstreamSet:
-    """The three splits from CSV files (``files`` maps "Train"/"Val"/"Test" to a path)."""
-    names: list[str] | None = None
-    samples, labels = {}, {}
-    for split in SPLITS:
-        columns, samples[split], labels[split] = _read_split(
-            files[split], data_dir, task, image_column, label_columns, None if names is None else len(names)
-        )
-        if names is None:
-            names = (
-                columns if labels[split].shape[1] == len(columns) else [str(c) for c in range(labels[split].shape[1])]
-            )
-        elif labels[split].shape[1] != len(names):
-            raise ExampleError(f"{files[split]}: {labels[split].shape[1]} classes, the train split has {len(names)}")
-    assert names is not None
+    """The three splits from CSV files (``files`` maps "Train"/"Val"/"Test" to a path).
+
+    The classes are the training split's label columns (a multiclass column of ids: "0", "1", ...);
+    the validation and test splits must have as many.
+    """
+    columns, train_samples, train_labels = _read_split(
+        files["Train"], data_dir, task, image_column, label_columns, None
+    )
+    count = train_labels.shape[1]
+    names = columns if count == len(columns) else [str(c) for c in range(count)]
+    samples, labels = {"Train": train_samples}, {"Train": train_labels}
+    for split in SPLITS[1:]:
+        _, samples[split], labels[split] = _read_split(files[split], data_dir, task, image_column, label_columns, count)
+        if labels[split].shape[1] != count:
+            raise ExampleError(f"{files[split]}: {labels[split].shape[1]} classes, the train split has {count}")
     return DownstreamSet(task, names, samples, labels)
 
 
