@@ -5,6 +5,7 @@
 #   make test-slow  only the tests marked slow
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
 #   make demo       the main job: MGLL vs plain CLIP pretraining on synthetic fundus data (a few minutes on CPU)
+#   make ablation   the paper's loss ablation (Table 3) on the synthetic fundus set: table, CSV and plot
 #   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
 #   make bench-accumulation   one effective step of B=512: full batch vs accumulate_step vs naive (minutes)
 #   make dist       build sdist + wheel into dist/ and run twine check
@@ -23,7 +24,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow docs demo bench bench-accumulation dist clean
+.PHONY: install test test-slow docs demo ablation bench bench-accumulation dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -82,6 +83,15 @@ demo: $(DEMO_STAMP)
 	$(PY) examples/pretrain_fundus.py $(DEMO_FLAGS) --loss mgll --output-dir $(DEMO_DIR)/mgll
 	$(PY) examples/pretrain_fundus.py $(DEMO_FLAGS) --loss clip --output-dir $(DEMO_DIR)/clip
 	$(PY) examples/compare_runs.py $(DEMO_DIR)/mgll $(DEMO_DIR)/clip --plot $(DEMO_DIR)/comparison.png
+	$(PY) examples/finetune_downstream.py --synthetic --data-dir $(DEMO_DIR)/synthetic-downstream --mode probe \
+		--checkpoint $(DEMO_DIR)/mgll/last.pt --checkpoint $(DEMO_DIR)/clip/last.pt --output-dir $(DEMO_DIR)/downstream
+
+# The loss ablation: nine configurations (CLIP, L_P, L_sCLIP, L_sCLIP + L_P, MGLL, MGLL with 30% texts
+# missing, and the point-wise ones with a logit bias), same model, data, seed and steps; finished runs are reused.
+ABLATION_DIR ?= runs/ablation
+ABLATION_FLAGS ?= --synthetic --data-dir $(ABLATION_DIR)/synthetic-fundus --epochs 6 --batch-size 50 --downstream
+ablation: $(DEMO_STAMP)
+	$(PY) examples/ablation.py $(ABLATION_FLAGS) --output-dir $(ABLATION_DIR)
 
 # --- packaging ---------------------------------------------------------------------------
 

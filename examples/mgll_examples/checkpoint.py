@@ -14,7 +14,9 @@ from .errors import ExampleError
 #: Flags that change what a step computes: a resumed run must use the same ones (``--epochs`` and
 #: ``--max-steps`` may change: see ``runs.resume_schedule``; the data set: ``runs.check_same_data``).
 MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "lr",
-              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size")
+              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size",
+              "match", "soft_clip_weight", "pointwise_weight", "smooth_kl_weight", "level_weights", "normalization",
+              "pointwise_target", "kl_direction", "drop_texts", "init_logit_scale", "init_logit_bias")
 
 
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
@@ -35,11 +37,13 @@ def load_checkpoint(path: Path, config: TrainConfig, world_size: int) -> Dict[st
         raise ExampleError(f"--resume {path}: not a readable checkpoint ({type(error).__name__})") from error
     if not isinstance(payload, dict) or not {"config", "step", "model", "optimizer"} <= payload.keys():
         raise ExampleError(f"--resume {path}: not a checkpoint of these examples")
-    saved, current = payload["config"], config.to_dict()
+    # A flag added after the checkpoint was written counts as saved with its default.
+    saved = {**TrainConfig(kind=config.kind).to_dict(), **payload["config"]}
+    current = config.to_dict()
     for name in MUST_MATCH:
-        if saved.get(name) != current[name]:
+        if saved[name] != current[name]:
             flag = "--" + name.replace("_", "-")
-            raise ExampleError(f"--resume {path}: saved with {flag} {saved.get(name)!r}, this run has {current[name]!r}")
+            raise ExampleError(f"--resume {path}: saved with {flag} {saved[name]!r}, this run has {current[name]!r}")
     if payload.get("world_size") != world_size:
         raise ExampleError(f"--resume {path}: saved by {payload.get('world_size')} process(es), this run has {world_size}")
     return payload

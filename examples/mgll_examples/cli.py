@@ -41,7 +41,8 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
     world.barrier()
     if not world.is_main:
         dataset = load_dataset(config)
-    bundle = build_model(config.model, config.pretrained)
+    bundle = build_model(config.model, config.pretrained, init_logit_scale=config.init_logit_scale,
+                         init_logit_bias=config.init_logit_bias)
     if world.is_main:
         levels = ", ".join(level.name for level in dataset.levels)
         print(f"{config.loss} on {config.kind}: {len(dataset.train)} train / {len(dataset.test)} held-out images, "
@@ -56,13 +57,17 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
         return None
     began = time.perf_counter()
     metrics = evaluate(bundle.model, bundle, dataset, world.device, batch_size=max(config.batch_size, 128),
-                       workers=config.workers, skip_bad=config.skip_bad_samples, seed=config.seed)
+                       workers=config.workers, skip_bad=config.skip_bad_samples, seed=config.seed,
+                       joined=config.loss == "clip")
     report = {
         "kind": config.kind, "loss": config.loss, "model": config.model, "steps": result.steps,
         "total_steps": result.total_steps, "train_seconds": round(result.seconds, 2),
         "eval_seconds": round(time.perf_counter() - began, 2), "skipped_samples": result.skipped_samples,
         "final_loss": result.history[-1]["loss"] if result.history else None, "levels": metrics,
         "missing_images": dataset.missing_images,
+        "loss_options": config.loss_options() if config.loss == "mgll" else {}, "drop_texts": config.drop_texts,
+        "init_logit_scale": config.init_logit_scale, "init_logit_bias": config.init_logit_bias,
+        "config": config.to_dict(),
     }
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mgll_loss.backends import BACKEND_NAMES
+from mgll_loss.validation import KL_DIRECTIONS, MATCH_MODES, NORMALIZATIONS, POINTWISE_TARGETS
 
 from .errors import ExampleError
 from .model import TINY
@@ -15,6 +16,9 @@ from .model import TINY
 KINDS = ("fundus", "xray")
 LOSSES = ("mgll", "clip")
 PRECISIONS = ("auto", "fp32", "bf16")
+#: The MGLLLoss constructor options that have a flag of the same name.
+LOSS_OPTIONS = ("match", "soft_clip_weight", "pointwise_weight", "smooth_kl_weight", "level_weights", "normalization",
+                "pointwise_target", "kl_direction")
 
 
 @dataclass
@@ -55,6 +59,23 @@ class TrainConfig:
     json_list: Optional[str] = None
     multi_label: Optional[Dict[str, str]] = None
     overwrite: bool = False
+    # MGLLLoss options (recorded with the run; the defaults are MGLLLoss's)
+    match: str = "exact"
+    soft_clip_weight: float = 0.5
+    pointwise_weight: float = 1.0
+    smooth_kl_weight: float = 1.0
+    level_weights: Optional[List[float]] = None
+    normalization: str = "pairs"
+    pointwise_target: str = "mask"
+    kl_direction: str = "to_mean"
+    # missing texts and the logit scale / bias the model starts from
+    drop_texts: float = 0.0
+    init_logit_scale: Optional[float] = None
+    init_logit_bias: Optional[float] = None
+
+    def loss_options(self) -> Dict[str, Any]:
+        """The keyword arguments of ``MGLLLoss`` these flags give (without the backend and distributed ones)."""
+        return {name: getattr(self, name) for name in LOSS_OPTIONS}
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -104,6 +125,70 @@ def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
                          help="replace the run in --output-dir (its checkpoint and results) instead of refusing")
 
 
+def _weight(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite non-negative number, got {text}")
+    return value
+
+
+def _weights(text: str) -> List[float]:
+    return [_weight(part) for part in _csv(text)]
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text}")
+    return value
+
+
+def _scale(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a logit scale in [1, 100] (the training clamp), got {text}")
+    return value
+
+
+def add_loss_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """The MGLLLoss options, ``--drop-texts`` and the initial logit scale / bias (paper Eqs. 1-7)."""
+    group = parser.add_argument_group("MGLL loss options (see docs/choosing-options.md)")
+    group.add_argument("--match", choices=MATCH_MODES, default=defaults.match,
+                       help="how multi-label levels make positives: identical label sets, any shared label, or Jaccard weights")
+    group.add_argument("--soft-clip-weight", type=_weight, default=defaults.soft_clip_weight, help="a1, weight of L_sCLIP")
+    group.add_argument("--pointwise-weight", type=_weight, default=defaults.pointwise_weight, help="a2, weight of L_P")
+    group.add_argument("--smooth-kl-weight", type=_weight, default=defaults.smooth_kl_weight, help="a3, weight of L_sKL")
+    group.add_argument("--level-weights", type=_weights, help="w_g, one per level, comma-separated (default all 1)")
+    group.add_argument("--normalization", choices=NORMALIZATIONS, default=defaults.normalization,
+                       help="L_P: mean over all pairs, or sum / B (paper Eq. 4, SigLIP)")
+    group.add_argument("--pointwise-target", choices=POINTWISE_TARGETS, default=defaults.pointwise_target,
+                       help="L_P target: the positive mask, or its row-normalised form (the authors' released code)")
+    group.add_argument("--kl-direction", choices=KL_DIRECTIONS, default=defaults.kl_direction,
+                       help="L_sKL: KL(p_g || mean), or KL(mean || p_g) (the authors' released code)")
+    group.add_argument("--drop-texts", type=_probability, default=defaults.drop_texts, metavar="P",
+                       help="each step each text of each level is missing with probability P (seeded; text_mask); "
+                       "the CLIP baseline drops the same parts of its joined caption")
+    group.add_argument("--init-logit-scale", type=_scale, metavar="S",
+                       help="initial logit scale s (not log s; open_clip default 1/0.07 = 14.3, SigLIP 10)")
+    group.add_argument("--init-logit-bias", type=float, metavar="B",
+                       help="give the model a learnable logit bias starting at B (SigLIP: -10); it reaches L_P")
+
+
+def check_loss_options(config: TrainConfig, num_levels: int) -> None:
+    """Refuse loss flags that this run would ignore or that do not fit its levels (one-line errors)."""
+    defaults = TrainConfig(kind=config.kind)
+    if config.loss == "clip":
+        changed = [name for name in LOSS_OPTIONS if getattr(config, name) != getattr(defaults, name)]
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise ExampleError(f"{flags}: MGLL loss options; the plain CLIP baseline (--loss clip) has none")
+        return
+    if config.level_weights is not None and len(config.level_weights) != num_levels:
+        raise ExampleError(f"--level-weights: expected {num_levels} weights (one per level), got {len(config.level_weights)}")
+    if not (config.soft_clip_weight or config.pointwise_weight or config.smooth_kl_weight):
+        raise ExampleError("--soft-clip-weight, --pointwise-weight, --smooth-kl-weight: all 0, nothing to train")
+
+
 def build_parser(kind: str) -> argparse.ArgumentParser:
     """The command line of ``examples/pretrain_<kind>.py``."""
     defaults = TrainConfig(kind=kind)
@@ -131,6 +216,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     model.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (downloads weights)")
     model.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="mgll, or the plain CLIP baseline on joined captions")
     model.add_argument("--backend", choices=BACKEND_NAMES, default=defaults.backend, help="MGLLLoss backend")
+    add_loss_flags(parser, defaults)
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--batch-size", type=_positive, default=defaults.batch_size, help="images per rank and step")
     optim.add_argument("--accum-steps", type=_positive, default=defaults.accum_steps,

@@ -4,6 +4,8 @@ Per level ``g`` with classes ``c`` (a multi-label level has several per image):
 
 - zero-shot AUC: score(image, c) = cos(image, prompt_c); one-vs-rest ROC AUC per class, macro mean
   over the classes with positives and negatives in the held-out split;
+- own-form zero-shot AUC: the same AUC with prompts in the form the model trained on (see
+  :mod:`.own_prompts`; for MGLL close to the class prompts, for the joined-caption CLIP baseline fairer);
 - linear-probe AUC: per class a logistic regression on the training images' features, the same
   AUC on the held-out images;
 - recall@k: image-to-text, the image's own level-g caption is among the k unique held-out captions
@@ -23,8 +25,9 @@ from torch import Tensor, nn
 from .data import Dataset, ImageTextDataset, Sample, collate
 from .errors import ExampleError
 from .model import ModelBundle
+from .own_prompts import own_form_scores
 
-METRICS = ("zero_shot_auc", "linear_probe_auc", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")
+METRICS = ("zero_shot_auc", "zero_shot_auc_own", "linear_probe_auc", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")
 
 
 @torch.no_grad()
@@ -76,8 +79,11 @@ def recall_at(similarity: Tensor, relevant: Tensor, k: int) -> float:
 
 
 def evaluate(model: nn.Module, bundle: ModelBundle, dataset: Dataset, device: torch.device, *, batch_size: int,
-             workers: int, skip_bad: bool, seed: int) -> Dict[str, Dict[str, Optional[float]]]:
-    """Every metric of the module docstring, per level name (plus a ``"mean"`` row over levels)."""
+             workers: int, skip_bad: bool, seed: int, joined: bool = False) -> Dict[str, Dict[str, Optional[float]]]:
+    """Every metric of the module docstring, per level name (plus a ``"mean"`` row over levels).
+
+    ``joined``: the model trained on joined captions (the CLIP baseline), for the own-form zero-shot AUC.
+    """
     was_training = model.training
     model.eval()
     test_x, test_kept = encode_images(model, bundle, dataset.test, device, batch_size, workers, skip_bad)
@@ -90,19 +96,21 @@ def evaluate(model: nn.Module, bundle: ModelBundle, dataset: Dataset, device: to
         prompts = [dataset.prompts.get(level.name, {}).get(name, name) for name in classes]
         truth = dataset.class_matrix(test, g)
         zero_shot = (test_x @ encode_texts(model, bundle.tokenizer, prompts, device).T).numpy()
+        own = own_form_scores(model, bundle.tokenizer, test_x, dataset, g, joined, device, encode_texts)
         probe = linear_probe_scores(train_x.numpy(), dataset.class_matrix(train, g), test_x.numpy(), seed)
         keep = ~np.isnan(probe).any(axis=0)
         unique = sorted({sample.texts[g] for sample in test})
         caption_x = encode_texts(model, bundle.tokenizer, unique, device)
-        own = torch.tensor([[sample.texts[g] == text for text in unique] for sample in test])  # [n_test, n_unique]
+        relevant = torch.tensor([[sample.texts[g] == text for text in unique] for sample in test])  # [n_test, n_unique]
         image_to_text = test_x @ caption_x.T
         results[level.name] = {
             "zero_shot_auc": macro_auc(truth, zero_shot),
+            "zero_shot_auc_own": macro_auc(truth, own),
             "linear_probe_auc": macro_auc(truth[:, keep], probe[:, keep]),
-            "i2t_r1": recall_at(image_to_text, own, 1),
-            "i2t_r5": recall_at(image_to_text, own, 5),
-            "t2i_r1": recall_at(image_to_text.T, own.T, 1),
-            "t2i_r5": recall_at(image_to_text.T, own.T, 5),
+            "i2t_r1": recall_at(image_to_text, relevant, 1),
+            "i2t_r5": recall_at(image_to_text, relevant, 5),
+            "t2i_r1": recall_at(image_to_text.T, relevant.T, 1),
+            "t2i_r5": recall_at(image_to_text.T, relevant.T, 5),
         }
     results["mean"] = {
         metric: float(np.mean(values)) if (values := [r[metric] for r in results.values() if r[metric] is not None]) else None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import open_clip
 from torch import Tensor, nn
@@ -26,35 +27,46 @@ class ModelBundle:
     std: Sequence[float]
 
 
-def _tiny_clip() -> nn.Module:
+def _tiny_clip(custom_text: bool = False, **logit_init: float) -> nn.Module:
     """A small ModifiedResNet (one block per stage, width 24, 64x64 images) and a 2-layer text transformer; D = 64.
 
     On the synthetic sets a convolutional tower learns the small lesions much faster than a ViT
-    of the same cost (zero-shot AUC 0.97 vs 0.64 after the demo's 144 steps).
+    of the same cost (zero-shot AUC 0.97 vs 0.64 after the demo's 144 steps). ``custom_text`` builds
+    it as an open_clip ``CustomTextCLIP`` (text tower under ``text.``, as the authors' checkpoints);
+    ``logit_init`` holds ``init_logit_scale`` (log s) / ``init_logit_bias``.
     """
-    return open_clip.CLIP(
+    return (open_clip.CustomTextCLIP if custom_text else open_clip.CLIP)(
+        **logit_init,
         embed_dim=64,
         vision_cfg=dict(layers=(1, 1, 1, 1), width=24, image_size=TINY_IMAGE_SIZE),
         text_cfg=dict(context_length=TINY_CONTEXT_LENGTH, vocab_size=49408, width=64, heads=2, layers=2),
     )
 
 
-def build_model(name: str, pretrained: Optional[str] = None) -> ModelBundle:
+def build_model(name: str, pretrained: Optional[str] = None, *, init_logit_scale: Optional[float] = None,
+                init_logit_bias: Optional[float] = None, custom_text: bool = False) -> ModelBundle:
     """The model ``name`` ("tiny" or an open_clip architecture), randomly initialised unless ``pretrained``.
 
     ``pretrained`` (e.g. "openai") loads open_clip weights, which may download them: the tests and
-    the demo never pass it.
+    the demo never pass it. ``init_logit_scale`` is the scale s itself (the model stores log s);
+    ``init_logit_bias`` gives the model a learnable ``logit_bias`` (open_clip's SigLIP models have
+    one); ``custom_text`` builds open_clip's ``CustomTextCLIP`` layout (``force_custom_text``).
     """
+    logit_init: Dict[str, float] = {}
+    if init_logit_scale is not None:
+        logit_init["init_logit_scale"] = math.log(init_logit_scale)
+    if init_logit_bias is not None:
+        logit_init["init_logit_bias"] = init_logit_bias
     if name == TINY:
         if pretrained:
             raise ExampleError(f"--pretrained {pretrained}: the tiny model has no pretrained weights; pick an open_clip --model")
-        model = _tiny_clip()
+        model = _tiny_clip(custom_text, **logit_init)
         tokenizer = open_clip.SimpleTokenizer(context_length=TINY_CONTEXT_LENGTH)
         return ModelBundle(model, tokenizer, TINY_IMAGE_SIZE, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
     if name not in open_clip.list_models():
         raise ExampleError(f"--model {name}: not an open_clip architecture (see open_clip.list_models(), or use 'tiny')")
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None)
+        model = open_clip.create_model(name, pretrained=pretrained or None, force_custom_text=custom_text, **logit_init)
     except RuntimeError as error:  # unknown pretrained tag, weights not available offline
         raise ExampleError(f"--model {name} --pretrained {pretrained}: {str(error).splitlines()[0]}") from error
     size = model.visual.image_size

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .evaluate import METRICS  # noqa: E402
 
 Metrics = Dict[str, Dict[str, Optional[float]]]
-HEADERS = {"zero_shot_auc": "zero-shot AUC", "linear_probe_auc": "probe AUC", "i2t_r1": "I2T R@1",
+HEADERS = {"zero_shot_auc": "zero-shot AUC", "zero_shot_auc_own": "ZS own-form", "linear_probe_auc": "probe AUC", "i2t_r1": "I2T R@1",
            "i2t_r5": "I2T R@5", "t2i_r1": "T2I R@1", "t2i_r5": "T2I R@5"}
 
 
@@ -24,9 +24,10 @@ def _cell(value: Optional[float]) -> str:
 def metrics_table(metrics: Metrics, title: str) -> List[str]:
     """Lines of a fixed-width table: one row per level (and the mean), one column per metric."""
     width = max(len(name) for name in metrics) + 2
-    lines = [title, "level".ljust(width) + " ".join(f"{HEADERS[m]:>13}" for m in METRICS)]
+    columns = {m: max(len(HEADERS[m]), 6) for m in METRICS}
+    lines = [title, "level".ljust(width) + "  ".join(f"{HEADERS[m]:>{columns[m]}}" for m in METRICS)]
     for level, values in metrics.items():
-        lines.append(level.ljust(width) + " ".join(f"{_cell(values[m]):>13}" for m in METRICS))
+        lines.append(level.ljust(width) + "  ".join(f"{_cell(values[m]):>{columns[m]}}" for m in METRICS))
     return lines
 
 

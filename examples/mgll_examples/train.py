@@ -14,15 +14,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mgll_loss import MGLLLoss, accumulate_step
+from mgll_loss import MGLLLoss, SoftCLIPLoss, accumulate_step
 from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, check_loss_options
 from .data import Dataset, ImageTextDataset, collate
 from .errors import ExampleError
+from .missing_texts import TextDropper
 from .model import ModelBundle
-from .pipeline import StepBatches, augment, caption_tokens, level_labels
+from .pipeline import CLIP_CAPTION_SEPARATOR, StepBatches, augment, caption_tokens, level_labels
 from .runs import CHECKPOINT_NAME, check_same_data, data_identity, resume_schedule
 from .world import World
 
@@ -58,9 +59,11 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 def _loss_function(config: TrainConfig, world: World) -> nn.Module:
     distributed = dict(local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size)
+    if config.loss == "clip" and config.drop_texts:  # == ClipLoss, and drops the samples left without text
+        return SoftCLIPLoss(backend=config.backend, **distributed)
     if config.loss == "clip":
         return open_clip.ClipLoss(cache_labels=True, **distributed)
-    return MGLLLoss(backend=config.backend, **distributed)
+    return MGLLLoss(backend=config.backend, **config.loss_options(), **distributed)
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -68,15 +71,20 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor], clip: bool) -> Dict[str, Tensor]:
+def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor], clip: bool,
+           mask: Optional[Tensor]) -> Dict[str, Tensor]:
     if clip:
-        return {"clip_loss": loss_fn(features["image_features"], features["text_features"][0], features["logit_scale"])}
-    return loss_fn(**features, labels=labels, output_dict=True)
+        image, text, scale = features["image_features"], features["text_features"][0], features["logit_scale"]
+        if mask is None:
+            return {"clip_loss": loss_fn(image, text, scale)}
+        return {"clip_loss": loss_fn(image, text, scale, text_mask=mask)}
+    return loss_fn(**features, labels=labels, text_mask=mask, output_dict=True)
 
 
 def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: World) -> TrainResult:
     """Train ``bundle.model`` in place on ``dataset.train``; checkpoint to ``<output-dir>/last.pt``."""
     samples = dataset.train
+    check_loss_options(config, len(dataset.levels))
     rank_batch = config.batch_size * config.accum_steps  # images per rank and optimiser step
     steps_per_epoch = len(samples) // (rank_batch * world.size)
     if steps_per_epoch == 0:
@@ -89,6 +97,9 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     clip = config.loss == "clip"
     tokens = caption_tokens(samples, bundle.tokenizer, joined=clip)  # [N, G, L]
     labels = level_labels(dataset, samples)
+    dropper = None
+    if config.drop_texts:
+        dropper = TextDropper(config.drop_texts, config.seed, samples, bundle.tokenizer, clip, CLIP_CAPTION_SEPARATOR)
 
     wrapper = MultiGranularOpenCLIP(bundle.model).to(world.device)
     model = nn.parallel.DistributedDataParallel(wrapper) if world.size > 1 else wrapper
@@ -125,7 +136,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
             if world.any(batch.indices.numel() == 0):
                 continue
             record = _step(step, batch, model, wrapper, optimizer, loss_fn, tokens, labels, generator, config, world,
-                           total_steps, clip)
+                           total_steps, clip, dropper)
             history.append(record)
             progress.update()
             progress.set_postfix(loss=f"{record['loss']:.3f}")
@@ -145,22 +156,26 @@ def _check_batch(errors: List[str], config: TrainConfig, world: World) -> int:
 
 def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLIP, optimizer: torch.optim.Optimizer,
           loss_fn: nn.Module, tokens: Tensor, labels: List[Tensor], generator: torch.Generator, config: TrainConfig,
-          world: World, total_steps: int, clip: bool) -> Dict[str, float]:
+          world: World, total_steps: int, clip: bool, dropper: Optional[TextDropper]) -> Dict[str, float]:
     """One optimiser step on the batch's good samples; returns the step's record (losses averaged over ranks)."""
     index = batch.indices
     lr = learning_rate(step, config, total_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
     pixels = augment(batch.images, generator).to(world.device, non_blocking=True)
-    texts = tokens[index].transpose(0, 1).to(world.device)
+    texts, mask = tokens[index].transpose(0, 1), None
+    if dropper is not None:
+        texts, mask = dropper(step, index, texts, world.rank)
+        mask = mask.to(world.device)
+    texts = texts.to(world.device)
     step_labels = [label[index].to(world.device) for label in labels]
     optimizer.zero_grad(set_to_none=True)
     if config.accum_steps > 1:
-        terms = _accumulated_terms(model, loss_fn, pixels, texts, step_labels, config, world.device, clip)
+        terms = _accumulated_terms(model, loss_fn, pixels, texts, step_labels, mask, config, world.device, clip)
     else:
         with _autocast(config, world.device):
             features = model(pixels, texts)
-        terms = _terms(loss_fn, features, step_labels, clip)
+        terms = _terms(loss_fn, features, step_labels, clip, mask)
         sum(terms.values()).backward()
     total = sum(terms.values())
     if config.grad_clip > 0:
@@ -168,6 +183,8 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
     optimizer.step()
     wrapper.clamp_logit_scale()
     record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr, "logit_scale": wrapper.model.logit_scale.exp().item()}
+    if getattr(wrapper.model, "logit_bias", None) is not None:
+        record["logit_bias"] = wrapper.model.logit_bias.item()
     record.update({name: world.mean(value.item()) for name, value in terms.items()})
     return record
 
@@ -176,16 +193,18 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
 
 
 def _accumulated_terms(model: nn.Module, loss_fn: nn.Module, pixels: Tensor, texts: Tensor, labels: List[Tensor],
-                       config: TrainConfig, device: torch.device, clip: bool) -> Dict[str, Tensor]:
+                       mask: Optional[Tensor], config: TrainConfig, device: torch.device, clip: bool) -> Dict[str, Tensor]:
     """The loss of all K x --batch-size images, encoded --batch-size at a time; gradients into ``.grad``."""
     micro_batches = [dict(images=p, texts=t) for p, t in zip(pixels.split(config.batch_size),
                                                              texts.split(config.batch_size, dim=1))]
 
-    def loss(labels: List[Tensor], output_dict: bool, **features: Tensor) -> Dict[str, Tensor]:
-        return _terms(loss_fn, features, labels, clip)
+    def loss(labels: List[Tensor], output_dict: bool, text_mask: Optional[Tensor] = None,
+             **features: Tensor) -> Dict[str, Tensor]:
+        return _terms(loss_fn, features, labels, clip, text_mask)
 
     with _autocast(config, device):  # the encoders only: accumulate_step computes the loss outside autocast
-        return accumulate_step(model, loss, micro_batches, labels=labels, output_dict=True)  # type: ignore[return-value]
+        return accumulate_step(model, loss, micro_batches, labels=labels, text_mask=mask,  # type: ignore[return-value]
+                               output_dict=True)
 
 
 def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularOpenCLIP,
