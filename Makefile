@@ -6,6 +6,7 @@
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
 #   make demo       the main job: MGLL vs plain CLIP pretraining on synthetic fundus data (a few minutes on CPU)
 #   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
+#   make gpu-check  on one CUDA device (< 8 minutes): backend parity, no host syncs, fullgraph compile, GPU benchmark
 #   make dist       build sdist + wheel into dist/ and run twine check
 #   make clean      remove build artefacts and caches (keeps .venv)
 
@@ -22,7 +23,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow docs demo bench dist clean
+.PHONY: install test test-slow docs demo bench gpu-check dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -90,6 +91,12 @@ demo: $(DEMO_STAMP)
 BENCH_PRESET ?= cpu
 bench: install
 	$(PY) -m benchmarks.run --preset $(BENCH_PRESET) --out benchmarks/results
+
+# Parity of every backend on CUDA (fp32/bf16/fp16), set_sync_debug_mode("error"), torch.compile(fullgraph=True),
+# and the GPU benchmark preset: summary.json, results.csv, time.png. Its CPU dry run is part of `make test`.
+GPU_CHECK_DIR ?= benchmarks/results/gpu-check
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check --out $(GPU_CHECK_DIR)
 
 dist: $(BUILD_STAMP)
 	rm -rf dist/
