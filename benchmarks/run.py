@@ -260,7 +260,31 @@ def run(preset: Preset, device: str, out: Path, memory_limit: float) -> List[Dic
             rows.append(_row(name, batch, preset.memory_dim, preset.levels, device, [ms], peak))
             print(_describe(rows[-1]), flush=True)
     write(rows, out)
+    print(summary(rows), flush=True)
     return rows
+
+
+def summary(rows: List[Dict]) -> str:
+    """A Markdown table of the timed points: MGLLLoss (``auto``) against ``ClipLoss`` x G and the naive formulas."""
+    timed = [r for r in rows if r["peak_mb"] == ""]
+    lines = ["| D, G | B | MGLLLoss | compiled | ClipLoss x G | naive | MGLL / ClipLoss x G | naive / MGLL | "
+             "compiled / eager | ops (MGLL, ClipLoss x G) |", "|---|---:|" + "---:|" * 8]
+    for point in dict.fromkeys((r["D"], r["G"], r["B"]) for r in timed):
+        ms = {r["backend"]: r for r in timed if (r["D"], r["G"], r["B"]) == point}
+        if "auto" not in ms:
+            continue
+        auto = float(ms["auto"]["median_ms"])
+
+        def cell(name: str, value: Callable[[float], float] = lambda x: x, digits: int = 3) -> str:
+            return f"{value(float(ms[name]['median_ms'])):.{digits}g}" if name in ms else "-"
+
+        ops = f"{ms['auto']['ops']}, {ms['clip']['ops'] if 'clip' in ms else '-'}"
+        lines.append(
+            f"| {point[0]}, {point[1]} | {point[2]} | {auto:.3g} ms | {cell('compiled')} ms | {cell('clip')} ms | "
+            f"{cell('naive')} ms | {cell('clip', lambda c: auto / c, 2)} | {cell('naive', lambda n: n / auto, 2)} | "
+            f"{cell('compiled', lambda c: c / auto, 2)} | {ops} |"
+        )
+    return "\n".join(lines)
 
 
 def write(rows: List[Dict], out: Path) -> None:

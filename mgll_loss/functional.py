@@ -447,7 +447,7 @@ def _weighted_terms(
         if per_level_means is None:
             return None
         if len(set(per_level)) == 1:  # Python weights: no host-to-device copy of a weight tensor
-            return per_level[0] * per_level_means.sum()
+            return _times(per_level[0], per_level_means.sum())
         return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0))), zero)
 
     values = {
@@ -455,7 +455,12 @@ def _weighted_terms(
         "pointwise_loss": weighted_sum(means.pointwise),
         "smooth_kl_loss": means.smooth_kl,
     }
-    return {name: zero if value is None else weights[name] * value for name, value in values.items()}
+    return {name: zero if value is None else _times(weights[name], value) for name, value in values.items()}
+
+
+def _times(weight: float, value: Tensor) -> Tensor:
+    """``weight * value``, without an operator for a weight of 1."""
+    return value if weight == 1.0 else weight * value
 
 
 def _require_smooth_kl_levels(sizes: Tuple[int, ...], name: str, hint: str = "") -> None:

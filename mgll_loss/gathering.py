@@ -274,7 +274,7 @@ def level_means(sums: LevelSums, problem: LossProblem, request: LossRequest, wor
             like = sums.pointwise
             present = [like.new_full((), n) if m is None else m.sum() for m, n in zip(problem.text_masks, sizes)]
             pairs = (num_images * torch.stack([p.to(like.dtype) for p in present])).clamp_min(1)
-        pointwise = factor * sums.pointwise / pairs
+        pointwise = sums.pointwise * (factor / pairs) if isinstance(pairs, int) else factor * sums.pointwise / pairs
     if sums.smooth_kl is not None:
-        smooth_kl = factor * sums.smooth_kl / num_images
+        smooth_kl = sums.smooth_kl * (factor / num_images)
     return LevelMeans(soft_clip, pointwise, smooth_kl)

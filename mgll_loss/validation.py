@@ -39,10 +39,15 @@ def require(condition: Tensor, message: str, eager_message: Optional[Callable[[]
     ``torch._assert_async(condition.all(), message)``: it never synchronises with the host nor breaks
     the graph, and a failure stops the step with ``message`` (see the module docstring).
     """
-    if torch.compiler.is_compiling() or condition.device.type != "cpu":
+    if not _reads_on_host(condition):
         torch._assert_async(condition.all(), message)
     elif not bool(condition.all()):
         raise ValueError(eager_message() if eager_message is not None else message)
+
+
+def _reads_on_host(tensor: Tensor) -> bool:
+    """True when reading ``tensor``'s values costs no synchronisation and no graph break: eager, on CPU."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -162,15 +167,19 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
         _check_device(name, value, image_features)
         value = value.reshape(())
         detached = value.detach()
-        ok = torch.isfinite(detached) & (detached > 0) if positive else torch.isfinite(detached)
-        message = f"{name}: expected {expected} number (the logit scale is already exponentiated)"
-        require(ok, message, lambda: f"{message}, got {float(detached)}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, Real):
+        if not _reads_on_host(detached):
+            ok = torch.isfinite(detached) & (detached > 0) if positive else torch.isfinite(detached)
+            require(ok, f"{name}: expected {expected} number (the logit scale is already exponentiated)")
+            return value
+        number = float(detached)  # eager, CPU: one read, checked below
+    elif isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
-    number = float(value)
+    else:
+        number = float(value)
     if not math.isfinite(number) or (positive and number <= 0):
         raise ValueError(f"{name}: expected {expected} number (the logit scale is already exponentiated), got {number}")
+    if isinstance(value, Tensor):
+        return value
     return torch.full((), number, dtype=torch.float64, device=image_features.device)  # a fill: no host-to-device copy
 
 

@@ -39,7 +39,6 @@ _SOFTPLUS_THRESHOLD = 40.0  # softplus(z) = z above it: exact to exp(-40) ~ 4e-1
 
 def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
     """The sums of ``problem`` from one [B, G, N] tensor of logits (``chunk_size`` is ignored)."""
-    dtype = problem.compute_dtype
     width = max(problem.level_sizes)
     logits = _logits(problem, width)
     valid = _valid_columns(problem, width)
@@ -60,7 +59,7 @@ def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: O
         if request.soft_clip:
             has_row = row_inverse > 0
             sums["soft_clip_rows"] = (row_lse * has_row - row_pz * row_inverse).sum(0)
-            sums["soft_clip_row_count"] = has_row.sum(0).to(dtype)
+            sums["soft_clip_row_count"] = has_row.sum(0)
             sums["soft_clip_cols"], sums["soft_clip_col_count"] = _column_sums(problem, logits, positives, weighted)
         if request.pointwise:
             softplus = F.softplus(masked, threshold=_SOFTPLUS_THRESHOLD)  # 0 on absent columns
@@ -74,16 +73,15 @@ def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: O
 def _logits(problem: LossProblem, width: int) -> Tensor:
     """``s * V @ T^T + b`` for every level, [B, G, width], in the compute dtype (padded levels: zero texts)."""
     dtype = problem.compute_dtype
-    images = problem.image_features.to(dtype)
-    texts = problem.text_features.to(dtype)
+    images, texts = _as(problem.image_features, dtype), _as(problem.text_features, dtype)
     if any(n != width for n in problem.level_sizes):
         texts = torch.cat([_pad(t, width, rows=True) for t in texts.split(problem.level_sizes)])
     products = images @ texts.t()
-    scale = problem.logit_scale.to(dtype)
+    scale = _as(problem.logit_scale, dtype)
     if problem.logit_bias is None:
         logits = products * scale
     else:
-        logits = torch.addcmul(problem.logit_bias.to(dtype), products, scale)
+        logits = torch.addcmul(_as(problem.logit_bias, dtype), products, scale)
     return logits.view(images.shape[0], problem.num_levels, width)
 
 
@@ -105,6 +103,11 @@ def _positives(problem: LossProblem, width: int, valid: Optional[Tensor]) -> Ten
     levels = [t.full(dtype, device) for t in problem.targets]
     positives = torch.stack([_pad(p, width) for p in levels], 1)
     return positives if valid is None else positives * valid
+
+
+def _as(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor`` in ``dtype`` (no operator at all when it already is)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _pad(tensor: Tensor, width: int, rows: bool = False) -> Tensor:
@@ -132,12 +135,11 @@ def _column_sums(problem: LossProblem, logits: Tensor, positives: Tensor, weight
     inverse = _inverse_mass(positives.sum(0))
     has = inverse > 0
     terms = column_lse * has - weighted.sum(0) * inverse
-    counts = has.to(logits.dtype)
     if not problem.is_local:
-        return terms.sum(1), counts.sum(1)
+        return terms.sum(1), has.sum(1)
     ranges = problem.column_ranges
     return (torch.stack([terms[g, r].sum() for g, r in enumerate(ranges)]),
-            torch.stack([counts[g, r].sum() for g, r in enumerate(ranges)]))
+            torch.stack([has[g, r].sum() for g, r in enumerate(ranges)]))
 
 
 def _smooth_kl(logits: Tensor, lse: Tensor, valid: Optional[Tensor], direction: str) -> Tensor:
