@@ -18,7 +18,7 @@ most negative finite number of the compute dtype (not ``-inf``), so a row with e
 absent stays finite and drops out of the means. Memory O(B * G * N): for small and medium
 problems, where the per-block bookkeeping of the fused backends costs more than the arithmetic.
 The backward is autograd's: a hand-written one (one ``dL/dz`` for every level, two matmuls)
-measured no faster up to B=256 on CPU, and autograd lets ``torch.compile`` fuse both passes.
+showed no clear gain on CPU (docs/backends.md), and autograd lets ``torch.compile`` fuse both passes.
 """
 
 from __future__ import annotations
