@@ -277,15 +277,20 @@ def summary(rows: List[Dict]) -> str:
         auto = float(ms["auto"]["median_ms"])
 
         def cell(name: str, value: Callable[[float], float] = lambda x: x, digits: int = 3) -> str:
-            return f"{value(float(ms[name]['median_ms'])):.{digits}g}" if name in ms else "-"
+            return _number(value(float(ms[name]["median_ms"])), digits) if name in ms else "-"
 
         ops = f"{ms['auto']['ops']}, {ms['clip']['ops'] if 'clip' in ms else '-'}"
         lines.append(
-            f"| {point[0]}, {point[1]} | {point[2]} | {auto:.3g} ms | {cell('compiled')} ms | {cell('clip')} ms | "
+            f"| {point[0]}, {point[1]} | {point[2]} | {_number(auto)} ms | {cell('compiled')} ms | {cell('clip')} ms | "
             f"{cell('naive')} ms | {cell('clip', lambda c: auto / c, 2)} | {cell('naive', lambda n: n / auto, 2)} | "
             f"{cell('compiled', lambda c: c / auto, 2)} | {ops} |"
         )
     return "\n".join(lines)
+
+
+def _number(value: float, digits: int = 3) -> str:
+    """``digits`` significant digits, without an exponent."""
+    return f"{value:.{digits}g}" if value < 10 ** digits else f"{value:.0f}"
 
 
 def write(rows: List[Dict], out: Path) -> None:
