@@ -8,6 +8,7 @@
 #   make ablation   the paper's loss ablation (Table 3) on the synthetic fundus set: table, CSV and plot
 #   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
 #   make bench-accumulation   one effective step of B=512: full batch vs accumulate_step vs naive (minutes)
+#   make gpu-check  on one CUDA device (< 8 minutes): backend parity, no host syncs, fullgraph compile, GPU benchmark
 #   make dist       build sdist + wheel into dist/ and run twine check
 #   make clean      remove build artefacts and caches (keeps .venv)
 
@@ -24,7 +25,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow docs demo ablation bench bench-accumulation dist clean
+.PHONY: install test test-slow docs demo ablation bench bench-accumulation gpu-check dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -104,6 +105,12 @@ bench: install
 
 bench-accumulation: install
 	$(PY) -m benchmarks.accumulation --out benchmarks/results
+
+# Parity of every backend on CUDA (fp32/bf16/fp16), set_sync_debug_mode("error"), torch.compile(fullgraph=True),
+# and the GPU benchmark preset: summary.json, results.csv, time.png. Its CPU dry run is part of `make test`.
+GPU_CHECK_DIR ?= benchmarks/results/gpu-check
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check --out $(GPU_CHECK_DIR)
 
 dist: $(BUILD_STAMP)
 	rm -rf dist/

@@ -3,6 +3,7 @@
 - ``naive``: the three MGLL terms written per level the obvious way (materialised masks,
   ``log_softmax``, ``binary_cross_entropy_with_logits``, ``kl_div``), autograd backward.
 - ``clip_x{G}``: open_clip's ``ClipLoss`` once per level (plain CLIP, one term only).
+- ``inf-cl``: Inf-CL's tiled contrastive loss once per level (CUDA; plain CLIP positives).
 - ``gemms``: the bare matmuls a fused loss cannot avoid, three per level: the forward logits
   and the two gradient products, with a constant upstream gradient.
 """
@@ -50,6 +51,19 @@ def open_clip_per_level() -> LossFn:
 
     def loss(images: Tensor, texts: Tensor, scale: Tensor) -> Tensor:
         return sum(clip(images, level, scale) for level in texts)
+
+    return loss
+
+
+def inf_cl_per_level() -> LossFn:
+    """Inf-CL's ``cal_inf_loss`` (PyPI ``inf-cl``, CUDA only, hard labels) summed over levels.
+
+    It reads the torch.distributed world: run it inside an initialised process group (one rank is fine).
+    """
+    from inf_cl import cal_inf_loss
+
+    def loss(images: Tensor, texts: Tensor, scale: Tensor) -> Tensor:
+        return sum(cal_inf_loss(images, level, scale=scale) for level in texts)
 
     return loss
 

@@ -442,13 +442,25 @@ def _weighted_terms(
     means: LevelMeans, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
 ) -> Dict[str, Tensor]:
     zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
-    level_weights = torch.tensor(per_level, dtype=problem.compute_dtype, device=zero.device)
+
+    def weighted_sum(per_level_means: Optional[Tensor]) -> Optional[Tensor]:
+        if per_level_means is None:
+            return None
+        if len(set(per_level)) == 1:  # Python weights: no host-to-device copy of a weight tensor
+            return _times(per_level[0], per_level_means.sum())
+        return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0))), zero)
+
     values = {
-        "soft_clip_loss": None if means.soft_clip is None else (level_weights * means.soft_clip).sum(),
-        "pointwise_loss": None if means.pointwise is None else (level_weights * means.pointwise).sum(),
+        "soft_clip_loss": weighted_sum(means.soft_clip),
+        "pointwise_loss": weighted_sum(means.pointwise),
         "smooth_kl_loss": means.smooth_kl,
     }
-    return {name: zero if value is None else weights[name] * value for name, value in values.items()}
+    return {name: zero if value is None else _times(weights[name], value) for name, value in values.items()}
+
+
+def _times(weight: float, value: Tensor) -> Tensor:
+    """``weight * value``, without an operator for a weight of 1."""
+    return value if weight == 1.0 else weight * value
 
 
 def _require_smooth_kl_levels(sizes: Tuple[int, ...], name: str, hint: str = "") -> None:

@@ -15,7 +15,7 @@ With ``world_size > 1`` the features, labels, targets and text masks of all rank
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -266,12 +266,15 @@ def level_means(sums: LevelSums, problem: LossProblem, request: LossRequest, wor
         counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
         soft_clip = factor * 0.5 * (sums.soft_clip_rows / counts[0] + sums.soft_clip_cols / counts[1])
     if sums.pointwise is not None:
-        pairs = num_images
-        if request.normalization == "pairs":
-            present = [n if m is None else m.sum() for m, n in zip(problem.text_masks, problem.level_sizes)]
-            pairs = num_images * torch.stack([torch.as_tensor(p, device=sums.pointwise.device) for p in present])
-            pairs = pairs.to(sums.pointwise.dtype).clamp_min(1)
-        pointwise = factor * sums.pointwise / pairs
+        pairs: Union[int, Tensor] = num_images
+        sizes = problem.level_sizes
+        if request.normalization == "pairs" and all(m is None for m in problem.text_masks) and len(set(sizes)) == 1:
+            pairs = num_images * sizes[0]  # every text present: known on the host
+        elif request.normalization == "pairs":  # counted on the device, without a host-to-device copy
+            like = sums.pointwise
+            present = [like.new_full((), n) if m is None else m.sum() for m, n in zip(problem.text_masks, sizes)]
+            pairs = (num_images * torch.stack([p.to(like.dtype) for p in present])).clamp_min(1)
+        pointwise = sums.pointwise * (factor / pairs) if isinstance(pairs, int) else factor * sums.pointwise / pairs
     if sums.smooth_kl is not None:
-        smooth_kl = factor * sums.smooth_kl / num_images
+        smooth_kl = sums.smooth_kl * (factor / num_images)
     return LevelMeans(soft_clip, pointwise, smooth_kl)

@@ -2,13 +2,20 @@
 
 Each check raises a ``TypeError`` or ``ValueError`` that names the argument, the expected
 shape and the shape received, before any heavy work is done.
+
+Checks of tensor *values* (a finite positive logit scale, 0/1 multi-hot labels, targets in
+[0, 1]) go through :func:`require`, which never reads a value on the host where that would cost:
+in eager mode on CPU tensors it raises the ``ValueError`` at once; while ``torch.compile`` traces,
+and on accelerator tensors, it becomes an asynchronous assert (``torch._assert_async``): no host
+synchronisation, no graph break, and a failing check still stops the step with the same message
+(a ``RuntimeError`` on CPU, a device-side assertion on CUDA).
 """
 
 from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -22,6 +29,25 @@ KL_DIRECTIONS = ("to_mean", "from_mean")
 def shape_of(value: Any) -> str:
     """Format a tensor's shape as ``[a, b]`` for error messages."""
     return "[" + ", ".join(str(s) for s in value.shape) + "]"
+
+
+def require(condition: Tensor, message: str, eager_message: Optional[Callable[[], str]] = None) -> None:
+    """Raise ``ValueError`` unless every element of ``condition`` (a bool tensor) is True, without a host sync.
+
+    Eager on CPU the error is raised at once, with ``eager_message()`` (which may read values) or
+    ``message``. While ``torch.compile`` traces, or on accelerator tensors, the check is
+    ``torch._assert_async(condition.all(), message)``: it never synchronises with the host nor breaks
+    the graph, and a failure stops the step with ``message`` (see the module docstring).
+    """
+    if not _reads_on_host(condition):
+        torch._assert_async(condition.all(), message)
+    elif not bool(condition.all()):
+        raise ValueError(eager_message() if eager_message is not None else message)
+
+
+def _reads_on_host(tensor: Tensor) -> bool:
+    """True when reading ``tensor``'s values costs no synchronisation and no graph break: eager, on CPU."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -140,15 +166,21 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
             value = value.to(torch.get_default_dtype())
         _check_device(name, value, image_features)
         value = value.reshape(())
-        number = float(value.detach())
+        detached = value.detach()
+        if not _reads_on_host(detached):
+            ok = torch.isfinite(detached) & (detached > 0) if positive else torch.isfinite(detached)
+            require(ok, f"{name}: expected {expected} number (the logit scale is already exponentiated)")
+            return value
+        number = float(detached)  # eager, CPU: one read, checked below
     elif isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
     else:
         number = float(value)
-        value = torch.tensor(number, dtype=torch.float64, device=image_features.device)
     if not math.isfinite(number) or (positive and number <= 0):
         raise ValueError(f"{name}: expected {expected} number (the logit scale is already exponentiated), got {number}")
-    return value
+    if isinstance(value, Tensor):
+        return value
+    return torch.full((), number, dtype=torch.float64, device=image_features.device)  # a fill: no host-to-device copy
 
 
 def check_per_level(name: str, value: Any, num_levels: int) -> Tuple[Any, ...]:
@@ -188,10 +220,9 @@ def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_
                 f"{name}: expected multi-hot labels of shape [B, C] with B={num_images} and C >= 1, got {shape_of(labels)}"
             )
         if labels.dtype != torch.bool:
-            invalid = (labels != 0) & (labels != 1)
-            if bool(invalid.any()):
-                value = labels[invalid][0].item()
-                raise ValueError(f"{name}: multi-hot labels {shape_of(labels)} must contain only 0 and 1, found {value}")
+            binary = (labels == 0) | (labels == 1)
+            message = f"{name}: multi-hot labels {shape_of(labels)} must contain only 0 and 1"
+            require(binary, message, lambda: f"{message}, found {labels[~binary][0].item()}")
         return labels
     raise ValueError(f"{name}: expected class ids [B] or multi-hot labels [B, C] with B={num_images}, got {shape_of(labels)}")
 
@@ -205,9 +236,9 @@ def check_targets(name: str, targets: Any, num_images: int, num_texts: int, imag
         raise ValueError(f"{name}: expected shape [B, N] = [{num_images}, {num_texts}], got {shape_of(targets)}")
     if targets.is_complex():
         raise TypeError(f"{name}: expected a real tensor, got dtype {targets.dtype}")
-    if targets.dtype != torch.bool:
-        if not bool(torch.isfinite(targets).all()) or bool((targets < 0).any()) or bool((targets > 1).any()):
-            raise ValueError(f"{name}: target values must lie in [0, 1] (negative, > 1 or non-finite values found)")
+    if targets.dtype != torch.bool:  # NaN fails both comparisons
+        require((targets >= 0) & (targets <= 1),
+                f"{name}: target values must lie in [0, 1] (negative, > 1 or non-finite values found)")
     return targets
 
 

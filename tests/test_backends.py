@@ -42,6 +42,7 @@ from mgll_loss.backends import LossRequest, resolve_backend  # noqa: E402
 from mgll_loss.targets import LevelTargets  # noqa: E402
 
 BACKENDS = {
+    "batched": dict(backend="batched"),
     "dense": dict(backend="dense"),
     "dense-tiny-blocks": dict(backend="dense"),
     "chunked-1": dict(backend="chunked", chunk_size=1),
@@ -190,8 +191,9 @@ def test_default_chunk_fits_the_budget():
     assert rows * 98304 * 4 <= fused.CHUNK_BUDGET_BYTES < (rows + 1) * 98304 * 4
 
 
-@pytest.mark.parametrize("rows, expected", [(1000, "dense"), (200_000, "chunked")])
-def test_auto_picks_dense_until_the_logits_get_large(rows, expected):
+@pytest.mark.parametrize("rows, expected", [(8, "batched"), (512, "batched"), (513, "dense"), (1000, "dense"),
+                                             (200_000, "chunked")])
+def test_auto_picks_batched_then_dense_then_chunked(rows, expected):
     problem = SimpleNamespace(row_range=slice(0, rows), level_sizes=(rows,) * 3, compute_dtype=torch.float32)
     assert resolve_backend("auto", problem) is backends._BACKENDS[expected]
 

@@ -15,14 +15,19 @@ from mgll_loss import MGLLLoss  # noqa: E402
 
 
 def test_quick_preset_writes_csv_and_plots(tmp_path, monkeypatch):
-    monkeypatch.setitem(run.PRESETS, "quick", run.Preset((16,), 8, (16,), 8, ("naive", "gemms", "dense", "chunked"), repeats=2))
+    preset = run.Preset(((16, 8, 3), (12, 8, 2)), (16,), 8, ("naive", "gemms", "auto", "batched", "dense", "chunked"),
+                        repeats=2)
+    monkeypatch.setitem(run.PRESETS, "quick", preset)
     run.main(["--preset", "quick", "--device", "cpu", "--out", str(tmp_path)])
     with open(tmp_path / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == run.FIELDS
     timed = {r["backend"] for r in rows if r["peak_mb"] == ""}
     measured = {r["backend"] for r in rows if r["peak_mb"] != ""}
-    assert timed == {"naive", "gemms", "dense", "chunked"} and measured == {"naive", "dense", "chunked"}
+    assert timed == {"naive", "gemms", "auto", "batched", "dense", "chunked"}
+    assert measured == {"naive", "auto", "batched", "dense", "chunked"}
+    assert {(r["B"], r["G"]) for r in rows if r["peak_mb"] == ""} == {("16", "3"), ("12", "2")}
+    assert all(int(r["ops"]) > 0 for r in rows if r["peak_mb"] == "")
     assert all(float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]) for r in rows)
     assert (tmp_path / "time.png").stat().st_size > 0 and (tmp_path / "memory.png").stat().st_size > 0
 

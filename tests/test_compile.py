@@ -1,0 +1,68 @@
+"""``torch.compile(MGLLLoss(...), fullgraph=True)``: one graph, equal to eager (values and gradients).
+
+Compiling is slow on CPU, so each test covers several label kinds at a time: level 0 class ids,
+level 1 multi-hot labels, level 2 an explicit target matrix; with a logit bias and a text mask
+(the fast test), and without them too (the slow tests, every match mode). The default backend ("auto") must pick
+the batched backend at these sizes, which is what makes the single graph possible.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mgll_loss import MGLLLoss
+
+B, D = 8, 16
+
+
+def _inputs(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(B, D, generator=gen, dtype=torch.float64), dim=-1).float()
+    texts = F.normalize(torch.randn(3, B, D, generator=gen, dtype=torch.float64), dim=-1).float()
+    labels = [torch.tensor([0, 1, 0, 2, 1, 0, 3, 2]), torch.rand(B, 4, generator=gen) < 0.4, None]
+    targets = [None, None, (torch.rand(B, B, generator=gen) < 0.3).float()]
+    mask = torch.rand(3, B, generator=gen) > 0.2
+    return images, texts, labels, targets, mask
+
+
+def _run(loss, images, texts, scale, bias, **call):
+    leaves = [images.clone().requires_grad_(), texts.clone().requires_grad_(), scale.clone().requires_grad_()]
+    if bias is not None:
+        leaves.append(bias.clone().requires_grad_())
+    out = loss(*leaves[:3], leaves[3] if bias is not None else None, output_dict=True, **call)
+    sum(out.values()).backward()
+    return out, [leaf.grad for leaf in leaves]
+
+
+def _assert_compiled_equals_eager(match: str, seed: int, variants: Tuple[bool, ...]) -> None:
+    """For each variant, with (True) or without (False) a bias and a text mask."""
+    images, texts, labels, targets, mask = _inputs(seed)
+    torch._dynamo.reset()  # every test's losses share MGLLLoss.forward's cache of compiled graphs (8 at most)
+    loss = MGLLLoss(match=match, level_weights=[1.0, 0.5, 2.0])
+    compiled = torch.compile(loss, fullgraph=True)
+    scale, bias = torch.tensor(14.3), torch.tensor(-2.5)
+    for call_bias, text_mask in ((bias, mask) if variant else (None, None) for variant in variants):
+        call = dict(labels=labels, targets=targets, text_mask=text_mask)
+        want, want_grads = _run(loss, images, texts, scale, call_bias, **call)
+        got, got_grads = _run(compiled, images, texts, scale, call_bias, **call)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    # the value checks stay on in the graph, as asynchronous asserts (no host read, no graph break)
+    with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number"):
+        compiled(images, texts, torch.tensor(-1.0), bias, labels=labels, targets=targets, text_mask=mask)
+
+
+def test_fullgraph_compile_equals_eager_with_bias_and_mask():
+    _assert_compiled_equals_eager("exact", seed=0, variants=(True,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("match", ["exact", "overlap", "jaccard"])
+def test_fullgraph_compile_equals_eager_every_match(match):
+    _assert_compiled_equals_eager(match, seed=1, variants=(False, True))
