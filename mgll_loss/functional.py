@@ -27,6 +27,7 @@ from .validation import (
     POINTWISE_TARGETS,
     check_choice,
     check_image_features,
+    check_level_first,
     check_level_weights,
     check_multi_level_text,
     check_multi_level_text_mask,
@@ -409,6 +410,7 @@ def _validate(
         labels = check_per_level("labels", labels, len(sizes))
         targets = check_per_level("targets", targets, len(sizes))
         names = tuple(f"labels[{g}]" for g in range(len(sizes)))
+        check_level_first(text_features, image_features, targets, request.soft_clip or request.pointwise)
     per_level = None if single_level else check_level_weights(level_weights, len(sizes))
     if request.smooth_kl:
         if len(sizes) == 1 and kl_hint is not None:
