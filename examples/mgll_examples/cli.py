@@ -17,7 +17,7 @@ from .model import build_model, count_parameters
 from .pipeline import load_dataset
 from .report import metrics_table, plot_runs, side_by_side
 from .train import train
-from .world import World, close_world, init_world
+from .world import World, close_world, end_process, init_world
 
 METRICS_NAME = "metrics.json"
 HISTORY_NAME = "history.json"
@@ -28,7 +28,9 @@ def run(config: TrainConfig) -> Optional[Dict[str, Any]]:
     """Train and evaluate; rank 0 writes ``metrics.json`` and ``training.png`` and returns the report."""
     world = init_world(config.device)
     try:
-        return _run(config, world)
+        report = _run(config, world)
+        world.barrier()  # every rank is done with its collectives before the group goes
+        return report
     finally:
         close_world(world)
 
@@ -94,5 +96,5 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
         run(parse_config(kind, argv))
     except ExampleError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return end_process(2)
+    return end_process(0)
