@@ -406,11 +406,11 @@ def _validate(
         labels, targets, names = (labels,), (targets,), ("labels",)
     else:
         stacked, sizes = check_multi_level_text(text_features, image_features)
+        check_level_first(text_features, image_features, targets, request.soft_clip or request.pointwise)
         masks = check_multi_level_text_mask(text_mask, sizes, image_features)
         labels = check_per_level("labels", labels, len(sizes))
         targets = check_per_level("targets", targets, len(sizes))
         names = tuple(f"labels[{g}]" for g in range(len(sizes)))
-        check_level_first(text_features, image_features, targets, request.soft_clip or request.pointwise)
     per_level = None if single_level else check_level_weights(level_weights, len(sizes))
     if request.smooth_kl:
         if len(sizes) == 1 and kl_hint is not None:

@@ -271,17 +271,18 @@ def reject_label_strings(name: str, labels: Any) -> None:
         )
 
 
-def check_level_first(text_features: Any, image_features: Tensor, targets: Sequence[Any], needs_positives: bool) -> None:
+def check_level_first(text_features: Any, image_features: Tensor, targets: Any, needs_positives: bool) -> None:
     """Name the likely mistake when a [G, N, D] text tensor is really batch-first [B, G, D].
 
-    Only where the call would fail anyway: some level pairs text j with image j (no explicit
-    targets) but N != B, while the first dimension equals B.
+    Only where the call would fail anyway: some level pairs text j with image j (``targets`` is
+    None, or a per-level sequence with a None) but N != B, while the first dimension equals B.
     """
     if not isinstance(text_features, Tensor) or text_features.dim() != 3:
         return
     batch = image_features.shape[0]
     first, second = text_features.shape[:2]
-    if first == batch != second and needs_positives and any(t is None for t in targets):
+    paired = targets is None or (isinstance(targets, (list, tuple)) and any(t is None for t in targets))
+    if first == batch != second and needs_positives and paired:
         raise ValueError(
             f"text_features: got shape {shape_of(text_features)}, which looks batch-first [B, G, D] with "
             f"B={batch} images and G={second} levels; the losses take level-first [G, B, D]: pass "
