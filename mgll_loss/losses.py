@@ -6,7 +6,9 @@ All share the open_clip call convention::
          labels=None, targets=None, text_mask=None, output_dict=False)
 
 With ``output_dict=True`` each returns a dict keyed by its term name(s), ready for open_clip's
-trainer, which sums every value.
+trainer, which sums every value. Each loss instance checks on its first call that the features
+are L2-normalised and warns once if their norms are off by more than 0.01 (the losses never
+normalise; the check is skipped while torch.compile traces).
 """
 
 from __future__ import annotations
