@@ -301,7 +301,10 @@ def warn_if_not_unit_norm(image_features: Any, text_features: Any, stacklevel: i
     """
     texts = text_features if isinstance(text_features, (list, tuple)) else [text_features]
     for name, value in [("image_features", image_features)] + [("text_features", t) for t in texts]:
+        expected_dims = (2,) if name == "image_features" else (2, 3)
         if not isinstance(value, Tensor) or not value.is_floating_point() or value.numel() == 0:
+            continue
+        if value.dim() not in expected_dims or value.is_meta:  # malformed: validation names it
             continue
         norms = value.detach().float().norm(dim=-1)
         low, high = float(norms.min()), float(norms.max())
