@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -223,6 +223,8 @@ def _trainer_class() -> type:
         ``resume_from_checkpoint`` and ``load_best_model_at_end`` load it back into the wrapper.
         """
 
+        model: nn.Module
+
         def __init__(
             self, *args: Any, mgll_loss: Optional[nn.Module] = None, max_logit_scale: Optional[float] = 100.0, **kwargs: Any
         ) -> None:
@@ -244,7 +246,7 @@ def _trainer_class() -> type:
             # transformers computes a loss only when every label name is in the batch; this loss needs none
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self.compute_loss_context_manager():
-                loss = self.compute_loss(model, inputs)
+                loss = cast(Tensor, self.compute_loss(model, inputs))
             return loss.detach(), None, None
 
         @contextlib.contextmanager
