@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -88,7 +89,14 @@ def main() -> None:
         if rank == 0:
             print(f"step {step:3d}  global-batch loss {loss.item():.4f}", flush=True)
     if distributed:
+        # Leave in step, then exit without interpreter finalisation: DDP keeps gloo's worker threads alive
+        # past destroy_process_group, and one still releasing a collective's tensors while the interpreter
+        # finalises aborts the process (SIGABRT, "terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

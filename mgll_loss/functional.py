@@ -27,6 +27,7 @@ from .validation import (
     POINTWISE_TARGETS,
     check_choice,
     check_image_features,
+    check_level_first,
     check_level_weights,
     check_multi_level_text,
     check_multi_level_text_mask,
@@ -76,7 +77,10 @@ def soft_clip_loss(
         text_features: L2-normalised text embeddings (text j belongs to image j when N == B).
         logit_scale: exponentiated temperature ``s`` (a number or one-element tensor).
         logit_bias: optional additive bias ``b``.
-        labels: class ids [B] or multi-hot labels [B, C]; None for plain CLIP positives.
+        labels: class ids [B] (a negative id: unlabelled, only its own text is positive), multi-hot
+            labels [B, C] or :class:`~mgll_loss.labels.LabelSets` [B, K] (e.g. from
+            :func:`~mgll_loss.targets.labels_from_strings`, the same on every rank); None for plain
+            CLIP positives.
         targets: explicit positives [B, N] in [0, 1] (instead of ``labels``).
         text_mask: bool [N], False for absent texts (their columns are dropped).
         match: multi-hot comparison, "exact" | "overlap" | "jaccard".
@@ -276,7 +280,8 @@ def mgll_loss(
     Args:
         image_features, logit_scale, logit_bias, match: as in :func:`soft_clip_loss`.
         text_features: a [G, N, D] tensor or a list of G tensors [N_g, D].
-        labels: None or a list with one entry per level: None, class ids [B] or multi-hot [B, C].
+        labels: None or a list with one entry per level: None, class ids [B] (negative: unlabelled),
+            multi-hot [B, C] or LabelSets [B, K] (see :func:`~mgll_loss.targets.level_labels_from_strings`).
         targets: None or a list with one entry per level: None or explicit positives [B, N_g].
         text_mask: bool [G, N] or a list of G masks (None or bool [N_g]).
         soft_clip_weight, pointwise_weight, smooth_kl_weight: non-negative term weights.
@@ -405,6 +410,7 @@ def _validate(
         labels, targets, names = (labels,), (targets,), ("labels",)
     else:
         stacked, sizes = check_multi_level_text(text_features, image_features)
+        check_level_first(text_features, image_features, targets, request.soft_clip or request.pointwise)
         masks = check_multi_level_text_mask(text_mask, sizes, image_features)
         labels = check_per_level("labels", labels, len(sizes))
         targets = check_per_level("targets", targets, len(sizes))

@@ -18,16 +18,19 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import LevelSums, LossProblem, LossRequest
 from .distributed import World, all_gather_ints, all_reduce_sum, gather_rows, resolve_world, scale_gradient
+from .labels import PAD, LabelSets
 from .targets import LevelTargets, level_targets
 from .validation import check_targets
 
 __all__ = ["DistributedOptions", "LevelMeans", "LocalInputs", "build_problem", "describe_levels", "level_means"]
 
-_KIND_NONE, _KIND_IDS, _KIND_MULTI_HOT, _KIND_TARGETS = range(4)
+_KIND_NONE, _KIND_IDS, _KIND_MULTI_HOT, _KIND_TARGETS, _KIND_LABEL_SETS = range(5)
+_KIND_NAMES = ("None", "class ids", "multi-hot", "targets", "LabelSets")
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def _gathered_problem(
     batch, levels = image_features.shape[0], len(level_sizes)
     kinds, widths = description
     layout = all_gather_ints([batch, *level_sizes, *kinds, *widths, *(int(m is not None) for m in inputs.text_masks)])
-    _check_same_layout(layout, levels, inputs.names)
+    _check_same_layout(layout, levels, kinds, inputs.names)
     batch_sizes = layout[:, 0].tolist()
     sizes_per_rank = layout[:, 1 : 1 + levels]
     global_sizes = tuple(int(n) for n in sizes_per_rank.sum(0))
@@ -165,6 +168,9 @@ def _gathered_problem(
                 f"[{batch}, {global_sizes[g]}] (texts of every rank), got [{batch}, {widths[g]}]"
             )
         source = labels if labels is not None else targets
+        if kinds[g] == _KIND_LABEL_SETS:  # ranks may hold different K: pad every rank to the longest
+            width = int(layout[:, 1 + 2 * levels + g].max())
+            source = F.pad(source.as_subclass(Tensor), (0, width - source.shape[1]), value=PAD)
         gathered = None if source is None else gather(source, batch_sizes)
         positives.append(_targets_from_gathered(kinds[g], gathered, sum(batch_sizes), global_sizes[g], inputs.match))
     masks = tuple(
@@ -216,20 +222,38 @@ def describe_levels(inputs: LocalInputs) -> LevelKinds:
             widths.append(t.shape[1])
             continue
         inputs.validated_targets(g, y, None, inputs.level_sizes[g])
+        if isinstance(y, LabelSets):
+            kinds.append(_KIND_LABEL_SETS)
+            widths.append(y.shape[1])
+            continue
         kinds.append(_KIND_NONE if y is None else _KIND_IDS if y.dim() == 1 else _KIND_MULTI_HOT)
         widths.append(0 if y is None or y.dim() == 1 else y.shape[1])
     return kinds, widths
 
 
-def _check_same_layout(layout: Tensor, levels: int, names: Sequence[str]) -> None:
-    """Every rank must give the same kind of labels (and label width, and mask presence) per level."""
-    per_level = layout[:, 1 + levels :]
-    if not bool((per_level == per_level[0]).all()):
-        raise ValueError(
-            "labels/targets/text_mask: every rank must pass the same kind of labels per level (None, class ids, "
-            f"multi-hot with the same C, or targets with the same N) and the same text-mask presence; got per rank "
-            f"(kinds, widths, masks) = {per_level.tolist()} for levels {list(names)}"
-        )
+def _check_same_layout(layout: Tensor, levels: int, kinds: Sequence[int], names: Sequence[str]) -> None:
+    """Every rank must give the same kind of labels (and label width, and mask presence) per level.
+
+    Label sets may differ in K (they are padded); multi-hot columns must mean the same labels, so
+    their C must agree. ``layout`` is the same on every rank, so every rank raises, or none.
+    """
+    per_level = layout[:, 1 + levels :].clone()
+    per_level[:, levels : 2 * levels][:, [k == _KIND_LABEL_SETS for k in kinds]] = 0
+    if bool((per_level == per_level[0]).all()):
+        return
+    found = [
+        [_KIND_NAMES[int(k)] + (f" (width {int(w)})" if k in (_KIND_MULTI_HOT, _KIND_TARGETS) else "")
+         for k, w in zip(row[:levels], row[levels : 2 * levels])]
+        for row in layout[:, 1 + levels :]
+    ]
+    masks = layout[:, 1 + 3 * levels :].tolist()
+    raise ValueError(
+        f"labels/targets/text_mask: every rank must pass the same kind of labels per level (None, class ids, "
+        f"LabelSets, multi-hot with the same C, or targets with the same N) and the same text-mask presence; got per "
+        f"rank {found} with text masks {masks} for levels {list(names)}. Labels built per rank with "
+        "level_labels_from_strings (no vocabulary) are consistent everywhere; multi-hot columns are not, "
+        "unless every rank uses the same vocabulary"
+    )
 
 
 def _targets_from_gathered(kind: int, gathered: Optional[Tensor], num_images: int, num_texts: int, match: str) -> LevelTargets:
@@ -239,6 +263,8 @@ def _targets_from_gathered(kind: int, gathered: Optional[Tensor], num_images: in
         return LevelTargets(num_images, num_texts, class_ids=gathered, match=match)
     if kind == _KIND_MULTI_HOT:
         return LevelTargets(num_images, num_texts, multi_hot=gathered, match=match)
+    if kind == _KIND_LABEL_SETS:
+        return LevelTargets(num_images, num_texts, label_sets=gathered, match=match)
     return LevelTargets(num_images, num_texts, match=match)
 
 

@@ -6,7 +6,9 @@ All share the open_clip call convention::
          labels=None, targets=None, text_mask=None, output_dict=False)
 
 With ``output_dict=True`` each returns a dict keyed by its term name(s), ready for open_clip's
-trainer, which sums every value.
+trainer, which sums every value. Each loss instance checks on its first call that the features
+are L2-normalised and warns once if their norms are off by more than 0.01 (the losses never
+normalise; the check is skipped while torch.compile traces).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Dict, Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 from . import functional
@@ -27,14 +30,29 @@ from .validation import (
     check_choice,
     check_level_weights,
     check_weight,
+    warn_if_not_unit_norm,
 )
 
 __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
 
 LossOutput = Union[Tensor, Dict[str, Tensor]]
 
+
+def _is_compiling() -> bool:
+    """True while torch.compile traces (``torch.compiler.is_compiling``, or its torch < 2.3 name)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())
+
+
 class _GatheringLoss(nn.Module):
-    """Holds the backend and the torch.distributed options shared by every loss."""
+    """Holds the backend and the torch.distributed options shared by every loss.
+
+    The first call (outside torch.compile tracing) also checks that the features are L2-normalised
+    and warns once if not (see :func:`~mgll_loss.validation.warn_if_not_unit_norm`); later calls
+    read nothing on the host.
+    """
 
     def __init__(
         self,
@@ -49,6 +67,13 @@ class _GatheringLoss(nn.Module):
         self.backend = check_backend(backend)
         self.chunk_size = check_chunk_size(chunk_size)
         self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
+        self._norms_checked = False
+
+    def _check_norms_once(self, image_features: Any, text_features: Any) -> None:
+        if _is_compiling() or self._norms_checked:
+            return
+        self._norms_checked = True
+        warn_if_not_unit_norm(image_features, text_features, stacklevel=4)
 
     def _common_options(self) -> Dict[str, Any]:
         return dict(backend=self.backend, chunk_size=self.chunk_size, **asdict(self.distributed))
@@ -111,6 +136,7 @@ class SoftCLIPLoss(_GatheringLoss):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
+        self._check_norms_once(image_features, text_features)
         loss = functional.soft_clip_loss(
             image_features, text_features, logit_scale, logit_bias,
             labels=labels, targets=targets, text_mask=text_mask, match=self.match, **self._common_options(),
@@ -178,6 +204,7 @@ class PointwiseLoss(_GatheringLoss):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
+        self._check_norms_once(image_features, text_features)
         loss = functional.pointwise_loss(
             image_features, text_features, logit_scale, logit_bias,
             labels=labels, targets=targets, text_mask=text_mask, match=self.match,
@@ -245,6 +272,7 @@ class SmoothKLLoss(_GatheringLoss):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
+        self._check_norms_once(image_features, text_features)
         loss = functional.smooth_kl_loss(
             image_features, text_features, logit_scale, logit_bias, labels=labels, targets=targets,
             text_mask=text_mask, kl_direction=self.kl_direction, **self._common_options(),
@@ -335,6 +363,7 @@ class MGLLLoss(_GatheringLoss):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss, or its three weighted terms with ``output_dict=True``."""
+        self._check_norms_once(image_features, text_features)
         return functional.mgll_loss(
             image_features, text_features, logit_scale, logit_bias,
             labels=labels, targets=targets, text_mask=text_mask,

@@ -3,8 +3,10 @@
 A level's positive mask ``P`` has shape [B, N] (images x texts) and values in [0, 1]:
 
 - no labels: the identity (text ``j`` is image ``j``'s only positive, plain CLIP);
-- class ids ``y`` [B]: :math:`P_{ij} = [y_i = y_j]`;
-- multi-hot labels ``Y`` [B, C], as label sets :math:`Y_i`, by ``match``:
+- class ids ``y`` [B]: :math:`P_{ij} = [y_i = y_j]`; a negative id means "unlabelled at this
+  level": that image's only positive is its own text (:math:`P_{ij} = [i = j]` on its row and column);
+- multi-hot labels ``Y`` [B, C], or :class:`~mgll_loss.labels.LabelSets` [B, K], as label sets
+  :math:`Y_i`, by ``match``:
   ``"exact"`` :math:`[Y_i = Y_j]`, ``"overlap"`` :math:`[Y_i \\cap Y_j \\neq \\emptyset]`,
   ``"jaccard"`` :math:`|Y_i \\cap Y_j| / |Y_i \\cup Y_j|`. Two empty label sets count as identical in
   every mode (exact and overlap give 1, jaccard gives 1), so an image is always its own text's positive;
@@ -12,6 +14,9 @@ A level's positive mask ``P`` has shape [B, N] (images x texts) and values in [0
 
 Duplicates in a batch are therefore positives, never false negatives. Backends never need the
 whole matrix: :class:`LevelTargets` builds any tile ``P[rows, cols]`` on the fly.
+
+Labels from strings (:func:`labels_from_strings`, :func:`level_labels_from_strings`, defined in
+:mod:`mgll_loss.labels`) mean the same on every rank and in every batch without a shared vocabulary.
 """
 
 from __future__ import annotations
@@ -21,13 +26,23 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .validation import MATCH_MODES, check_choice, check_labels, check_targets, check_text_mask
+from .labels import LabelSets, labels_from_strings, level_labels_from_strings
+from .validation import (
+    MATCH_MODES,
+    check_choice,
+    check_label_sets,
+    check_labels,
+    check_targets,
+    check_text_mask,
+    reject_label_strings,
+)
 
 Index = Union[slice, Tensor]
 """Rows or columns of a mask: a slice with explicit start and stop, or an int64 index tensor."""
 
 __all__ = [
     "Index",
+    "LabelSets",
     "LevelTargets",
     "level_targets",
     "positive_mask",
@@ -44,12 +59,15 @@ class LevelTargets:
     Args:
         num_images: the number of images (rows of the mask), B.
         num_texts: the number of texts (columns of the mask), N.
-        class_ids: integer class ids [B] (N == B), or None.
+        class_ids: integer class ids [B] (N == B; negative: unlabelled), or None.
         multi_hot: 0/1 labels [B, C] (N == B), or None.
         dense: explicit targets [B, N] with values in [0, 1], or None.
         match: how multi-hot label sets are compared: "exact", "overlap" or "jaccard".
+        label_sets: label ids [B, K] padded with -1 (see :class:`~mgll_loss.labels.LabelSets`), or
+            None; stored as ``multi_hot`` over the distinct ids they hold (sorted), so two processes
+            holding the same label sets build the same mask, whatever their column order or K.
 
-    With all of ``class_ids``, ``multi_hot`` and ``dense`` None the mask is the identity.
+    With all of ``class_ids``, ``multi_hot``, ``label_sets`` and ``dense`` None the mask is the identity.
     """
 
     def __init__(
@@ -61,11 +79,12 @@ class LevelTargets:
         multi_hot: Optional[Tensor] = None,
         dense: Optional[Tensor] = None,
         match: str = "exact",
+        label_sets: Optional[Tensor] = None,
     ) -> None:
         self.num_images = num_images
         self.num_texts = num_texts
         self.class_ids = class_ids
-        self.multi_hot = multi_hot
+        self.multi_hot = multi_hot if label_sets is None else multi_hot_from_label_sets(label_sets)
         self.dense = dense
         self.match = check_choice("match", match, MATCH_MODES)
 
@@ -82,7 +101,7 @@ class LevelTargets:
         if self.dense is not None:
             return self.dense[rows][:, cols].to(dtype)
         if self.class_ids is not None:
-            return (self.class_ids[rows, None] == self.class_ids[None, cols]).to(dtype)
+            return (_class_keys(self.class_ids, rows, device)[:, None] == _class_keys(self.class_ids, cols, device)).to(dtype)
         if self.multi_hot is not None:
             return _match_label_sets(self.multi_hot[rows].to(dtype), self.multi_hot[cols].to(dtype), self.match)
         return (_positions(rows, device)[:, None] == _positions(cols, device)[None, :]).to(dtype)
@@ -90,12 +109,12 @@ class LevelTargets:
     def keys(self, rows: Index, cols: Index, device: torch.device) -> Optional[Tuple[Tensor, Tensor]]:
         """Integer keys with ``P[rows, cols] = [row_key_i == col_key_j]``, or None when P is not of that form.
 
-        Class ids are their own keys, the identity uses positions, and multi-hot labels under
-        ``match="exact"`` use the index of their distinct label set. Overlap, Jaccard and dense
-        targets have no keys.
+        Class ids are their own keys (an unlabelled row, id < 0, gets ``-1 - position``: a key of its
+        own), the identity uses positions, and multi-hot labels under ``match="exact"`` use the
+        index of their distinct label set. Overlap, Jaccard and dense targets have no keys.
         """
         if self.class_ids is not None:
-            return self.class_ids[rows], self.class_ids[cols]
+            return _class_keys(self.class_ids, rows, device), _class_keys(self.class_ids, cols, device)
         if self.multi_hot is not None:
             if self.match != "exact":
                 return None
@@ -115,6 +134,31 @@ def _positions(index: Index, device: torch.device) -> Tensor:
     if isinstance(index, slice):
         return torch.arange(index.start, index.stop, device=device)
     return index
+
+
+def _class_keys(class_ids: Tensor, index: Index, device: torch.device) -> Tensor:
+    """Class ids of ``index``, with ``-1 - position`` for unlabelled ones (negative ids): equal keys mean positives."""
+    ids = class_ids[index]
+    return torch.where(ids >= 0, ids, -1 - _positions(index, device).to(ids.dtype))
+
+
+def multi_hot_from_label_sets(label_sets: Tensor) -> Tensor:
+    """Bool multi-hot [B, C] from label ids [B, K] padded with -1; column c is the c-th smallest distinct id.
+
+    Row sets are preserved exactly (an all-padding row stays empty); C >= 1.
+
+    Example:
+        >>> multi_hot_from_label_sets(torch.tensor([[7, 3], [3, -1], [-1, -1]]))
+        tensor([[ True,  True],
+                [ True, False],
+                [False, False]])
+    """
+    ids = label_sets.as_subclass(Tensor)
+    present = ids >= 0
+    distinct, column = torch.unique(ids[present], return_inverse=True)
+    multi_hot = torch.zeros(ids.shape[0], max(distinct.shape[0], 1), dtype=torch.bool, device=ids.device)
+    multi_hot[torch.nonzero(present)[:, 0], column] = True
+    return multi_hot
 
 
 def _match_label_sets(rows: Tensor, cols: Tensor, match: str) -> Tensor:
@@ -141,7 +185,8 @@ def level_targets(
     """Validate one level's ``labels`` / ``targets`` and describe its positive mask.
 
     Args:
-        labels: None, class ids [B] or multi-hot labels [B, C] (text j belongs to image j, N == B).
+        labels: None, class ids [B] (negative: unlabelled), multi-hot labels [B, C] or
+            :class:`~mgll_loss.labels.LabelSets` [B, K] (text j belongs to image j, N == B).
         targets: None or an explicit target matrix [B, N] with values in [0, 1].
         num_images: the number of images, B.
         num_texts: the number of texts, N.
@@ -159,7 +204,11 @@ def level_targets(
     if targets is not None:
         dense = check_targets(name.replace("labels", "targets"), targets, num_images, num_texts, reference)
         return LevelTargets(num_images, num_texts, dense=dense, match=match)
+    if isinstance(labels, LabelSets):
+        label_sets = check_label_sets(name, labels, num_images, num_texts, reference)
+        return LevelTargets(num_images, num_texts, label_sets=label_sets, match=match)
     if labels is not None:
+        reject_label_strings(name, labels)
         labels = check_labels(name, labels, num_images, num_texts, reference)
         if labels.dim() == 1:
             return LevelTargets(num_images, num_texts, class_ids=labels, match=match)
@@ -204,11 +253,15 @@ def positive_mask(
 def mask_from_class_ids(class_ids: Tensor) -> Tensor:
     """Positive mask [B, B] (float32) with :math:`P_{ij} = [y_i = y_j]` from class ids [B].
 
+    A negative id marks an image unlabelled at this level: its only positive is its own text.
+
     Example:
-        >>> mask_from_class_ids(torch.tensor([2, 2, 5]))
-        tensor([[1., 1., 0.],
-                [1., 1., 0.],
-                [0., 0., 1.]])
+        >>> mask_from_class_ids(torch.tensor([2, 2, 5, -1, -1]))
+        tensor([[1., 1., 0., 0., 0.],
+                [1., 1., 0., 0., 0.],
+                [0., 0., 1., 0., 0.],
+                [0., 0., 0., 1., 0.],
+                [0., 0., 0., 0., 1.]])
     """
     if not isinstance(class_ids, Tensor):
         raise TypeError(f"class_ids: expected an integer tensor of shape [B], got {type(class_ids).__name__}")
@@ -235,92 +288,3 @@ def mask_from_multi_hot(multi_hot: Tensor, match: str = "exact") -> Tensor:
     batch = multi_hot.shape[0]
     labels = check_labels("multi_hot", multi_hot, batch, batch, multi_hot)
     return LevelTargets(batch, batch, multi_hot=labels, match=match).full(torch.float32, multi_hot.device)
-
-
-def labels_from_strings(
-    texts: Sequence[str],
-    separator: Optional[str] = None,
-    vocabulary: Optional[Sequence[str]] = None,
-) -> Tensor:
-    """Turn a batch of label strings into class ids, or into multi-hot labels.
-
-    Without ``separator`` each string is one class: returns int64 ids [B], numbered by
-    ``vocabulary`` if given, else in order of first appearance. With ``separator`` each string
-    is split into labels (parts stripped of whitespace, empty parts dropped): returns a bool
-    multi-hot tensor [B, C].
-
-    Args:
-        texts: B strings, e.g. ``"Abnormal, Mild Non-Proliferative Diabetic Retinopathy"``.
-        separator: splits multi-label strings, e.g. ``","``; None for one class per string.
-        vocabulary: fixed class names (the ids are their positions); unknown names raise.
-
-    Example:
-        >>> labels_from_strings(["Normal", "Abnormal", "Normal"])
-        tensor([0, 1, 0])
-        >>> labels_from_strings(["Abnormal, DR", "Normal", "Abnormal, AMD"], separator=",")
-        tensor([[ True,  True, False, False],
-                [False, False,  True, False],
-                [ True, False, False,  True]])
-    """
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts: expected a sequence of strings, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}]: expected a string, got {type(text).__name__}")
-    if separator is not None and not isinstance(separator, str):
-        raise TypeError(f"separator: expected a non-empty string or None, got {separator!r}")
-    if separator == "":
-        raise ValueError("separator: expected a non-empty string or None, got ''")
-    if vocabulary is not None and (isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence)):
-        raise TypeError(f"vocabulary: expected a sequence of strings or None, got {type(vocabulary).__name__}")
-    groups: List[List[str]] = [
-        [part.strip() for part in text.split(separator) if part.strip()] if separator else [text] for text in texts
-    ]
-    index: Dict[str, int] = {}
-    if vocabulary is not None:
-        index = {name: i for i, name in enumerate(vocabulary)}
-    for i, group in enumerate(groups):
-        for name in group:
-            if name not in index:
-                if vocabulary is not None:
-                    raise ValueError(f"texts[{i}]: label {name!r} is not in the vocabulary")
-                index[name] = len(index)
-    if separator is None:
-        return torch.tensor([index[group[0]] for group in groups], dtype=torch.long)
-    multi_hot = torch.zeros(len(groups), len(index), dtype=torch.bool)
-    for i, group in enumerate(groups):
-        multi_hot[i, [index[name] for name in group]] = True
-    return multi_hot
-
-
-def level_labels_from_strings(
-    levels: Sequence[Sequence[str]],
-    separator: Union[None, str, Sequence[Optional[str]]] = None,
-) -> List[Tensor]:
-    """Apply :func:`labels_from_strings` to every level: G lists of B strings -> G label tensors.
-
-    ``separator`` is one value for all levels or a sequence with one entry per level.
-
-    Example:
-        >>> ids, categories = level_labels_from_strings(
-        ...     [["Normal", "Abnormal"], ["Healthy", "Abnormal, DR"]], separator=[None, ","])
-        >>> ids
-        tensor([0, 1])
-    """
-    if isinstance(levels, str) or not isinstance(levels, Sequence):
-        raise TypeError(f"levels: expected a sequence of G sequences of strings, got {type(levels).__name__}")
-    for g, level in enumerate(levels):
-        if isinstance(level, str) or not isinstance(level, Sequence):
-            raise TypeError(f"levels[{g}]: expected a sequence of strings, got {type(level).__name__}")
-    if separator is None or isinstance(separator, str):
-        separators: Sequence[Optional[str]] = [separator] * len(levels)
-    elif not isinstance(separator, Sequence):
-        raise TypeError(f"separator: expected a string, None, or one of those per level, got {separator!r}")
-    else:
-        separators = separator
-        if len(separators) != len(levels):
-            raise ValueError(f"separator: expected one entry per level (G={len(levels)}), got {len(separators)}")
-    sizes = {len(level) for level in levels}
-    if len(sizes) > 1:
-        raise ValueError(f"levels: expected the same batch size B in every level, got sizes {[len(v) for v in levels]}")
-    return [labels_from_strings(level, sep) for level, sep in zip(levels, separators)]

@@ -14,6 +14,7 @@ synchronisation, no graph break, and a failing check still stops the step with t
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -267,3 +268,83 @@ def check_multi_level_text_mask(text_mask: Any, sizes: Tuple[int, ...], image_fe
         None if m is None else check_text_mask(f"text_mask[{g}]", m, sizes[g], image_features)
         for g, m in enumerate(masks)
     )
+
+
+def check_label_sets(name: str, label_sets: Tensor, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
+    """Check :class:`~mgll_loss.labels.LabelSets` [B, K] (int64 ids, -1 padding); return the plain tensor."""
+    _check_device(name, label_sets, image_features)
+    if num_texts != num_images:
+        raise ValueError(
+            f"{name}: labels pair text j with image j and need N == B, got N={num_texts} texts for "
+            f"B={num_images} images; pass an explicit targets matrix [B, N] instead"
+        )
+    if label_sets.dtype != torch.int64 or label_sets.dim() != 2 or label_sets.shape[0] != num_images:
+        raise ValueError(
+            f"{name}: expected label sets as int64 [B, K] with B={num_images}, got dtype {label_sets.dtype} "
+            f"and shape {shape_of(label_sets)}"
+        )
+    return label_sets.as_subclass(Tensor)
+
+
+def _is_strings(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def reject_label_strings(name: str, labels: Any) -> None:
+    """Raise a ``TypeError`` that says how to turn label strings into labels, if ``labels`` holds strings."""
+    if _is_strings(labels):
+        raise TypeError(
+            f"{name}: got label strings ({labels!r:.60}); the losses take label tensors: build them with "
+            "mgll_loss.targets.level_labels_from_strings(levels, separator=...) (G levels of B strings) or "
+            "labels_from_strings(texts) for one level; the same string gives the same label on every rank"
+        )
+
+
+def check_level_first(text_features: Any, image_features: Tensor, targets: Any, needs_positives: bool) -> None:
+    """Name the likely mistake when a [G, N, D] text tensor is really batch-first [B, G, D].
+
+    Only where the call would fail anyway: some level pairs text j with image j (``targets`` is
+    None, or a per-level sequence with a None) but N != B, while the first dimension equals B.
+    """
+    if not isinstance(text_features, Tensor) or text_features.dim() != 3:
+        return
+    batch = image_features.shape[0]
+    first, second = text_features.shape[:2]
+    paired = targets is None or (isinstance(targets, (list, tuple)) and any(t is None for t in targets))
+    if first == batch != second and needs_positives and paired:
+        raise ValueError(
+            f"text_features: got shape {shape_of(text_features)}, which looks batch-first [B, G, D] with "
+            f"B={batch} images and G={second} levels; the losses take level-first [G, B, D]: pass "
+            "text_features.transpose(0, 1)"
+        )
+
+
+UNIT_NORM_TOLERANCE = 1e-2
+"""Features whose L2 norms differ from 1 by more than this get a warning (once per loss instance)."""
+
+
+def warn_if_not_unit_norm(image_features: Any, text_features: Any, stacklevel: int = 3) -> None:
+    """Warn (``UserWarning``) when feature rows are far from unit L2 norm; the losses never normalise.
+
+    Reads the norms on the host (one synchronisation): call it once, not on every step.
+    """
+    texts = text_features if isinstance(text_features, (list, tuple)) else [text_features]
+    for name, value in [("image_features", image_features)] + [("text_features", t) for t in texts]:
+        expected_dims = (2,) if name == "image_features" else (2, 3)
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.numel() == 0:
+            continue
+        if value.dim() not in expected_dims or value.is_meta:  # malformed: validation names it
+            continue
+        norms = value.detach().float().norm(dim=-1)
+        low, high = float(norms.min()), float(norms.max())
+        if max(abs(low - 1.0), abs(high - 1.0)) > UNIT_NORM_TOLERANCE:
+            warnings.warn(
+                f"{name}: L2 norms range from {low:.3g} to {high:.3g}; the MGLL losses expect L2-normalised "
+                "features (norm 1) and never normalise them: use torch.nn.functional.normalize(x, dim=-1) "
+                "(unnormalised features scale every logit and inflate the loss)",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+            return

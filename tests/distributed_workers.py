@@ -39,6 +39,10 @@ SCENARIOS: List[Dict[str, Any]] = [
          options=dict(local_loss=True, gather_with_grad=True)),
     dict(name="ids_mask_uneven_local_chunked", loss="mgll", labels="ids", mask=True, uneven=True,
          options=dict(local_loss=True, gather_with_grad=True, backend="chunked", chunk_size=2)),
+    dict(name="unlabelled_ids_mask_uneven_local", loss="mgll", labels="unlabelled_ids", mask=True, uneven=True,
+         options=dict(local_loss=True, gather_with_grad=True)),
+    dict(name="unlabelled_ids_uneven_global_chunked", loss="mgll", labels="unlabelled_ids", uneven=True,
+         options=dict(gather_with_grad=True, backend="chunked", chunk_size=2)),
     dict(name="multi_hot_jaccard_global_chunked", loss="mgll", labels="multi_hot", mask=True,
          options=dict(gather_with_grad=True, match="jaccard", backend="chunked", chunk_size=3)),
 ]
@@ -59,6 +63,8 @@ def global_batch(scenario: Dict[str, Any], batch: int, seed: int = 0) -> Dict[st
     targets: List[Optional[torch.Tensor]] = [None] * G
     if kind == "ids":
         labels = [torch.randint(0, 3, (batch,), generator=g), None, torch.randint(0, 2, (batch,), generator=g)]
+    elif kind == "unlabelled_ids":  # -1: unlabelled at that level (only the image's own text is positive)
+        labels = [torch.randint(-1, 3, (batch,), generator=g), None, torch.randint(-1, 1, (batch,), generator=g)]
     elif kind == "multi_hot":
         labels = [(torch.rand(batch, 4, generator=g) < 0.4).long() for _ in range(G)]
     elif kind == "targets":

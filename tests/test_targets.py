@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from mgll_loss import functional as MF
+from mgll_loss.labels import label_id
 from mgll_loss.targets import (
+    LabelSets,
     LevelTargets,
     level_labels_from_strings,
     level_targets,
@@ -374,18 +376,33 @@ def test_level_targets_from_labels_and_targets():
 # =================================================================================================
 # labels_from_strings
 # =================================================================================================
-def test_labels_from_strings_first_appearance_order():
+def _first_appearance(ids):
+    """Class ids renumbered in order of first appearance (which strings share a class)."""
+    order = {}
+    return [order.setdefault(i, len(order)) for i in ids.tolist()]
+
+
+def _multi_hot(label_sets, names):
+    """LabelSets as a bool multi-hot tensor over ``names`` (columns in that order)."""
+    assert isinstance(label_sets, LabelSets)
+    rows = [set(row) for row in label_sets.tolist()]
+    assert all(i == -1 or i in {label_id(n) for n in names} for row in rows for i in row)
+    return torch.tensor([[label_id(n) in row for n in names] for row in rows], dtype=torch.bool).reshape(len(rows), -1)
+
+
+def test_labels_from_strings_same_string_same_id():
     ids = labels_from_strings(["Normal", "Abnormal", "Normal", "DR", "Abnormal"])
     assert ids.dtype == torch.int64
-    assert ids.tolist() == [0, 1, 0, 2, 1]
+    assert _first_appearance(ids) == [0, 1, 0, 2, 1]
+    assert ids.tolist() == [label_id(t) for t in ["Normal", "Abnormal", "Normal", "DR", "Abnormal"]]
 
 
 def test_labels_from_strings_docstring_examples():
-    assert labels_from_strings(["Normal", "Abnormal", "Normal"]).tolist() == [0, 1, 0]
-    multi_hot = labels_from_strings(["Abnormal, DR", "Normal", "Abnormal, AMD"], separator=",")
+    assert _first_appearance(labels_from_strings(["Normal", "Abnormal", "Normal"])) == [0, 1, 0]
+    label_sets = labels_from_strings(["Abnormal, DR", "Normal", "Abnormal, AMD"], separator=",")
     expected = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
-    assert multi_hot.dtype == torch.bool
-    assert torch.equal(multi_hot, expected)
+    assert label_sets.dtype == torch.int64 and label_sets.shape == (3, 2)
+    assert torch.equal(_multi_hot(label_sets, ["Abnormal", "DR", "Normal", "AMD"]), expected)
 
 
 def test_labels_from_strings_with_vocabulary():
@@ -408,9 +425,9 @@ def test_labels_from_strings_separator_strips_and_drops_empty_parts():
         " , ,",  # no label at all -> an empty label set
         "Healthy,Normal",  # same set as row 1, other order
     ]
-    multi_hot = labels_from_strings(texts, separator=",")
-    # columns in first-appearance order:
-    # Abnormal, Mild Non-Proliferative Diabetic Retinopathy, Normal, Healthy, Glaucoma
+    label_sets = labels_from_strings(texts, separator=",")
+    names = ["Abnormal", "Mild Non-Proliferative Diabetic Retinopathy", "Normal", "Healthy", "Glaucoma"]
+    multi_hot = _multi_hot(label_sets, names)
     expected = torch.tensor(
         [
             [1, 1, 0, 0, 0],
@@ -423,14 +440,17 @@ def test_labels_from_strings_separator_strips_and_drops_empty_parts():
         dtype=torch.bool,
     )
     assert torch.equal(multi_hot, expected)
-    exact = mask_from_multi_hot(multi_hot)
+    exact = positive_mask(label_sets, num_images=6)
+    assert torch.equal(exact, mask_from_multi_hot(multi_hot))
     assert exact[1, 5] == 1 and exact[1, 3] == 0 and exact[4, 4] == 1
-    overlap = mask_from_multi_hot(multi_hot, match="overlap")
+    overlap = positive_mask(label_sets, num_images=6, match="overlap")
+    assert torch.equal(overlap, mask_from_multi_hot(multi_hot, match="overlap"))
     assert overlap[0, 2] == 1 and overlap[1, 3] == 1 and overlap[0, 1] == 0 and overlap[4, 0] == 0
 
 
 def test_labels_from_strings_duplicate_part_in_one_string():
-    assert torch.equal(labels_from_strings(["a|a|b", "b"], separator="|"), torch.tensor([[1, 1], [0, 1]]).bool())
+    label_sets = labels_from_strings(["a|a|b", "b"], separator="|")
+    assert torch.equal(_multi_hot(label_sets, ["a", "b"]), torch.tensor([[1, 1], [0, 1]]).bool())
 
 
 def test_labels_from_strings_separator_with_vocabulary():
@@ -443,8 +463,8 @@ def test_labels_from_strings_separator_with_vocabulary():
 
 
 def test_labels_from_strings_multi_character_separator():
-    multi_hot = labels_from_strings(["x and y", "y"], separator=" and ")
-    assert torch.equal(multi_hot, torch.tensor([[1, 1], [0, 1]], dtype=torch.bool))
+    label_sets = labels_from_strings(["x and y", "y"], separator=" and ")
+    assert torch.equal(_multi_hot(label_sets, ["x", "y"]), torch.tensor([[1, 1], [0, 1]], dtype=torch.bool))
 
 
 @pytest.mark.parametrize("texts", ["Normal", 3, None], ids=["str", "int", "None"])
@@ -482,25 +502,27 @@ def test_level_labels_from_strings_per_level_separators():
         ["Healthy", "Abnormal, DR", "Abnormal, AMD"],
         ["a", "b", "a"],
     ]
-    ids, multi_hot, other = level_labels_from_strings(levels, separator=[None, ",", None])
-    assert ids.tolist() == [0, 1, 1]
-    assert torch.equal(multi_hot, torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 1]], dtype=torch.bool))
-    assert other.tolist() == [0, 1, 0]
+    ids, label_sets, other = level_labels_from_strings(levels, separator=[None, ",", None])
+    assert _first_appearance(ids) == [0, 1, 1]
+    expected = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(_multi_hot(label_sets, ["Healthy", "Abnormal", "DR", "AMD"]), expected)
+    assert _first_appearance(other) == [0, 1, 0]
 
 
 def test_level_labels_from_strings_docstring_example():
     ids, categories = level_labels_from_strings([["Normal", "Abnormal"], ["Healthy", "Abnormal, DR"]], separator=[None, ","])
-    assert ids.tolist() == [0, 1]
-    assert torch.equal(categories, torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.bool))
+    assert _first_appearance(ids) == [0, 1]
+    expected = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(_multi_hot(categories, ["Healthy", "Abnormal", "DR"]), expected)
 
 
 def test_level_labels_from_strings_one_separator_for_all_levels():
     levels = [["a, b", "b"], ["c", "c , d"]]
     first, second = level_labels_from_strings(levels, separator=",")
-    assert torch.equal(first, torch.tensor([[1, 1], [0, 1]], dtype=torch.bool))
-    assert torch.equal(second, torch.tensor([[1, 0], [1, 1]], dtype=torch.bool))
+    assert torch.equal(_multi_hot(first, ["a", "b"]), torch.tensor([[1, 1], [0, 1]], dtype=torch.bool))
+    assert torch.equal(_multi_hot(second, ["c", "d"]), torch.tensor([[1, 0], [1, 1]], dtype=torch.bool))
     first, second = level_labels_from_strings(levels)
-    assert first.tolist() == [0, 1] and second.tolist() == [0, 1]
+    assert _first_appearance(first) == [0, 1] and _first_appearance(second) == [0, 1]
 
 
 def test_level_labels_from_strings_matches_labels_from_strings():
@@ -582,7 +604,7 @@ def test_end_to_end_class_ids_from_strings():
 @pytest.mark.parametrize("match", MATCHES)
 def test_end_to_end_multi_hot_from_strings(match):
     labels = labels_from_strings(FUNDUS, separator=",")
-    assert labels.shape == (6, 5)  # Abnormal, Mild NPDR, Normal, Healthy, Glaucoma
+    assert labels.shape == (6, 3)  # LabelSets: up to 3 labels per image
     images, text_features = _features(6, 6, seed=1)
     targets = positive_mask(labels, num_images=6, match=match)
     # positive_mask returns float32: jaccard weights such as 1/3 are rounded there, while the loss

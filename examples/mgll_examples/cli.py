@@ -18,7 +18,7 @@ from .pipeline import load_dataset
 from .report import metrics_table, plot_runs, side_by_side
 from .runs import HISTORY_NAME, METRICS_NAME, PLOT_NAME, claim_output_dir
 from .train import train
-from .world import World, close_world, init_world
+from .world import World, close_world, end_process, init_world
 
 
 
@@ -26,7 +26,9 @@ def run(config: TrainConfig) -> Optional[Dict[str, Any]]:
     """Train and evaluate; rank 0 writes ``metrics.json`` and ``training.png`` and returns the report."""
     world = init_world(config.device)
     try:
-        return _run(config, world)
+        report = _run(config, world)
+        world.barrier()  # every rank is done with its collectives before the group goes
+        return report
     finally:
         close_world(world)
 
@@ -111,5 +113,5 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
         run(parse_config(kind, argv))
     except ExampleError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return end_process(2)
+    return end_process(0)

@@ -11,12 +11,14 @@ access so this module imports without transformers) uses them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
 
+from ..labels import LabelSets, labels_from_strings
 from ..losses import MGLLLoss
 from .base import LevelTokens, MultiGranularCLIP, check_images, flatten_level_texts, require, stack_levels
 
@@ -109,16 +111,19 @@ def collate_levels(features: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Data collator: B examples -> a level-first batch for :class:`MultiGranularHFCLIP`.
 
     Each example holds ``pixel_values`` [C, H, W], ``input_ids`` [G, L], optionally
-    ``attention_mask`` [G, L] and ``labels`` (G per-level labels: class ids or multi-hot
-    vectors). Returns ``pixel_values`` [B, C, H, W], ``input_ids``/``attention_mask`` [G, B, L]
-    and ``labels`` as a list of G tensors ([B] or [B, C]).
+    ``attention_mask`` [G, L] and ``labels``: G per-level labels, each a class id, a multi-hot
+    vector, a label string, a list of label strings (a label set), or None (no labels at this
+    level, e.g. free text: then None in every example). Returns ``pixel_values`` [B, C, H, W],
+    ``input_ids``/``attention_mask`` [G, B, L] and ``labels`` as a list of G entries: tensors
+    ([B] or [B, C]), class ids hashed from the strings (:func:`~mgll_loss.labels.labels_from_strings`),
+    :class:`~mgll_loss.labels.LabelSets`, or None.
 
     Example:
-        >>> examples = [dict(pixel_values=torch.zeros(3, 8, 8), input_ids=torch.ones(2, 5, dtype=torch.long),
-        ...                  labels=[i % 2, torch.tensor([1, 0, i % 2])]) for i in range(4)]
+        >>> examples = [dict(pixel_values=torch.zeros(3, 8, 8), input_ids=torch.ones(3, 5, dtype=torch.long),
+        ...                  labels=[i % 2, torch.tensor([1, 0, i % 2]), None]) for i in range(4)]
         >>> batch = collate_levels(examples)
-        >>> tuple(batch["input_ids"].shape), [tuple(level.shape) for level in batch["labels"]]
-        ((2, 4, 5), [(4,), (4, 3)])
+        >>> tuple(batch["input_ids"].shape), [None if y is None else tuple(y.shape) for y in batch["labels"]]
+        ((3, 4, 5), [(4,), (4, 3), None])
     """
     if len(features) == 0:
         raise ValueError("features: expected at least one example, got none")
@@ -127,9 +132,29 @@ def collate_levels(features: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         if key in features[0]:
             batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features], dim=1)
     if "labels" in features[0]:
-        per_level = list(zip(*[f["labels"] for f in features]))
-        batch["labels"] = [torch.stack([torch.as_tensor(label) for label in level]) for level in per_level]
+        examples = [f["labels"] for f in features]
+        counts = {len(labels) for labels in examples}
+        if len(counts) > 1:
+            raise ValueError(f"labels: expected G per-level labels in every example, got {[len(y) for y in examples]}")
+        batch["labels"] = [_collate_level(g, level) for g, level in enumerate(zip(*examples))]
     return batch
+
+
+def _collate_level(level: int, values: Sequence[Any]) -> Optional[Tensor]:
+    """One level's labels of B examples: None, hashed strings, label sets, or stacked tensors."""
+    missing = [value is None for value in values]
+    if all(missing):
+        return None
+    if any(missing):
+        raise ValueError(
+            f"labels[{level}]: examples {[i for i, m in enumerate(missing) if m]} have None and the others a label; "
+            "use None in every example for a level without labels, or a negative class id for an unlabelled image"
+        )
+    if all(isinstance(value, str) for value in values):
+        return labels_from_strings(list(values))
+    if all(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) for value in values):
+        return LabelSets.from_lists(list(values))
+    return torch.stack([torch.as_tensor(value) for value in values])
 
 
 def _level_list(name: str, value: Union[None, Tensor, Sequence[Any]]) -> Optional[List[Any]]:
@@ -190,7 +215,15 @@ def _trainer_class() -> type:
         keywords: ``mgll_loss``, the loss module (default ``MGLLLoss()``), and
         ``max_logit_scale`` (100; None turns the clamp after each step off). ``labels`` and
         ``text_mask`` are label columns, so ``remove_unused_columns`` keeps them.
+
+        Evaluation reports ``eval_loss`` (the MGLL loss of each batch, with or without
+        ``text_mask`` or ``labels``); it collects no predictions. ``save_model`` and checkpoints
+        save the wrapped ``PreTrainedModel`` with ``save_pretrained`` (``config.json`` and its own
+        weight names), so ``CLIPModel.from_pretrained(output_dir)`` loads the trained model;
+        ``resume_from_checkpoint`` and ``load_best_model_at_end`` load it back into the wrapper.
         """
+
+        model: nn.Module
 
         def __init__(
             self, *args: Any, mgll_loss: Optional[nn.Module] = None, max_logit_scale: Optional[float] = 100.0, **kwargs: Any
@@ -206,6 +239,43 @@ def _trainer_class() -> type:
             self, model: nn.Module, inputs: Mapping[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
             return compute_mgll_loss(model, inputs, self.mgll_loss, return_outputs)
+
+        def prediction_step(
+            self, model: nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+        ) -> Tuple[Optional[Tensor], None, None]:
+            # transformers computes a loss only when every label name is in the batch; this loss needs none
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = cast(Tensor, self.compute_loss(model, inputs))
+            return loss.detach(), None, None
+
+        @contextlib.contextmanager
+        def _wrapped_pretrained_model(self) -> Any:
+            """Let transformers save and load the wrapped ``PreTrainedModel`` instead of the adapter."""
+            adapter = self.accelerator.unwrap_model(self.model)
+            inner = getattr(adapter, "model", None)
+            if not isinstance(adapter, MultiGranularCLIP) or not isinstance(inner, transformers.PreTrainedModel):
+                yield
+                return
+            wrapper, self.model = self.model, inner
+            try:
+                yield
+            finally:
+                self.model = wrapper
+
+        def _save(self, output_dir: Optional[str] = None, state_dict: Optional[Dict[str, Tensor]] = None) -> None:
+            if state_dict is not None:  # from a DeepSpeed/FSDP wrapper: the adapter's keys, "model." first
+                state_dict = {key[len("model."):]: v for key, v in state_dict.items() if key.startswith("model.")}
+            with self._wrapped_pretrained_model():
+                super()._save(output_dir, state_dict)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+            with self._wrapped_pretrained_model():
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        def _load_best_model(self) -> None:
+            with self._wrapped_pretrained_model():
+                super()._load_best_model()
 
     MGLLTrainer.__module__ = __name__
     return MGLLTrainer
