@@ -3,6 +3,8 @@
 #   make install    create .venv (if missing) and install the package editable with the dev extras
 #   make test       fast test suite (everything not marked slow), 2 pytest-xdist workers
 #   make test-slow  only the tests marked slow
+#   make lint       ruff: lint, import order and formatting check (`make format` rewrites)
+#   make typecheck  mypy on the package (it ships py.typed)
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
 #   make demo       the main job: MGLL vs plain CLIP pretraining on synthetic fundus data (a few minutes on CPU)
 #   make ablation   the paper's loss ablation (Table 3) on the synthetic fundus set: table, CSV and plot
@@ -25,7 +27,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow docs demo ablation bench bench-accumulation gpu-check dist clean
+.PHONY: install test test-slow lint format typecheck docs demo ablation bench bench-accumulation gpu-check dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -61,6 +63,21 @@ test: install
 # Exit status 5 means "no tests collected" (no slow tests yet): not a failure.
 test-slow: install
 	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) || [ $$? -eq 5 ]
+
+# --- lint and types --------------------------------------------------------------------
+
+LINT_PATHS = mgll_loss tests benchmarks examples docs/conf.py conftest.py
+
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format: install
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+typecheck: install
+	$(VENV)/bin/mypy
 
 # --- docs --------------------------------------------------------------------------------
 
