@@ -30,8 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -74,7 +74,7 @@ def tiny_model() -> torch.nn.Module:
     )
 
 
-def make_batch(batch: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+def make_batch(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)
     texts = torch.randint(1, 49407, (LEVELS, batch, CONTEXT), generator=g)
@@ -89,7 +89,7 @@ def effective_step(
     loss_fn: torch.nn.Module,
     images: torch.Tensor,
     texts: torch.Tensor,
-    labels: List[torch.Tensor],
+    labels: list[torch.Tensor],
 ) -> Callable[[], None]:
     """One effective step of ``method`` on the whole batch, as a closure."""
     size = -(-images.shape[0] // micro_batches)
@@ -131,7 +131,7 @@ def _probe(spec: str) -> None:
     print(json.dumps({"times": times, "peak_mb": max(0, peak) / 2**20}))
 
 
-def measure(method: str, micro_batches: int, batch: int, repeats: int, threads: int) -> Dict:
+def measure(method: str, micro_batches: int, batch: int, repeats: int, threads: int) -> dict:
     spec = json.dumps([method, micro_batches, batch, repeats, threads])
     command = [sys.executable, "-m", "benchmarks.accumulation", "--probe", spec]
     result = subprocess.run(
@@ -161,12 +161,12 @@ def measure(method: str, micro_batches: int, batch: int, repeats: int, threads: 
     )
 
 
-def configurations(splits: Sequence[int]) -> List[Tuple[str, int]]:
+def configurations(splits: Sequence[int]) -> list[tuple[str, int]]:
     """full once; accumulate for every K; naive for every K > 1 (with K = 1 it is the full step)."""
     return [("full", 1)] + [("accumulate", k) for k in splits] + [("naive", k) for k in splits if k > 1]
 
 
-def plot(rows: List[Dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path) -> None:
     """Two bar charts side by side: peak memory and time per configuration."""
     import matplotlib
 
@@ -201,7 +201,7 @@ def plot(rows: List[Dict], path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
+def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=512, help="effective batch size B")
     parser.add_argument("--splits", default="1,4,16", help="numbers of micro-batches K, comma-separated")

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import Tensor
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def naive_mgll(labels: List[Optional[Tensor]]) -> LossFn:
+def naive_mgll(labels: list[Tensor | None]) -> LossFn:
     """The MGLL objective (default weights 0.5 / 1 / 1, point-wise mean over pairs) per level with autograd."""
 
     def loss(images: Tensor, texts: Tensor, scale: Tensor) -> Tensor:

@@ -30,15 +30,16 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("batched", "dense", "chunked", "triton")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny sizes, triton under the interpreter")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu-check"))
@@ -52,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA device: run on a GPU machine, or pass --dry-run")
     device = "cpu" if args.dry_run else "cuda"
-    report: Dict[str, Any] = {"device": _device_name(device), "dry_run": args.dry_run}
+    report: dict[str, Any] = {"device": _device_name(device), "dry_run": args.dry_run}
     started = time.perf_counter()
     report["parity"] = parity(device, args.dry_run)
     report["syncs"] = syncs(device) if device == "cuda" else {"skipped": "set_sync_debug_mode needs CUDA"}
@@ -62,8 +63,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(report, indent=2))
     failed = _failures(report)
-    print(f"gpu-check on {report['device']}: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} "
-          f"({report['seconds']} s); summary in {args.out / 'summary.json'}", flush=True)
+    print(
+        f"gpu-check on {report['device']}: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} "
+        f"({report['seconds']} s); summary in {args.out / 'summary.json'}",
+        flush=True,
+    )
     return 1 if failed else 0
 
 
@@ -73,7 +77,7 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)"
 
 
-def _failures(report: Dict[str, Any]) -> List[str]:
+def _failures(report: dict[str, Any]) -> list[str]:
     failed = [f"parity {key}" for key, value in report["parity"].items() if value != "ok"]
     if report["syncs"].get("batched", "ok") != "ok":
         failed.append("batched syncs")
@@ -92,10 +96,11 @@ def _attempt(check: Callable[[], None]) -> str:
     return "ok"
 
 
-def parity(device: str, dry_run: bool) -> Dict[str, str]:
+def parity(device: str, dry_run: bool) -> dict[str, str]:
     """Every backend x dtype: all cases and option sets against the float64 reference."""
     import torch
-    from tests.test_parity_reference import MGLL_OPTIONS, MULTI_CASES, SCALES, BIAS_VALUE
+
+    from tests.test_parity_reference import BIAS_VALUE, MGLL_OPTIONS, MULTI_CASES, SCALES
 
     cases = ["G3_tensor_labels_mask"] if dry_run else MULTI_CASES
     options = MGLL_OPTIONS[:2] if dry_run else MGLL_OPTIONS
@@ -116,13 +121,14 @@ def parity(device: str, dry_run: bool) -> Dict[str, str]:
     return results
 
 
-def _parity_case(case: str, opts: Dict[str, Any], scale: float, bias: Optional[float], dtype: Any, backend: str,
-                 device: str) -> None:
+def _parity_case(
+    case: str, opts: dict[str, Any], scale: float, bias: float | None, dtype: Any, backend: str, device: str
+) -> None:
     import torch
-    from tests.reference import ref_mgll
-    from tests.test_parity_reference import TOL, multi_level_case
 
     from mgll_loss import MGLLLoss
+    from tests.reference import ref_mgll
+    from tests.test_parity_reference import TOL, multi_level_case
 
     image64, texts64, labels, targets, mask = multi_level_case(case)
     opts = dict(opts)
@@ -142,8 +148,12 @@ def _parity_case(case: str, opts: Dict[str, Any], scale: float, bias: Optional[f
         return [moved(v) for v in values]
 
     scalar_dtype = torch.float32 if low else dtype
-    lib = [leaf(image64, dtype), leaf(texts64, dtype), leaf(torch.tensor(scale), scalar_dtype),
-           None if bias is None else leaf(torch.tensor(bias), scalar_dtype)]
+    lib = [
+        leaf(image64, dtype),
+        leaf(texts64, dtype),
+        leaf(torch.tensor(scale), scalar_dtype),
+        None if bias is None else leaf(torch.tensor(bias), scalar_dtype),
+    ]
     # the reference sees the library's (rounded) input values, in float64 on CPU
     ref = [None if x is None else leaf(x, torch.float64, "cpu") for x in lib]
     call = dict(labels=labels, targets=targets, text_mask=mask)
@@ -158,18 +168,19 @@ def _parity_case(case: str, opts: Dict[str, Any], scale: float, bias: Optional[f
             continue
         want_grad = torch.zeros_like(expected) if expected.grad is None else expected.grad  # leaf unused
         size = max(1.0, float(want_grad.abs().max()))
-        torch.testing.assert_close(got.grad.cpu().double(), want_grad, rtol=tol["grad_rtol"],
-                                   atol=tol["grad_atol"] * size)
+        torch.testing.assert_close(
+            got.grad.cpu().double(), want_grad, rtol=tol["grad_rtol"], atol=tol["grad_atol"] * size
+        )
 
 
-def _flat(values: List[Any]) -> List[Any]:
-    flat: List[Any] = []
+def _flat(values: list[Any]) -> list[Any]:
+    flat: list[Any] = []
     for value in values:
         flat.extend(value if isinstance(value, list) else [value])
     return flat
 
 
-def _sync_inputs(device: str) -> Dict[str, Any]:
+def _sync_inputs(device: str) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -178,16 +189,21 @@ def _sync_inputs(device: str) -> Dict[str, Any]:
     images = F.normalize(torch.randn(batch, dim, generator=gen), dim=-1).to(device).requires_grad_()
     texts = F.normalize(torch.randn(3, batch, dim, generator=gen), dim=-1).to(device).requires_grad_()
     return dict(
-        images=images, texts=texts, scale=torch.tensor(14.3, device=device, requires_grad=True),
+        images=images,
+        texts=texts,
+        scale=torch.tensor(14.3, device=device, requires_grad=True),
         bias=torch.tensor(-2.5, device=device, requires_grad=True),
-        labels=[torch.randint(0, 8, (batch,), generator=gen).to(device), (torch.rand(batch, 5, generator=gen) < 0.3).to(device),
-                None],
+        labels=[
+            torch.randint(0, 8, (batch,), generator=gen).to(device),
+            (torch.rand(batch, 5, generator=gen) < 0.3).to(device),
+            None,
+        ],
         targets=[None, None, (torch.rand(batch, batch, generator=gen) < 0.1).float().to(device)],
         mask=(torch.rand(3, batch, generator=gen) > 0.2).to(device),
     )
 
 
-def syncs(device: str) -> Dict[str, str]:
+def syncs(device: str) -> dict[str, str]:
     """Forward+backward of each backend under ``set_sync_debug_mode("error")``."""
     import torch
 
@@ -202,13 +218,27 @@ def syncs(device: str) -> Dict[str, str]:
             for bias, mask in ((data["bias"], data["mask"]), (None, None)):
                 for leaf in (data["images"], data["texts"], data["scale"], data["bias"]):
                     leaf.grad = None
-                loss(data["images"], data["texts"], data["scale"], bias, labels=data["labels"],
-                     targets=data["targets"], text_mask=mask)  # warm-up: allocations, kernel compilation
+                loss(
+                    data["images"],
+                    data["texts"],
+                    data["scale"],
+                    bias,
+                    labels=data["labels"],
+                    targets=data["targets"],
+                    text_mask=mask,
+                )  # warm-up: allocations, kernel compilation
                 torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("error")
                 try:
-                    loss(data["images"], data["texts"], data["scale"], bias, labels=data["labels"],
-                         targets=data["targets"], text_mask=mask).backward()
+                    loss(
+                        data["images"],
+                        data["texts"],
+                        data["scale"],
+                        bias,
+                        labels=data["labels"],
+                        targets=data["targets"],
+                        text_mask=mask,
+                    ).backward()
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
                 torch.cuda.synchronize()
@@ -226,7 +256,7 @@ def compile_check(device: str) -> str:
 
     data = _sync_inputs(device)
 
-    def run(fn: Any) -> List[Any]:
+    def run(fn: Any) -> list[Any]:
         leaves = [data[k].detach().clone().requires_grad_() for k in ("images", "texts", "scale", "bias")]
         out = fn(*leaves, labels=data["labels"], targets=data["targets"], text_mask=data["mask"])
         out.backward()
@@ -243,7 +273,7 @@ def compile_check(device: str) -> str:
     return result
 
 
-def bench(device: str, out: Path, dry_run: bool, budget_s: float) -> Dict[str, Any]:
+def bench(device: str, out: Path, dry_run: bool, budget_s: float) -> dict[str, Any]:
     """Time sweep at D=768, G=3 with doubling B until a round exceeds its share of the budget."""
     import torch
 
@@ -258,7 +288,7 @@ def bench(device: str, out: Path, dry_run: bool, budget_s: float) -> Dict[str, A
     dim, levels = (16, 3) if dry_run else (768, 3)
     batches = (8,) if dry_run else tuple(32 * 4**k for k in range(10))
     limit = 0.8 * (torch.cuda.get_device_properties(0).total_memory if device == "cuda" else 2**30)
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for batch in batches:
         runnable = [n for n in names if run.fits(n, batch, levels, limit)]

@@ -25,9 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,24 @@ from torch import Tensor
 import mgll_loss
 from benchmarks import baselines
 
-FIELDS = ["backend", "op", "B", "D", "G", "dtype", "device", "median_ms", "p20_ms", "p80_ms", "runs", "peak_mb", "ops",
-          "version"]
+FIELDS = [
+    "backend",
+    "op",
+    "B",
+    "D",
+    "G",
+    "dtype",
+    "device",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "runs",
+    "peak_mb",
+    "ops",
+    "version",
+]
 
-Point = Tuple[int, int, int]
+Point = tuple[int, int, int]
 """A timed problem size: (B, D, G)."""
 
 
@@ -50,10 +64,10 @@ class Preset:
     ``repeats`` interleaved rounds at B <= 256, fewer above (down to 5), so large points stay affordable.
     """
 
-    time_points: Tuple[Point, ...]
-    memory_batches: Tuple[int, ...]
+    time_points: tuple[Point, ...]
+    memory_batches: tuple[int, ...]
     memory_dim: int
-    methods: Tuple[str, ...]
+    methods: tuple[str, ...]
     repeats: int
     levels: int = 3
 
@@ -62,25 +76,51 @@ class Preset:
         return max(5, self.repeats * 256 // max(256, batch))
 
 
-def points(batches: Sequence[int], dim: int, levels: int = 3) -> Tuple[Point, ...]:
+def points(batches: Sequence[int], dim: int, levels: int = 3) -> tuple[Point, ...]:
     """(B, dim, levels) for every B in ``batches``."""
     return tuple((batch, dim, levels) for batch in batches)
 
 
 PRESETS = {
-    "small": Preset(points((32, 128, 256), 512) + ((32, 768, 2),) + points((1024, 2048), 512), (), 0,
-                    ("naive", "clip", "gemms", "auto", "compiled", "batched", "dense"), repeats=100),
-    "cpu": Preset(points((256, 512, 1024, 2048, 4096), 512), (1024, 4096, 8192, 16384, 32768), 256,
-                  ("naive", "clip", "gemms", "batched", "dense", "chunked"), repeats=7),
-    "gpu": Preset(points((1024, 4096, 16384, 32768), 768), (16384, 65536, 262144, 1048576), 768,
-                  ("naive", "clip", "gemms", "dense", "chunked", "triton"), repeats=10),
-    "quick": Preset(points((32, 64), 32), (64,), 32, ("naive", "clip", "gemms", "batched", "dense", "chunked"),
-                    repeats=3),
+    "small": Preset(
+        points((32, 128, 256), 512) + ((32, 768, 2),) + points((1024, 2048), 512),
+        (),
+        0,
+        ("naive", "clip", "gemms", "auto", "compiled", "batched", "dense"),
+        repeats=100,
+    ),
+    "cpu": Preset(
+        points((256, 512, 1024, 2048, 4096), 512),
+        (1024, 4096, 8192, 16384, 32768),
+        256,
+        ("naive", "clip", "gemms", "batched", "dense", "chunked"),
+        repeats=7,
+    ),
+    "gpu": Preset(
+        points((1024, 4096, 16384, 32768), 768),
+        (16384, 65536, 262144, 1048576),
+        768,
+        ("naive", "clip", "gemms", "dense", "chunked", "triton"),
+        repeats=10,
+    ),
+    "quick": Preset(
+        points((32, 64), 32), (64,), 32, ("naive", "clip", "gemms", "batched", "dense", "chunked"), repeats=3
+    ),
 }
 
 # beyond these many bytes of B x N x G logits a method is not run (it would exhaust memory)
-_MATERIALISING = {"naive": 6, "clip": 4, "gemms": 2, "auto": 8, "compiled": 8, "batched": 8, "dense": 2, "chunked": 0,
-                  "triton": 0, "inf-cl": 0}
+_MATERIALISING = {
+    "naive": 6,
+    "clip": 4,
+    "gemms": 2,
+    "auto": 8,
+    "compiled": 8,
+    "batched": 8,
+    "dense": 2,
+    "chunked": 0,
+    "triton": 0,
+    "inf-cl": 0,
+}
 
 
 def make_inputs(batch: int, dim: int, levels: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -93,7 +133,7 @@ def make_inputs(batch: int, dim: int, levels: int, device: str, dtype: torch.dty
     return images, texts, scale, labels
 
 
-def method(name: str, labels: List[Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+def method(name: str, labels: list[Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """The forward of ``name`` on fixed labels: a callable (images, texts, scale) -> scalar loss."""
     if name == "naive":
         return baselines.naive_mgll(list(labels))
@@ -138,7 +178,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step(fn: Callable, inputs: Tuple[Tensor, Tensor, Tensor]) -> None:
+def step(fn: Callable, inputs: tuple[Tensor, Tensor, Tensor]) -> None:
     """One forward+backward; clears the gradients first."""
     for tensor in inputs:
         tensor.grad = None
@@ -146,8 +186,14 @@ def step(fn: Callable, inputs: Tuple[Tensor, Tensor, Tensor]) -> None:
 
 
 def time_methods(
-    names: Sequence[str], batch: int, dim: int, levels: int, device: str, repeats: int, dtype: torch.dtype = torch.float32
-) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
+    names: Sequence[str],
+    batch: int,
+    dim: int,
+    levels: int,
+    device: str,
+    repeats: int,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Milliseconds of ``repeats`` forward+backward runs per method, interleaved round-robin; and op counts."""
     images, texts, scale, labels = make_inputs(batch, dim, levels, device, dtype)
     inputs = (images, texts, scale)
@@ -156,7 +202,7 @@ def time_methods(
         step(fn, inputs)
         step(fn, inputs)
     ops = {name: op_count(fn, inputs) for name, fn in fns.items()}
-    times: Dict[str, List[float]] = {name: [] for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
@@ -167,7 +213,7 @@ def time_methods(
     return times, ops
 
 
-def op_count(fn: Callable, inputs: Tuple[Tensor, Tensor, Tensor]) -> int:
+def op_count(fn: Callable, inputs: tuple[Tensor, Tensor, Tensor]) -> int:
     """Top-level ATen operators of one forward+backward (those not called by another ATen operator)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -175,15 +221,18 @@ def op_count(fn: Callable, inputs: Tuple[Tensor, Tensor, Tensor]) -> int:
         step(fn, inputs)
     events = prof.events()
     return sum(
-        1 for e in events
+        1
+        for e in events
         if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
     )
 
 
-def peak_memory_mb(name: str, batch: int, dim: int, levels: int, device: str) -> Tuple[float, float]:
+def peak_memory_mb(name: str, batch: int, dim: int, levels: int, device: str) -> tuple[float, float]:
     """(peak MB above the inputs, milliseconds) of one forward+backward, in a fresh subprocess."""
     command = [sys.executable, "-m", "benchmarks.run", "--memory-probe", json.dumps([name, batch, dim, levels, device])]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True
+    )
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     return probe["peak_mb"], probe["ms"]
 
@@ -229,21 +278,41 @@ def _peak_resident_bytes() -> int:
     return int(line.split()[1]) * 1024
 
 
-def _row(name: str, batch: int, dim: int, levels: int, device: str, times: List[float], peak_mb: Optional[float],
-         ops: Optional[int] = None, dtype: str = "float32") -> Dict:
+def _row(
+    name: str,
+    batch: int,
+    dim: int,
+    levels: int,
+    device: str,
+    times: list[float],
+    peak_mb: float | None,
+    ops: int | None = None,
+    dtype: str = "float32",
+) -> dict:
     ordered = sorted(times)
 
     def quantile(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return dict(backend=name, op="forward+backward", B=batch, D=dim, G=levels, dtype=dtype, device=device,
-                median_ms=round(statistics.median(times), 3), p20_ms=round(quantile(0.2), 3),
-                p80_ms=round(quantile(0.8), 3), runs=len(times),
-                peak_mb="" if peak_mb is None else round(peak_mb, 1), ops="" if ops is None else ops,
-                version=mgll_loss.__version__)
+    return dict(
+        backend=name,
+        op="forward+backward",
+        B=batch,
+        D=dim,
+        G=levels,
+        dtype=dtype,
+        device=device,
+        median_ms=round(statistics.median(times), 3),
+        p20_ms=round(quantile(0.2), 3),
+        p80_ms=round(quantile(0.8), 3),
+        runs=len(times),
+        peak_mb="" if peak_mb is None else round(peak_mb, 1),
+        ops="" if ops is None else ops,
+        version=mgll_loss.__version__,
+    )
 
 
-def run(preset: Preset, device: str, out: Path, memory_limit: float) -> List[Dict]:
+def run(preset: Preset, device: str, out: Path, memory_limit: float) -> list[dict]:
     """Time sweep, then memory sweep; returns the CSV rows."""
     names = [n for n in preset.methods if available(n, device)]
     rows = []
@@ -265,11 +334,14 @@ def run(preset: Preset, device: str, out: Path, memory_limit: float) -> List[Dic
     return rows
 
 
-def summary(rows: List[Dict]) -> str:
+def summary(rows: list[dict]) -> str:
     """A Markdown table of the timed points: MGLLLoss (``auto``) against ``ClipLoss`` x G and the naive formulas."""
     timed = [r for r in rows if r["peak_mb"] == ""]
-    lines = ["| D, G | B | MGLLLoss | compiled | ClipLoss x G | naive | MGLL / ClipLoss x G | naive / MGLL | "
-             "compiled / eager | ops (MGLL, ClipLoss x G) |", "|---|---:|" + "---:|" * 8]
+    lines = [
+        "| D, G | B | MGLLLoss | compiled | ClipLoss x G | naive | MGLL / ClipLoss x G | naive / MGLL | "
+        "compiled / eager | ops (MGLL, ClipLoss x G) |",
+        "|---|---:|" + "---:|" * 8,
+    ]
     for point in dict.fromkeys((r["D"], r["G"], r["B"]) for r in timed):
         ms = {r["backend"]: r for r in timed if (r["D"], r["G"], r["B"]) == point}
         if "auto" not in ms:
@@ -290,10 +362,10 @@ def summary(rows: List[Dict]) -> str:
 
 def _number(value: float, digits: int = 3) -> str:
     """``digits`` significant digits, without an exponent."""
-    return f"{value:.{digits}g}" if value < 10 ** digits else f"{value:.0f}"
+    return f"{value:.{digits}g}" if value < 10**digits else f"{value:.0f}"
 
 
-def write(rows: List[Dict], out: Path) -> None:
+def write(rows: list[dict], out: Path) -> None:
     """``results.csv`` and the plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
@@ -303,14 +375,16 @@ def write(rows: List[Dict], out: Path) -> None:
     plot(rows, out)
 
 
-def _describe(row: Dict) -> str:
+def _describe(row: dict) -> str:
     memory = "" if row["peak_mb"] == "" else f"  peak {row['peak_mb']:>9} MB"
     ops = "" if row["ops"] == "" else f"  {row['ops']} ops"
-    return (f"{row['backend']:>8}  B={row['B']:>7} D={row['D']} G={row['G']} {row['dtype']}  median "
-            f"{row['median_ms']:>10} ms (p20 {row['p20_ms']}, p80 {row['p80_ms']}, {row['runs']} runs){ops}{memory}")
+    return (
+        f"{row['backend']:>8}  B={row['B']:>7} D={row['D']} G={row['G']} {row['dtype']}  median "
+        f"{row['median_ms']:>10} ms (p20 {row['p20_ms']}, p80 {row['p80_ms']}, {row['runs']} runs){ops}{memory}"
+    )
 
 
-def plot(rows: List[Dict], out: Path) -> None:
+def plot(rows: list[dict], out: Path) -> None:
     """time.png (time sweep) and memory.png (memory sweep), log-log, one line per method."""
     import matplotlib
 
@@ -327,8 +401,11 @@ def plot(rows: List[Dict], out: Path) -> None:
         figure, axes = plt.subplots(figsize=(6, 4))
         configs = list(dict.fromkeys((r["D"], r["G"], r["dtype"]) for r in chosen))
         for name, config in ((n, c) for c in configs for n in dict.fromkeys(r["backend"] for r in chosen)):
-            xy = sorted((r["B"], float(r[key])) for r in chosen
-                        if r["backend"] == name and (r["D"], r["G"], r["dtype"]) == config and float(r[key]) > 0)
+            xy = sorted(
+                (r["B"], float(r[key]))
+                for r in chosen
+                if r["backend"] == name and (r["D"], r["G"], r["dtype"]) == config and float(r[key]) > 0
+            )
             if xy:  # log axes: a peak of 0 MB (too small to see) is left out
                 suffix = f" (D={config[0]}, G={config[1]}, {config[2]})" if len(configs) > 1 else ""
                 axes.plot(*zip(*xy), marker="o", label=name + suffix)
@@ -343,13 +420,17 @@ def plot(rows: List[Dict], out: Path) -> None:
         plt.close(figure)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--memory-limit-gb", type=float, default=12.0,
-                        help="skip a method whose materialised logits would exceed this (default 12)")
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=12.0,
+        help="skip a method whose materialised logits would exceed this (default 12)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

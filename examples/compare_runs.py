@@ -1,7 +1,7 @@
 """Print the metric tables of finished pretraining runs side by side (and, with --plot, plot them together).
 
-    python examples/compare_runs.py runs/demo/mgll runs/demo/clip
-    python examples/compare_runs.py runs/demo/mgll runs/demo/clip --plot runs/demo/comparison.png
+python examples/compare_runs.py runs/demo/mgll runs/demo/clip
+python examples/compare_runs.py runs/demo/mgll runs/demo/clip --plot runs/demo/comparison.png
 """
 
 import argparse

@@ -11,8 +11,9 @@ multi-positive :class:`~mgll_loss.MGLLLoss` included).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ __all__ = ["accumulate_step"]
 #: Model outputs with one row per example (concatenated over micro-batches along dim -2).
 ROW_KEYS = ("image_features", "text_features")
 
-LossOutput = Union[Tensor, Dict[str, Tensor]]
+LossOutput = Union[Tensor, dict[str, Tensor]]
 
 
 @dataclass
@@ -30,7 +31,7 @@ class _RngState:
     """The CPU and (if initialised) CUDA generator states, to replay a micro-batch's randomness."""
 
     cpu: Tensor
-    cuda: Optional[List[Tensor]]
+    cuda: list[Tensor] | None
 
     @classmethod
     def capture(cls) -> _RngState:
@@ -162,7 +163,7 @@ def accumulate_step(
     inputs, leaves, row_sizes = _effective_inputs(cached)
     text = inputs["text_features"]
     _check_effective_rows(labels, targets, text_mask, row_sizes, tuple(text.shape) if isinstance(text, Tensor) else ())
-    extra: Dict[str, Any] = {
+    extra: dict[str, Any] = {
         k: v for k, v in dict(labels=labels, targets=targets, text_mask=text_mask).items() if v is not None
     }
     if output_dict:
@@ -173,7 +174,7 @@ def accumulate_step(
         total = _total(result, output_dict)
         keys = [key for key, leaf in leaves.items() if leaf.requires_grad]
         values = torch.autograd.grad(total, [leaves[key] for key in keys], allow_unused=True) if keys else ()
-        grads: Dict[Tuple[str, int], Optional[Tensor]] = dict(zip(keys, values, strict=True))
+        grads: dict[tuple[str, int], Tensor | None] = dict(zip(keys, values, strict=True))
     del cached, inputs, leaves
 
     no_sync = getattr(model, "no_sync", None)
@@ -208,12 +209,12 @@ def _autocast_off() -> contextlib.ExitStack:
     return stack
 
 
-def _buffers(model: Any) -> Dict[str, Tensor]:
+def _buffers(model: Any) -> dict[str, Tensor]:
     """Copies of the module's buffers (e.g. BatchNorm running statistics) after the first pass."""
     return {name: b.detach().clone() for name, b in model.named_buffers()} if isinstance(model, nn.Module) else {}
 
 
-def _restore_buffers(model: Any, saved: Dict[str, Tensor]) -> None:
+def _restore_buffers(model: Any, saved: dict[str, Tensor]) -> None:
     """Undo the second pass's buffer updates, so running statistics move once per micro-batch."""
     if isinstance(model, nn.Module):
         with torch.no_grad():
@@ -222,7 +223,7 @@ def _restore_buffers(model: Any, saved: Dict[str, Tensor]) -> None:
                     buffer.copy_(saved[name])
 
 
-def _check_micro_batches(micro_batches: Any) -> List[Mapping[str, Any]]:
+def _check_micro_batches(micro_batches: Any) -> list[Mapping[str, Any]]:
     if isinstance(micro_batches, (str, bytes, Mapping)) or not isinstance(micro_batches, Sequence):
         raise TypeError(
             "micro_batches: expected a sequence of keyword dicts for model(**batch), "
@@ -238,7 +239,7 @@ def _check_micro_batches(micro_batches: Any) -> List[Mapping[str, Any]]:
     return list(micro_batches)
 
 
-def _parts(k: int, key: str, value: Any) -> List[Tensor]:
+def _parts(k: int, key: str, value: Any) -> list[Tensor]:
     """A row output as a list of tensors [..., b, D] (one tensor, or one per level)."""
     parts = [value] if isinstance(value, Tensor) else list(value) if isinstance(value, (list, tuple)) else None
     if not parts or not all(isinstance(p, Tensor) and p.dim() >= 2 for p in parts):
@@ -249,7 +250,7 @@ def _parts(k: int, key: str, value: Any) -> List[Tensor]:
     return parts
 
 
-def _check_outputs(k: int, outputs: Any) -> Dict[str, Any]:
+def _check_outputs(k: int, outputs: Any) -> dict[str, Any]:
     if not isinstance(outputs, Mapping):
         raise TypeError(
             f"model(**micro_batches[{k}]): expected a mapping of the loss's keyword inputs "
@@ -265,7 +266,7 @@ def _check_outputs(k: int, outputs: Any) -> Dict[str, Any]:
     return dict(outputs)
 
 
-def _layout(parts: List[Tensor]) -> List[Tuple[int, ...]]:
+def _layout(parts: list[Tensor]) -> list[tuple[int, ...]]:
     """Each part's shape without its row dimension (-2)."""
     return [tuple(p.shape[:-2]) + tuple(p.shape[-1:]) for p in parts]
 
@@ -277,17 +278,17 @@ def _same_value(a: Any, b: Any) -> bool:
 
 
 def _effective_inputs(
-    cached: List[Dict[str, Any]],
-) -> Tuple[Dict[str, Any], Dict[Tuple[str, int], Tensor], Dict[str, List[List[int]]]]:
+    cached: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[tuple[str, int], Tensor], dict[str, list[list[int]]]]:
     """The loss's inputs for the effective batch: cached features concatenated as leaves, the rest from micro-batch 0.
 
     Returns the inputs, the leaves that get a gradient (keyed by (output, part)), and per row
     output the rows of each part in each micro-batch.
     """
     first = cached[0]
-    inputs: Dict[str, Any] = {}
-    leaves: Dict[Tuple[str, int], Tensor] = {}
-    row_sizes: Dict[str, List[List[int]]] = {}
+    inputs: dict[str, Any] = {}
+    leaves: dict[tuple[str, int], Tensor] = {}
+    row_sizes: dict[str, list[list[int]]] = {}
     for key, value in first.items():
         if key not in ROW_KEYS:
             for k, outputs in enumerate(cached[1:], start=1):
@@ -322,7 +323,7 @@ def _effective_inputs(
 
 
 def _check_effective_rows(
-    labels: Any, targets: Any, text_mask: Any, row_sizes: Dict[str, List[List[int]]], text_shape: Tuple[int, ...]
+    labels: Any, targets: Any, text_mask: Any, row_sizes: dict[str, list[list[int]]], text_shape: tuple[int, ...]
 ) -> None:
     """Labels/targets have one row per image of the effective batch; a text mask one entry per text.
 
@@ -349,7 +350,7 @@ def _check_effective_rows(
             )
 
 
-def _entries(name: str, value: Any, tensor_allowed: bool) -> List[Tuple[str, Tensor]]:
+def _entries(name: str, value: Any, tensor_allowed: bool) -> list[tuple[str, Tensor]]:
     """The tensors of a per-level argument with their names: one tensor, or a sequence with None entries."""
     if value is None:
         return []
@@ -377,13 +378,13 @@ def _total(result: Any, output_dict: bool) -> Tensor:
 
 def _micro_batch_gradients(
     k: int,
-    outputs: Dict[str, Any],
-    grads: Dict[Tuple[str, int], Optional[Tensor]],
-    row_sizes: Dict[str, List[List[int]]],
-) -> Tuple[List[Tensor], List[Tensor]]:
+    outputs: dict[str, Any],
+    grads: dict[tuple[str, int], Tensor | None],
+    row_sizes: dict[str, list[list[int]]],
+) -> tuple[list[Tensor], list[Tensor]]:
     """Micro-batch k's outputs that need a backward and their gradients (rows k of the cached-feature gradients)."""
-    tensors: List[Tensor] = []
-    vectors: List[Tensor] = []
+    tensors: list[Tensor] = []
+    vectors: list[Tensor] = []
     for key, value in outputs.items():
         if key in ROW_KEYS:
             parts = _parts(k, key, value)

@@ -7,7 +7,6 @@ handled; the autograd-aware gather sums the gradients of every rank back to the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -15,7 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "World", "resolve_world", "all_gather_ints", "raise_on_every_rank", "gather_rows", "all_reduce_sum", "scale_gradient",
+    "World",
+    "resolve_world",
+    "all_gather_ints",
+    "raise_on_every_rank",
+    "gather_rows",
+    "all_reduce_sum",
+    "scale_gradient",
 ]
 
 
@@ -36,7 +41,7 @@ def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def resolve_world(rank: Optional[int], world_size: Optional[int]) -> World:
+def resolve_world(rank: int | None, world_size: int | None) -> World:
     """Fill ``rank`` / ``world_size`` from the default process group when not given, and check them."""
     for name, value in (("rank", rank), ("world_size", world_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -64,7 +69,7 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_gather_ints(values: List[int]) -> Tensor:
+def all_gather_ints(values: list[int]) -> Tensor:
     """Gather a short list of ints (the same length on every rank): returns int64 [world_size, len(values)] on the CPU."""
     local = torch.tensor(values, dtype=torch.int64, device=_collective_device())
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
@@ -72,7 +77,7 @@ def all_gather_ints(values: List[int]) -> Tensor:
     return torch.stack(gathered).cpu()
 
 
-def raise_on_every_rank(error: Optional[Exception], num_levels: int) -> None:
+def raise_on_every_rank(error: Exception | None, num_levels: int) -> None:
     """Agree across ranks on local validation before any other collective.
 
     Every rank sends whether its inputs failed validation and its number of levels; if any rank
@@ -83,7 +88,9 @@ def raise_on_every_rank(error: Optional[Exception], num_levels: int) -> None:
         raise error
     failed = [rank for rank, bad in enumerate(status[:, 0].tolist()) if bad]
     if failed:
-        raise ValueError(f"rank(s) {failed} rejected their inputs (their error names the argument); stopping every rank")
+        raise ValueError(
+            f"rank(s) {failed} rejected their inputs (their error names the argument); stopping every rank"
+        )
     levels = status[:, 1].tolist()
     if len(set(levels)) > 1:
         raise ValueError(f"text_features: every rank must pass the same number of levels G, got G={levels} per rank")
@@ -96,7 +103,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return total
 
 
-def gather_rows(tensor: Tensor, sizes: List[int], world: World, *, with_grad: bool) -> Tensor:
+def gather_rows(tensor: Tensor, sizes: list[int], world: World, *, with_grad: bool) -> Tensor:
     """Concatenate every rank's ``tensor`` along dim 0 (rank order); rank r holds ``sizes[r]`` rows.
 
     With ``with_grad`` the gather is autograd-aware: its backward sums every rank's gradient
@@ -139,7 +146,7 @@ class _ScaleGradient(torch.autograd.Function):
         return tensor.view_as(tensor)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return grad * ctx.factor, None
 
 

@@ -11,8 +11,9 @@ tensor of that dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -41,25 +42,25 @@ from .validation import (
 __all__ = ["soft_clip_loss", "pointwise_loss", "smooth_kl_loss", "mgll_loss"]
 
 TextFeatures = Union[Tensor, Sequence[Tensor]]
-PerLevel = Optional[Sequence[Optional[Tensor]]]
+PerLevel = Optional[Sequence[Tensor | None]]
 
 
 def soft_clip_loss(
     image_features: Tensor,
     text_features: Tensor,
-    logit_scale: Union[Tensor, float],
-    logit_bias: Union[Tensor, float, None] = None,
+    logit_scale: Tensor | float,
+    logit_bias: Tensor | float | None = None,
     *,
-    labels: Optional[Tensor] = None,
-    targets: Optional[Tensor] = None,
-    text_mask: Optional[Tensor] = None,
+    labels: Tensor | None = None,
+    targets: Tensor | None = None,
+    text_mask: Tensor | None = None,
     match: str = "exact",
     backend: str = "auto",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> Tensor:
     """Soft CLIP loss: symmetric cross-entropy against row/column-normalised positives (paper Eqs. 1-3).
 
@@ -105,8 +106,18 @@ def soft_clip_loss(
     check_choice("match", match, MATCH_MODES)
     request = LossRequest(soft_clip=True, pointwise=False, smooth_kl=False)
     means = _evaluate(
-        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=True,
-        match=match, request=request, backend=backend, chunk_size=chunk_size,
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        labels,
+        targets,
+        text_mask,
+        single_level=True,
+        match=match,
+        request=request,
+        backend=backend,
+        chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
     return means.soft_clip[0]
@@ -115,21 +126,21 @@ def soft_clip_loss(
 def pointwise_loss(
     image_features: Tensor,
     text_features: Tensor,
-    logit_scale: Union[Tensor, float],
-    logit_bias: Union[Tensor, float, None] = None,
+    logit_scale: Tensor | float,
+    logit_bias: Tensor | float | None = None,
     *,
-    labels: Optional[Tensor] = None,
-    targets: Optional[Tensor] = None,
-    text_mask: Optional[Tensor] = None,
+    labels: Tensor | None = None,
+    targets: Tensor | None = None,
+    text_mask: Tensor | None = None,
     match: str = "exact",
     normalization: str = "pairs",
     pointwise_target: str = "mask",
     backend: str = "auto",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> Tensor:
     """Point-wise loss: binary cross-entropy with logits on every image-text pair (paper Eq. 4).
 
@@ -172,8 +183,18 @@ def pointwise_loss(
         soft_clip=False, pointwise=True, smooth_kl=False, normalization=normalization, pointwise_target=pointwise_target
     )
     means = _evaluate(
-        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=True,
-        match=match, request=request, backend=backend, chunk_size=chunk_size,
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        labels,
+        targets,
+        text_mask,
+        single_level=True,
+        match=match,
+        request=request,
+        backend=backend,
+        chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
     return means.pointwise[0]
@@ -182,19 +203,19 @@ def pointwise_loss(
 def smooth_kl_loss(
     image_features: Tensor,
     text_features: TextFeatures,
-    logit_scale: Union[Tensor, float],
-    logit_bias: Union[Tensor, float, None] = None,
+    logit_scale: Tensor | float,
+    logit_bias: Tensor | float | None = None,
     *,
     labels: PerLevel = None,
     targets: PerLevel = None,
-    text_mask: Union[Tensor, PerLevel] = None,
+    text_mask: Tensor | PerLevel = None,
     kl_direction: str = "to_mean",
     backend: str = "auto",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> Tensor:
     """Smooth KL divergence that keeps the granularities consistent (paper Eqs. 5-6).
 
@@ -235,8 +256,18 @@ def smooth_kl_loss(
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
     request = LossRequest(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
     means = _evaluate(
-        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
-        match="exact", request=request, backend=backend, chunk_size=chunk_size,
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        labels,
+        targets,
+        text_mask,
+        single_level=False,
+        match="exact",
+        request=request,
+        backend=backend,
+        chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
     return means.smooth_kl
@@ -245,28 +276,28 @@ def smooth_kl_loss(
 def mgll_loss(
     image_features: Tensor,
     text_features: TextFeatures,
-    logit_scale: Union[Tensor, float],
-    logit_bias: Union[Tensor, float, None] = None,
+    logit_scale: Tensor | float,
+    logit_bias: Tensor | float | None = None,
     *,
     labels: PerLevel = None,
     targets: PerLevel = None,
-    text_mask: Union[Tensor, PerLevel] = None,
+    text_mask: Tensor | PerLevel = None,
     soft_clip_weight: float = 0.5,
     pointwise_weight: float = 1.0,
     smooth_kl_weight: float = 1.0,
-    level_weights: Optional[Sequence[float]] = None,
+    level_weights: Sequence[float] | None = None,
     match: str = "exact",
     normalization: str = "pairs",
     pointwise_target: str = "mask",
     kl_direction: str = "to_mean",
     output_dict: bool = False,
     backend: str = "auto",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     local_loss: bool = False,
     gather_with_grad: bool = False,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
-) -> Union[Tensor, Dict[str, Tensor]]:
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Tensor | dict[str, Tensor]:
     """The full MGLL objective over G text granularities (paper Eq. 7).
 
     .. math::
@@ -328,9 +359,21 @@ def mgll_loss(
         kl_direction=kl_direction,
     )
     prepared = _prepare(
-        image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask, single_level=False,
-        match=match, request=request, backend=backend, chunk_size=chunk_size, distributed=distributed,
-        kl_hint=" (or set smooth_kl_weight=0)", level_weights=level_weights,
+        image_features,
+        text_features,
+        logit_scale,
+        logit_bias,
+        labels,
+        targets,
+        text_mask,
+        single_level=False,
+        match=match,
+        request=request,
+        backend=backend,
+        chunk_size=chunk_size,
+        distributed=distributed,
+        kl_hint=" (or set smooth_kl_weight=0)",
+        level_weights=level_weights,
     )
     means = _compute(prepared, backend, chunk_size, local_loss)
     terms = _weighted_terms(means, weights, prepared.level_weights, prepared.problem)
@@ -341,7 +384,7 @@ class _Prepared(NamedTuple):
     problem: LossProblem
     request: LossRequest
     world: World
-    level_weights: Optional[Tuple[float, ...]]
+    level_weights: tuple[float, ...] | None
 
 
 def _prepare(
@@ -357,10 +400,10 @@ def _prepare(
     match: str,
     request: LossRequest,
     backend: str,
-    chunk_size: Optional[int],
+    chunk_size: int | None,
     distributed: DistributedOptions,
-    kl_hint: Optional[str] = None,
-    level_weights: Optional[Sequence[float]] = None,
+    kl_hint: str | None = None,
+    level_weights: Sequence[float] | None = None,
 ) -> _Prepared:
     """Validate the inputs and build the problem this process computes (gathering when distributed).
 
@@ -373,8 +416,18 @@ def _prepare(
     world = distributed.world()
     try:
         inputs, request, per_level = _validate(
-            image_features, text_features, logit_scale, logit_bias, labels, targets, text_mask,
-            single_level=single_level, match=match, request=request, kl_hint=kl_hint, level_weights=level_weights,
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            labels,
+            targets,
+            text_mask,
+            single_level=single_level,
+            match=match,
+            request=request,
+            kl_hint=kl_hint,
+            level_weights=level_weights,
         )
         kinds = describe_levels(inputs) if world.is_distributed else None
     except (TypeError, ValueError) as error:
@@ -398,9 +451,9 @@ def _validate(
     single_level: bool,
     match: str,
     request: LossRequest,
-    kl_hint: Optional[str],
-    level_weights: Optional[Sequence[float]],
-) -> Tuple[LocalInputs, LossRequest, Optional[Tuple[float, ...]]]:
+    kl_hint: str | None,
+    level_weights: Sequence[float] | None,
+) -> tuple[LocalInputs, LossRequest, tuple[float, ...] | None]:
     """Local checks only (no collective): the inputs, the request adjusted to G, the level weights."""
     image_features = check_image_features(image_features)
     if single_level:
@@ -424,32 +477,41 @@ def _validate(
     scale = check_scalar("logit_scale", logit_scale, image_features, positive=True)
     bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias, image_features)
     inputs = LocalInputs(
-        image_features, stacked, sizes, scale, bias, tuple(labels), tuple(targets), tuple(masks), names, match,
+        image_features,
+        stacked,
+        sizes,
+        scale,
+        bias,
+        tuple(labels),
+        tuple(targets),
+        tuple(masks),
+        names,
+        match,
         needs_positives=request.soft_clip or request.pointwise,
     )
     return inputs, request, per_level
 
 
 def _evaluate(
-    *args: Any, backend: str, chunk_size: Optional[int], distributed: DistributedOptions, **kwargs: Any
+    *args: Any, backend: str, chunk_size: int | None, distributed: DistributedOptions, **kwargs: Any
 ) -> LevelMeans:
     """:func:`_prepare`, then run the backend and normalise its sums into means."""
     prepared = _prepare(*args, backend=backend, chunk_size=chunk_size, distributed=distributed, **kwargs)
     return _compute(prepared, backend, chunk_size, distributed.local_loss)
 
 
-def _compute(prepared: "_Prepared", backend: str, chunk_size: Optional[int], local_loss: bool) -> LevelMeans:
+def _compute(prepared: _Prepared, backend: str, chunk_size: int | None, local_loss: bool) -> LevelMeans:
     problem, request = prepared.problem, prepared.request
     sums = resolve_backend(backend, problem)(problem, request, chunk_size)
     return level_means(sums, problem, request, prepared.world, local_loss)
 
 
 def _weighted_terms(
-    means: LevelMeans, weights: Dict[str, float], per_level: Tuple[float, ...], problem: LossProblem
-) -> Dict[str, Tensor]:
+    means: LevelMeans, weights: dict[str, float], per_level: tuple[float, ...], problem: LossProblem
+) -> dict[str, Tensor]:
     zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
 
-    def weighted_sum(per_level_means: Optional[Tensor]) -> Optional[Tensor]:
+    def weighted_sum(per_level_means: Tensor | None) -> Tensor | None:
         if per_level_means is None:
             return None
         if len(set(per_level)) == 1:  # Python weights: no host-to-device copy of a weight tensor
@@ -469,8 +531,10 @@ def _times(weight: float, value: Tensor) -> Tensor:
     return value if weight == 1.0 else weight * value
 
 
-def _require_smooth_kl_levels(sizes: Tuple[int, ...], name: str, hint: str = "") -> None:
+def _require_smooth_kl_levels(sizes: tuple[int, ...], name: str, hint: str = "") -> None:
     if len(sizes) < 2:
         raise ValueError(f"{name}: the smooth KL compares levels and needs G >= 2, got G={len(sizes)}")
     if len(set(sizes)) != 1:
-        raise ValueError(f"{name}: the smooth KL needs the same number of texts N in every level, got N_g={list(sizes)}{hint}")
+        raise ValueError(
+            f"{name}: the smooth KL needs the same number of texts N in every level, got N_g={list(sizes)}{hint}"
+        )

@@ -14,8 +14,9 @@ With ``world_size > 1`` the features, labels, targets and text masks of all rank
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,8 @@ class DistributedOptions:
 
     local_loss: bool = False
     gather_with_grad: bool = False
-    rank: Optional[int] = None
-    world_size: Optional[int] = None
+    rank: int | None = None
+    world_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("local_loss", "gather_with_grad"):
@@ -82,13 +83,13 @@ class LocalInputs:
 
     image_features: Tensor
     text_features: Tensor
-    level_sizes: Tuple[int, ...]
+    level_sizes: tuple[int, ...]
     logit_scale: Tensor
-    logit_bias: Optional[Tensor]
-    labels: Tuple[Any, ...]
-    targets: Tuple[Any, ...]
-    text_masks: Tuple[Optional[Tensor], ...]
-    names: Tuple[str, ...]
+    logit_bias: Tensor | None
+    labels: tuple[Any, ...]
+    targets: tuple[Any, ...]
+    text_masks: tuple[Tensor | None, ...]
+    names: tuple[str, ...]
     match: str
     needs_positives: bool
 
@@ -103,15 +104,22 @@ class LocalInputs:
         images = self.image_features
         if labels is None and targets is None and not self.needs_positives:
             return LevelTargets(images.shape[0], num_texts, match=self.match)
-        return level_targets(labels, targets, num_images=images.shape[0], num_texts=num_texts, match=self.match,
-                             device=images.device, name=self.names[level])
+        return level_targets(
+            labels,
+            targets,
+            num_images=images.shape[0],
+            num_texts=num_texts,
+            match=self.match,
+            device=images.device,
+            name=self.names[level],
+        )
 
 
-LevelKinds = Tuple[List[int], List[int]]
+LevelKinds = tuple[list[int], list[int]]
 
 
 def build_problem(
-    inputs: LocalInputs, world: World, options: DistributedOptions, kinds: Optional[LevelKinds] = None
+    inputs: LocalInputs, world: World, options: DistributedOptions, kinds: LevelKinds | None = None
 ) -> LossProblem:
     """Validate the per-level labels/targets and return the problem this rank computes.
 
@@ -150,7 +158,7 @@ def _gathered_problem(
     sizes_per_rank = layout[:, 1 : 1 + levels]
     global_sizes = tuple(int(n) for n in sizes_per_rank.sum(0))
 
-    def gather(tensor: Tensor, sizes: List[int], with_grad: bool = False) -> Tensor:
+    def gather(tensor: Tensor, sizes: list[int], with_grad: bool = False) -> Tensor:
         return gather_rows(tensor, sizes, world, with_grad=with_grad)
 
     grad_gather = options.gather_with_grad
@@ -242,8 +250,10 @@ def _check_same_layout(layout: Tensor, levels: int, kinds: Sequence[int], names:
     if bool((per_level == per_level[0]).all()):
         return
     found = [
-        [_KIND_NAMES[int(k)] + (f" (width {int(w)})" if k in (_KIND_MULTI_HOT, _KIND_TARGETS) else "")
-         for k, w in zip(row[:levels], row[levels : 2 * levels])]
+        [
+            _KIND_NAMES[int(k)] + (f" (width {int(w)})" if k in (_KIND_MULTI_HOT, _KIND_TARGETS) else "")
+            for k, w in zip(row[:levels], row[levels : 2 * levels])
+        ]
         for row in layout[:, 1 + levels :]
     ]
     masks = layout[:, 1 + 3 * levels :].tolist()
@@ -256,7 +266,9 @@ def _check_same_layout(layout: Tensor, levels: int, kinds: Sequence[int], names:
     )
 
 
-def _targets_from_gathered(kind: int, gathered: Optional[Tensor], num_images: int, num_texts: int, match: str) -> LevelTargets:
+def _targets_from_gathered(
+    kind: int, gathered: Tensor | None, num_images: int, num_texts: int, match: str
+) -> LevelTargets:
     if kind == _KIND_TARGETS:
         return LevelTargets(num_images, num_texts, dense=gathered, match=match)
     if kind == _KIND_IDS:
@@ -272,12 +284,14 @@ def _targets_from_gathered(kind: int, gathered: Optional[Tensor], num_images: in
 class LevelMeans:
     """Normalised, unweighted losses: soft CLIP and point-wise per level [G], smooth KL 0-dim (None: not requested)."""
 
-    soft_clip: Optional[Tensor]
-    pointwise: Optional[Tensor]
-    smooth_kl: Optional[Tensor]
+    soft_clip: Tensor | None
+    pointwise: Tensor | None
+    smooth_kl: Tensor | None
 
 
-def level_means(sums: LevelSums, problem: LossProblem, request: LossRequest, world: World, local_loss: bool) -> LevelMeans:
+def level_means(
+    sums: LevelSums, problem: LossProblem, request: LossRequest, world: World, local_loss: bool
+) -> LevelMeans:
     """Divide a backend's sums by their counts.
 
     With ``local_loss`` across ranks the counts are summed over every rank and the result is
@@ -292,7 +306,7 @@ def level_means(sums: LevelSums, problem: LossProblem, request: LossRequest, wor
         counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
         soft_clip = factor * 0.5 * (sums.soft_clip_rows / counts[0] + sums.soft_clip_cols / counts[1])
     if sums.pointwise is not None:
-        pairs: Union[int, Tensor] = num_images
+        pairs: int | Tensor = num_images
         sizes = problem.level_sizes
         if request.normalization == "pairs" and all(m is None for m in problem.text_masks) and len(set(sizes)) == 1:
             pairs = num_images * sizes[0]  # every text present: known on the host

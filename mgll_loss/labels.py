@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -84,7 +84,7 @@ class LabelSets(Tensor):
     """
 
     @staticmethod
-    def __new__(cls, ids: Tensor) -> "LabelSets":
+    def __new__(cls, ids: Tensor) -> LabelSets:
         if not isinstance(ids, Tensor):
             raise TypeError(f"ids: expected an int64 tensor [B, K], got {type(ids).__name__}")
         if ids.dtype != torch.int64 or ids.dim() != 2:
@@ -92,11 +92,11 @@ class LabelSets(Tensor):
         return torch.Tensor._make_subclass(cls, ids.as_subclass(Tensor).detach())
 
     @classmethod
-    def from_lists(cls, groups: Sequence[Sequence[str]], *, case_sensitive: bool = True) -> "LabelSets":
+    def from_lists(cls, groups: Sequence[Sequence[str]], *, case_sensitive: bool = True) -> LabelSets:
         """Label sets from B lists of label strings (each string one label, normalised and hashed)."""
         if isinstance(groups, str) or not isinstance(groups, Sequence):
             raise TypeError(f"groups: expected a sequence of sequences of strings, got {type(groups).__name__}")
-        rows: List[List[int]] = []
+        rows: list[list[int]] = []
         for i, group in enumerate(groups):
             if isinstance(group, str) or not isinstance(group, Sequence):
                 raise TypeError(f"groups[{i}]: expected a sequence of label strings, got {type(group).__name__}")
@@ -115,8 +115,8 @@ class LabelSets(Tensor):
 
 def labels_from_strings(
     texts: Sequence[str],
-    separator: Optional[str] = None,
-    vocabulary: Optional[Sequence[str]] = None,
+    separator: str | None = None,
+    vocabulary: Sequence[str] | None = None,
     *,
     case_sensitive: bool = True,
 ) -> Tensor:
@@ -161,7 +161,7 @@ def labels_from_strings(
         raise ValueError("separator: expected a non-empty string or None, got ''")
     if vocabulary is not None and (isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence)):
         raise TypeError(f"vocabulary: expected a sequence of strings or None, got {type(vocabulary).__name__}")
-    groups: List[List[str]] = [
+    groups: list[list[str]] = [
         [part for part in text.split(separator) if normalize_label(part)] if separator else [text] for text in texts
     ]
     if vocabulary is None:
@@ -178,19 +178,21 @@ def labels_from_strings(
     return multi_hot
 
 
-def _vocabulary_index(vocabulary: Sequence[str], case_sensitive: bool) -> Dict[str, int]:
-    index: Dict[str, int] = {}
+def _vocabulary_index(vocabulary: Sequence[str], case_sensitive: bool) -> dict[str, int]:
+    index: dict[str, int] = {}
     for position, name in enumerate(vocabulary):
         if not isinstance(name, str):
             raise TypeError(f"vocabulary[{position}]: expected a string, got {type(name).__name__}")
         key = normalize_label(name, case_sensitive=case_sensitive)
         if key in index:
-            raise ValueError(f"vocabulary[{position}]: {name!r} normalises to {key!r}, already vocabulary[{index[key]}]")
+            raise ValueError(
+                f"vocabulary[{position}]: {name!r} normalises to {key!r}, already vocabulary[{index[key]}]"
+            )
         index[key] = position
     return index
 
 
-def _position(index: Dict[str, int], name: str, row: int, case_sensitive: bool) -> int:
+def _position(index: dict[str, int], name: str, row: int, case_sensitive: bool) -> int:
     key = normalize_label(name, case_sensitive=case_sensitive)
     if key not in index:
         raise ValueError(f"texts[{row}]: label {key!r} is not in the vocabulary")
@@ -199,10 +201,10 @@ def _position(index: Dict[str, int], name: str, row: int, case_sensitive: bool) 
 
 def level_labels_from_strings(
     levels: Sequence[Sequence[str]],
-    separator: Union[None, str, Sequence[Optional[str]]] = None,
+    separator: None | str | Sequence[str | None] = None,
     *,
     case_sensitive: bool = True,
-) -> List[Tensor]:
+) -> list[Tensor]:
     """Apply :func:`labels_from_strings` to every level: G lists of B strings -> G label tensors.
 
     ``separator`` is one value for all levels or a sequence with one entry per level. Each rank
@@ -220,7 +222,7 @@ def level_labels_from_strings(
         if isinstance(level, str) or not isinstance(level, Sequence):
             raise TypeError(f"levels[{g}]: expected a sequence of strings, got {type(level).__name__}")
     if separator is None or isinstance(separator, str):
-        separators: Sequence[Optional[str]] = [separator] * len(levels)
+        separators: Sequence[str | None] = [separator] * len(levels)
     elif not isinstance(separator, Sequence):
         raise TypeError(f"separator: expected a string, None, or one of those per level, got {separator!r}")
     else:

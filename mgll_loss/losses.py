@@ -13,8 +13,9 @@ normalise; the check is skipped while torch.compile traces).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ from .validation import (
 
 __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
 
-LossOutput = Union[Tensor, Dict[str, Tensor]]
+LossOutput = Union[Tensor, dict[str, Tensor]]
 
 
 def _is_compiling() -> bool:
@@ -57,11 +58,11 @@ class _GatheringLoss(nn.Module):
     def __init__(
         self,
         backend: str,
-        chunk_size: Optional[int],
+        chunk_size: int | None,
         local_loss: bool,
         gather_with_grad: bool,
-        rank: Optional[int],
-        world_size: Optional[int],
+        rank: int | None,
+        world_size: int | None,
     ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
@@ -75,7 +76,7 @@ class _GatheringLoss(nn.Module):
         self._norms_checked = True
         warn_if_not_unit_norm(image_features, text_features, stacklevel=4)
 
-    def _common_options(self) -> Dict[str, Any]:
+    def _common_options(self) -> dict[str, Any]:
         return dict(backend=self.backend, chunk_size=self.chunk_size, **asdict(self.distributed))
 
     def _common_repr(self) -> str:
@@ -114,11 +115,11 @@ class SoftCLIPLoss(_GatheringLoss):
         *,
         match: str = "exact",
         backend: str = "auto",
-        chunk_size: Optional[int] = None,
+        chunk_size: int | None = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.match = check_choice("match", match, MATCH_MODES)
@@ -127,19 +128,26 @@ class SoftCLIPLoss(_GatheringLoss):
         self,
         image_features: Tensor,
         text_features: Tensor,
-        logit_scale: Union[Tensor, float],
-        logit_bias: Union[Tensor, float, None] = None,
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None = None,
         *,
-        labels: Optional[Tensor] = None,
-        targets: Optional[Tensor] = None,
-        text_mask: Optional[Tensor] = None,
+        labels: Tensor | None = None,
+        targets: Tensor | None = None,
+        text_mask: Tensor | None = None,
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
         self._check_norms_once(image_features, text_features)
         loss = functional.soft_clip_loss(
-            image_features, text_features, logit_scale, logit_bias,
-            labels=labels, targets=targets, text_mask=text_mask, match=self.match, **self._common_options(),
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            labels=labels,
+            targets=targets,
+            text_mask=text_mask,
+            match=self.match,
+            **self._common_options(),
         )
         return {"soft_clip_loss": loss} if output_dict else loss
 
@@ -180,11 +188,11 @@ class PointwiseLoss(_GatheringLoss):
         normalization: str = "pairs",
         pointwise_target: str = "mask",
         backend: str = "auto",
-        chunk_size: Optional[int] = None,
+        chunk_size: int | None = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.match = check_choice("match", match, MATCH_MODES)
@@ -195,20 +203,28 @@ class PointwiseLoss(_GatheringLoss):
         self,
         image_features: Tensor,
         text_features: Tensor,
-        logit_scale: Union[Tensor, float],
-        logit_bias: Union[Tensor, float, None] = None,
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None = None,
         *,
-        labels: Optional[Tensor] = None,
-        targets: Optional[Tensor] = None,
-        text_mask: Optional[Tensor] = None,
+        labels: Tensor | None = None,
+        targets: Tensor | None = None,
+        text_mask: Tensor | None = None,
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
         self._check_norms_once(image_features, text_features)
         loss = functional.pointwise_loss(
-            image_features, text_features, logit_scale, logit_bias,
-            labels=labels, targets=targets, text_mask=text_mask, match=self.match,
-            normalization=self.normalization, pointwise_target=self.pointwise_target, **self._common_options(),
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            labels=labels,
+            targets=targets,
+            text_mask=text_mask,
+            match=self.match,
+            normalization=self.normalization,
+            pointwise_target=self.pointwise_target,
+            **self._common_options(),
         )
         return {"pointwise_loss": loss} if output_dict else loss
 
@@ -250,11 +266,11 @@ class SmoothKLLoss(_GatheringLoss):
         *,
         kl_direction: str = "to_mean",
         backend: str = "auto",
-        chunk_size: Optional[int] = None,
+        chunk_size: int | None = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.kl_direction = check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
@@ -262,20 +278,27 @@ class SmoothKLLoss(_GatheringLoss):
     def forward(
         self,
         image_features: Tensor,
-        text_features: Union[Tensor, Sequence[Tensor]],
-        logit_scale: Union[Tensor, float],
-        logit_bias: Union[Tensor, float, None] = None,
+        text_features: Tensor | Sequence[Tensor],
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None = None,
         *,
-        labels: Optional[Sequence[Optional[Tensor]]] = None,
-        targets: Optional[Sequence[Optional[Tensor]]] = None,
+        labels: Sequence[Tensor | None] | None = None,
+        targets: Sequence[Tensor | None] | None = None,
         text_mask: Any = None,
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
         self._check_norms_once(image_features, text_features)
         loss = functional.smooth_kl_loss(
-            image_features, text_features, logit_scale, logit_bias, labels=labels, targets=targets,
-            text_mask=text_mask, kl_direction=self.kl_direction, **self._common_options(),
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            labels=labels,
+            targets=targets,
+            text_mask=text_mask,
+            kl_direction=self.kl_direction,
+            **self._common_options(),
         )
         return {"smooth_kl_loss": loss} if output_dict else loss
 
@@ -328,17 +351,17 @@ class MGLLLoss(_GatheringLoss):
         soft_clip_weight: float = 0.5,
         pointwise_weight: float = 1.0,
         smooth_kl_weight: float = 1.0,
-        level_weights: Optional[Sequence[float]] = None,
+        level_weights: Sequence[float] | None = None,
         match: str = "exact",
         normalization: str = "pairs",
         pointwise_target: str = "mask",
         kl_direction: str = "to_mean",
         backend: str = "auto",
-        chunk_size: Optional[int] = None,
+        chunk_size: int | None = None,
         local_loss: bool = False,
         gather_with_grad: bool = False,
-        rank: Optional[int] = None,
-        world_size: Optional[int] = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
         self.soft_clip_weight = check_weight("soft_clip_weight", soft_clip_weight)
@@ -353,24 +376,35 @@ class MGLLLoss(_GatheringLoss):
     def forward(
         self,
         image_features: Tensor,
-        text_features: Union[Tensor, Sequence[Tensor]],
-        logit_scale: Union[Tensor, float],
-        logit_bias: Union[Tensor, float, None] = None,
+        text_features: Tensor | Sequence[Tensor],
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None = None,
         *,
-        labels: Optional[Sequence[Optional[Tensor]]] = None,
-        targets: Optional[Sequence[Optional[Tensor]]] = None,
+        labels: Sequence[Tensor | None] | None = None,
+        targets: Sequence[Tensor | None] | None = None,
         text_mask: Any = None,
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss, or its three weighted terms with ``output_dict=True``."""
         self._check_norms_once(image_features, text_features)
         return functional.mgll_loss(
-            image_features, text_features, logit_scale, logit_bias,
-            labels=labels, targets=targets, text_mask=text_mask,
-            soft_clip_weight=self.soft_clip_weight, pointwise_weight=self.pointwise_weight,
-            smooth_kl_weight=self.smooth_kl_weight, level_weights=self.level_weights, match=self.match,
-            normalization=self.normalization, pointwise_target=self.pointwise_target,
-            kl_direction=self.kl_direction, output_dict=output_dict, **self._common_options(),
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            labels=labels,
+            targets=targets,
+            text_mask=text_mask,
+            soft_clip_weight=self.soft_clip_weight,
+            pointwise_weight=self.pointwise_weight,
+            smooth_kl_weight=self.smooth_kl_weight,
+            level_weights=self.level_weights,
+            match=self.match,
+            normalization=self.normalization,
+            pointwise_target=self.pointwise_target,
+            kl_direction=self.kl_direction,
+            output_dict=output_dict,
+            **self._common_options(),
         )
 
     def extra_repr(self) -> str:

@@ -21,7 +21,7 @@ Labels from strings (:func:`labels_from_strings`, :func:`level_labels_from_strin
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -75,11 +75,11 @@ class LevelTargets:
         num_images: int,
         num_texts: int,
         *,
-        class_ids: Optional[Tensor] = None,
-        multi_hot: Optional[Tensor] = None,
-        dense: Optional[Tensor] = None,
+        class_ids: Tensor | None = None,
+        multi_hot: Tensor | None = None,
+        dense: Tensor | None = None,
         match: str = "exact",
-        label_sets: Optional[Tensor] = None,
+        label_sets: Tensor | None = None,
     ) -> None:
         self.num_images = num_images
         self.num_texts = num_texts
@@ -101,12 +101,14 @@ class LevelTargets:
         if self.dense is not None:
             return self.dense[rows][:, cols].to(dtype)
         if self.class_ids is not None:
-            return (_class_keys(self.class_ids, rows, device)[:, None] == _class_keys(self.class_ids, cols, device)).to(dtype)
+            return (_class_keys(self.class_ids, rows, device)[:, None] == _class_keys(self.class_ids, cols, device)).to(
+                dtype
+            )
         if self.multi_hot is not None:
             return _match_label_sets(self.multi_hot[rows].to(dtype), self.multi_hot[cols].to(dtype), self.match)
         return (_positions(rows, device)[:, None] == _positions(cols, device)[None, :]).to(dtype)
 
-    def keys(self, rows: Index, cols: Index, device: torch.device) -> Optional[Tuple[Tensor, Tensor]]:
+    def keys(self, rows: Index, cols: Index, device: torch.device) -> tuple[Tensor, Tensor] | None:
         """Integer keys with ``P[rows, cols] = [row_key_i == col_key_j]``, or None when P is not of that form.
 
         Class ids are their own keys (an unlabelled row, id < 0, gets ``-1 - position``: a key of its
@@ -173,13 +175,13 @@ def _match_label_sets(rows: Tensor, cols: Tensor, match: str) -> Tensor:
 
 
 def level_targets(
-    labels: Optional[Tensor],
-    targets: Optional[Tensor],
+    labels: Tensor | None,
+    targets: Tensor | None,
     *,
     num_images: int,
     num_texts: int,
     match: str = "exact",
-    device: Optional[torch.device] = None,
+    device: torch.device | None = None,
     name: str = "labels",
 ) -> LevelTargets:
     """Validate one level's ``labels`` / ``targets`` and describe its positive mask.
@@ -222,13 +224,13 @@ def level_targets(
 
 
 def positive_mask(
-    labels: Optional[Tensor] = None,
-    targets: Optional[Tensor] = None,
+    labels: Tensor | None = None,
+    targets: Tensor | None = None,
     *,
     num_images: int,
-    num_texts: Optional[int] = None,
+    num_texts: int | None = None,
     match: str = "exact",
-    text_mask: Optional[Tensor] = None,
+    text_mask: Tensor | None = None,
 ) -> Tensor:
     """Build a level's positive mask ``P`` [B, N] (float32) from labels or explicit targets.
 
@@ -267,8 +269,11 @@ def mask_from_class_ids(class_ids: Tensor) -> Tensor:
         raise TypeError(f"class_ids: expected an integer tensor of shape [B], got {type(class_ids).__name__}")
     if class_ids.dim() != 1:
         raise ValueError(f"class_ids: expected an integer tensor of shape [B], got shape {list(class_ids.shape)}")
-    return LevelTargets(len(class_ids), len(class_ids), class_ids=check_labels(
-        "class_ids", class_ids, len(class_ids), len(class_ids), class_ids)).full(torch.float32, class_ids.device)
+    return LevelTargets(
+        len(class_ids),
+        len(class_ids),
+        class_ids=check_labels("class_ids", class_ids, len(class_ids), len(class_ids), class_ids),
+    ).full(torch.float32, class_ids.device)
 
 
 def mask_from_multi_hot(multi_hot: Tensor, match: str = "exact") -> Tensor:

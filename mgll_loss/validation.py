@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ def shape_of(value: Any) -> str:
     return "[" + ", ".join(str(s) for s in value.shape) + "]"
 
 
-def require(condition: Tensor, message: str, eager_message: Optional[Callable[[], str]] = None) -> None:
+def require(condition: Tensor, message: str, eager_message: Callable[[], str] | None = None) -> None:
     """Raise ``ValueError`` unless every element of ``condition`` (a bool tensor) is True, without a host sync.
 
     Eager on CPU the error is raised at once, with ``eager_message()`` (which may read values) or
@@ -69,7 +70,7 @@ def check_weight(name: str, value: Any) -> float:
     return value
 
 
-def check_level_weights(level_weights: Optional[Sequence[Any]], num_levels: Optional[int]) -> Optional[Tuple[float, ...]]:
+def check_level_weights(level_weights: Sequence[Any] | None, num_levels: int | None) -> tuple[float, ...] | None:
     """Return one non-negative weight per level (all 1 when ``level_weights`` is None).
 
     With ``num_levels`` None (G not known yet) only the values are checked, and None stays None.
@@ -79,7 +80,9 @@ def check_level_weights(level_weights: Optional[Sequence[Any]], num_levels: Opti
     if isinstance(level_weights, Tensor):
         level_weights = level_weights.tolist()
     if not isinstance(level_weights, Sequence) or isinstance(level_weights, str):
-        raise TypeError(f"level_weights: expected a sequence of numbers (one per level), got {type(level_weights).__name__}")
+        raise TypeError(
+            f"level_weights: expected a sequence of numbers (one per level), got {type(level_weights).__name__}"
+        )
     if num_levels is not None and len(level_weights) != num_levels:
         raise ValueError(
             f"level_weights: expected {num_levels} weights (one per level, G={num_levels}), got {len(level_weights)}"
@@ -119,7 +122,9 @@ def _check_text_tensor(name: str, text: Any, image_features: Tensor) -> Tensor:
 
 def _check_device(name: str, value: Tensor, image_features: Tensor) -> None:
     if value.device != image_features.device:
-        raise ValueError(f"{name}: expected a tensor on {image_features.device} like image_features, got {value.device}")
+        raise ValueError(
+            f"{name}: expected a tensor on {image_features.device} like image_features, got {value.device}"
+        )
 
 
 def check_single_level_text(text_features: Any, image_features: Tensor) -> Tensor:
@@ -127,7 +132,7 @@ def check_single_level_text(text_features: Any, image_features: Tensor) -> Tenso
     return _check_text_tensor("text_features", text_features, image_features)
 
 
-def check_multi_level_text(text_features: Any, image_features: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+def check_multi_level_text(text_features: Any, image_features: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """Check G levels of text features; return them stacked as [sum N_g, D] and the sizes N_g.
 
     Accepts a [G, N, D] tensor (a free reshape) or a list/tuple of G tensors [N_g, D].
@@ -162,7 +167,9 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
     expected = "a finite positive" if positive else "a finite"
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"{name}: expected a scalar (a number or a one-element tensor), got shape {shape_of(value)}")
+            raise ValueError(
+                f"{name}: expected a scalar (a number or a one-element tensor), got shape {shape_of(value)}"
+            )
         if not value.is_floating_point():
             value = value.to(torch.get_default_dtype())
         _check_device(name, value, image_features)
@@ -184,7 +191,7 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
     return torch.full((), number, dtype=torch.float64, device=image_features.device)  # a fill: no host-to-device copy
 
 
-def check_per_level(name: str, value: Any, num_levels: int) -> Tuple[Any, ...]:
+def check_per_level(name: str, value: Any, num_levels: int) -> tuple[Any, ...]:
     """Return a per-level argument as a tuple of ``num_levels`` entries (None -> all None)."""
     if value is None:
         return (None,) * num_levels
@@ -202,7 +209,9 @@ def check_per_level(name: str, value: Any, num_levels: int) -> Tuple[Any, ...]:
 def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
     """Check class ids [B] (integer) or multi-hot labels [B, C] (values 0/1)."""
     if not isinstance(labels, Tensor):
-        raise TypeError(f"{name}: expected a tensor of class ids [B] or multi-hot labels [B, C], got {type(labels).__name__}")
+        raise TypeError(
+            f"{name}: expected a tensor of class ids [B] or multi-hot labels [B, C], got {type(labels).__name__}"
+        )
     _check_device(name, labels, image_features)
     if num_texts != num_images:
         raise ValueError(
@@ -225,7 +234,9 @@ def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_
             message = f"{name}: multi-hot labels {shape_of(labels)} must contain only 0 and 1"
             require(binary, message, lambda: f"{message}, found {labels[~binary][0].item()}")
         return labels
-    raise ValueError(f"{name}: expected class ids [B] or multi-hot labels [B, C] with B={num_images}, got {shape_of(labels)}")
+    raise ValueError(
+        f"{name}: expected class ids [B] or multi-hot labels [B, C] with B={num_images}, got {shape_of(labels)}"
+    )
 
 
 def check_targets(name: str, targets: Any, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
@@ -238,8 +249,10 @@ def check_targets(name: str, targets: Any, num_images: int, num_texts: int, imag
     if targets.is_complex():
         raise TypeError(f"{name}: expected a real tensor, got dtype {targets.dtype}")
     if targets.dtype != torch.bool:  # NaN fails both comparisons
-        require((targets >= 0) & (targets <= 1),
-                f"{name}: target values must lie in [0, 1] (negative, > 1 or non-finite values found)")
+        require(
+            (targets >= 0) & (targets <= 1),
+            f"{name}: target values must lie in [0, 1] (negative, > 1 or non-finite values found)",
+        )
     return targets
 
 
@@ -255,13 +268,17 @@ def check_text_mask(name: str, mask: Any, num_texts: int, image_features: Tensor
     return mask
 
 
-def check_multi_level_text_mask(text_mask: Any, sizes: Tuple[int, ...], image_features: Tensor) -> Tuple[Optional[Tensor], ...]:
+def check_multi_level_text_mask(
+    text_mask: Any, sizes: tuple[int, ...], image_features: Tensor
+) -> tuple[Tensor | None, ...]:
     """Return one mask (or None) per level from a [G, N] tensor or a list of G entries."""
     if isinstance(text_mask, Tensor):
         levels = len(sizes)
         if len(set(sizes)) != 1 or text_mask.dim() != 2 or tuple(text_mask.shape) != (levels, sizes[0]):
             expected = f"[G, N] = [{levels}, {sizes[0]}]" if len(set(sizes)) == 1 else "a list of G masks [N_g]"
-            raise ValueError(f"text_mask: expected {expected} (text sizes N_g={list(sizes)}), got {shape_of(text_mask)}")
+            raise ValueError(
+                f"text_mask: expected {expected} (text sizes N_g={list(sizes)}), got {shape_of(text_mask)}"
+            )
         text_mask = list(text_mask.unbind(0))
     masks = check_per_level("text_mask", text_mask, len(sizes))
     return tuple(

@@ -8,7 +8,7 @@ rank's micro-batches and saves the parameter gradients, the loss and how often D
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class TwoTower(TinyTwoTower):
         self.text_tower = nn.Sequential(nn.Linear(IN_DIM, 8, **hidden), nn.Dropout(dropout), nn.Linear(8, D, **hidden))
 
 
-def effective_batch(batch: int, seed: int = 0) -> Dict[str, Any]:
+def effective_batch(batch: int, seed: int = 0) -> dict[str, Any]:
     """Inputs of the two-tower model, labels of every kind (with duplicates) and a text mask for ``batch`` rows.
 
     The keys of distributed_workers.global_batch, so its ``local_slice`` cuts a rank's rows.
@@ -51,7 +51,7 @@ def effective_batch(batch: int, seed: int = 0) -> Dict[str, Any]:
     )
 
 
-def micro_batches(inputs: Dict[str, Any], sizes: List[int], start: int = 0) -> List[Dict[str, torch.Tensor]]:
+def micro_batches(inputs: dict[str, Any], sizes: list[int], start: int = 0) -> list[dict[str, torch.Tensor]]:
     """Consecutive micro-batches of the model inputs, rows ``start``.. in chunks of ``sizes``."""
     batches = []
     for size in sizes:
@@ -61,7 +61,7 @@ def micro_batches(inputs: Dict[str, Any], sizes: List[int], start: int = 0) -> L
     return batches
 
 
-def gradients(model: nn.Module) -> Dict[str, torch.Tensor]:
+def gradients(model: nn.Module) -> dict[str, torch.Tensor]:
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
 
@@ -71,7 +71,7 @@ def ddp_accumulation_worker(rank: int, world_size: int, store: str, out_dir: str
     _init(rank, world_size, store)
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(TwoTower())
-    reductions: List[int] = []
+    reductions: list[int] = []
 
     def counting_allreduce(state, bucket):  # no annotations: DDP checks them, and this module's are strings
         reductions.append(1)

@@ -5,8 +5,25 @@ from __future__ import annotations
 import torch
 
 OPEN_CLIP_CONTEXT = 12
-HF_VOCAB = ["[PAD]", "[UNK]", "[EOS]", "normal", "abnormal", "healthy", "glaucoma", "mild", "severe", "retinopathy",
-            "drusen", "cup", "observed", "no", "abnormality", "only", "microaneurysms"]
+HF_VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[EOS]",
+    "normal",
+    "abnormal",
+    "healthy",
+    "glaucoma",
+    "mild",
+    "severe",
+    "retinopathy",
+    "drusen",
+    "cup",
+    "observed",
+    "no",
+    "abnormality",
+    "only",
+    "microaneurysms",
+]
 
 
 def tiny_open_clip(logit_bias: float | None = None, dtype: torch.dtype = torch.float32):
@@ -29,10 +46,25 @@ def open_clip_tokenizer():
 
 
 def _tower_configs(vocab_size: int, image_size: int = 16):
-    text = dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=2)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  image_size=image_size, patch_size=8)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+    )
     return text, vision
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,47 +20,109 @@ from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss
 
 D, G = 6, 3
 
-SCENARIOS: List[Dict[str, Any]] = [
+SCENARIOS: list[dict[str, Any]] = [
     dict(name="ids_global_loss", loss="mgll", labels="ids", options=dict(gather_with_grad=True)),
     dict(name="ids_local_loss", loss="mgll", labels="ids", options=dict(local_loss=True, gather_with_grad=True)),
     dict(name="ids_global_no_grad_gather", loss="mgll", labels="ids", options=dict()),
-    dict(name="multi_hot_jaccard_mask_uneven_local", loss="mgll", labels="multi_hot", mask=True, uneven=True,
-         options=dict(local_loss=True, gather_with_grad=True, match="jaccard")),
-    dict(name="multi_hot_overlap_mask_uneven_global", loss="mgll", labels="multi_hot", mask=True, uneven=True,
-         options=dict(match="overlap")),
-    dict(name="targets_rows_local", loss="mgll", labels="targets", uneven=True,
-         options=dict(local_loss=True, gather_with_grad=True, normalization="rows",
-                      pointwise_target="row_normalized", kl_direction="from_mean", level_weights=[1.0, 0.5, 2.0])),
-    dict(name="soft_clip_local", loss="soft_clip", labels="ids", mask=True, uneven=True,
-         options=dict(local_loss=True, gather_with_grad=True)),
-    dict(name="pointwise_local", loss="pointwise", labels="multi_hot", mask=True,
-         options=dict(local_loss=True, gather_with_grad=True)),
-    dict(name="smooth_kl_local_mask", loss="smooth_kl", labels="none", mask=True, uneven=True,
-         options=dict(local_loss=True, gather_with_grad=True)),
-    dict(name="ids_mask_uneven_local_chunked", loss="mgll", labels="ids", mask=True, uneven=True,
-         options=dict(local_loss=True, gather_with_grad=True, backend="chunked", chunk_size=2)),
-    dict(name="unlabelled_ids_mask_uneven_local", loss="mgll", labels="unlabelled_ids", mask=True, uneven=True,
-         options=dict(local_loss=True, gather_with_grad=True)),
-    dict(name="unlabelled_ids_uneven_global_chunked", loss="mgll", labels="unlabelled_ids", uneven=True,
-         options=dict(gather_with_grad=True, backend="chunked", chunk_size=2)),
-    dict(name="multi_hot_jaccard_global_chunked", loss="mgll", labels="multi_hot", mask=True,
-         options=dict(gather_with_grad=True, match="jaccard", backend="chunked", chunk_size=3)),
+    dict(
+        name="multi_hot_jaccard_mask_uneven_local",
+        loss="mgll",
+        labels="multi_hot",
+        mask=True,
+        uneven=True,
+        options=dict(local_loss=True, gather_with_grad=True, match="jaccard"),
+    ),
+    dict(
+        name="multi_hot_overlap_mask_uneven_global",
+        loss="mgll",
+        labels="multi_hot",
+        mask=True,
+        uneven=True,
+        options=dict(match="overlap"),
+    ),
+    dict(
+        name="targets_rows_local",
+        loss="mgll",
+        labels="targets",
+        uneven=True,
+        options=dict(
+            local_loss=True,
+            gather_with_grad=True,
+            normalization="rows",
+            pointwise_target="row_normalized",
+            kl_direction="from_mean",
+            level_weights=[1.0, 0.5, 2.0],
+        ),
+    ),
+    dict(
+        name="soft_clip_local",
+        loss="soft_clip",
+        labels="ids",
+        mask=True,
+        uneven=True,
+        options=dict(local_loss=True, gather_with_grad=True),
+    ),
+    dict(
+        name="pointwise_local",
+        loss="pointwise",
+        labels="multi_hot",
+        mask=True,
+        options=dict(local_loss=True, gather_with_grad=True),
+    ),
+    dict(
+        name="smooth_kl_local_mask",
+        loss="smooth_kl",
+        labels="none",
+        mask=True,
+        uneven=True,
+        options=dict(local_loss=True, gather_with_grad=True),
+    ),
+    dict(
+        name="ids_mask_uneven_local_chunked",
+        loss="mgll",
+        labels="ids",
+        mask=True,
+        uneven=True,
+        options=dict(local_loss=True, gather_with_grad=True, backend="chunked", chunk_size=2),
+    ),
+    dict(
+        name="unlabelled_ids_mask_uneven_local",
+        loss="mgll",
+        labels="unlabelled_ids",
+        mask=True,
+        uneven=True,
+        options=dict(local_loss=True, gather_with_grad=True),
+    ),
+    dict(
+        name="unlabelled_ids_uneven_global_chunked",
+        loss="mgll",
+        labels="unlabelled_ids",
+        uneven=True,
+        options=dict(gather_with_grad=True, backend="chunked", chunk_size=2),
+    ),
+    dict(
+        name="multi_hot_jaccard_global_chunked",
+        loss="mgll",
+        labels="multi_hot",
+        mask=True,
+        options=dict(gather_with_grad=True, match="jaccard", backend="chunked", chunk_size=3),
+    ),
 ]
 
 
-def local_sizes(world_size: int, uneven: bool) -> List[int]:
+def local_sizes(world_size: int, uneven: bool) -> list[int]:
     """Rows per rank: equal, or uneven like a last batch without drop_last."""
     return [5 - (r % 3) for r in range(world_size)] if uneven else [4] * world_size
 
 
-def global_batch(scenario: Dict[str, Any], batch: int, seed: int = 0) -> Dict[str, Any]:
+def global_batch(scenario: dict[str, Any], batch: int, seed: int = 0) -> dict[str, Any]:
     """The global inputs of a scenario (float64), with duplicate labels across ranks."""
     g = torch.Generator().manual_seed(seed)
     images = F.normalize(torch.randn(batch, D, generator=g, dtype=torch.float64), dim=-1)
     texts = F.normalize(torch.randn(G, batch, D, generator=g, dtype=torch.float64), dim=-1)
     kind = scenario["labels"]
-    labels: List[Optional[torch.Tensor]] = [None] * G
-    targets: List[Optional[torch.Tensor]] = [None] * G
+    labels: list[torch.Tensor | None] = [None] * G
+    targets: list[torch.Tensor | None] = [None] * G
     if kind == "ids":
         labels = [torch.randint(0, 3, (batch,), generator=g), None, torch.randint(0, 2, (batch,), generator=g)]
     elif kind == "unlabelled_ids":  # -1: unlabelled at that level (only the image's own text is positive)
@@ -76,12 +138,14 @@ def global_batch(scenario: Dict[str, Any], batch: int, seed: int = 0) -> Dict[st
     return dict(images=images, texts=texts, labels=labels, targets=targets, mask=mask)
 
 
-def build_loss(scenario: Dict[str, Any], distributed: bool) -> nn.Module:
+def build_loss(scenario: dict[str, Any], distributed: bool) -> nn.Module:
     options = dict(scenario["options"])
     if not distributed:
         options.pop("local_loss", None)
         options.pop("gather_with_grad", None)
-    cls = {"mgll": MGLLLoss, "soft_clip": SoftCLIPLoss, "pointwise": PointwiseLoss, "smooth_kl": SmoothKLLoss}[scenario["loss"]]
+    cls = {"mgll": MGLLLoss, "soft_clip": SoftCLIPLoss, "pointwise": PointwiseLoss, "smooth_kl": SmoothKLLoss}[
+        scenario["loss"]
+    ]
     allowed = {
         "mgll": None,
         "soft_clip": {"match"},
@@ -93,14 +157,14 @@ def build_loss(scenario: Dict[str, Any], distributed: bool) -> nn.Module:
     return cls(**{k: v for k, v in options.items() if allowed is None or k in allowed})
 
 
-def run_loss(scenario: Dict[str, Any], batch: Dict[str, Any], loss: nn.Module) -> Dict[str, torch.Tensor]:
+def run_loss(scenario: dict[str, Any], batch: dict[str, Any], loss: nn.Module) -> dict[str, torch.Tensor]:
     """Loss and gradients (features, log scale, bias) for ``batch`` (local or global)."""
     images = batch["images"].clone().requires_grad_(True)
     texts = batch["texts"].clone().requires_grad_(True)
     log_scale = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
     single = scenario["loss"] in ("soft_clip", "pointwise")
-    kwargs: Dict[str, Any] = dict(
+    kwargs: dict[str, Any] = dict(
         labels=batch["labels"][0] if single else batch["labels"],
         text_mask=None if batch["mask"] is None else (batch["mask"][0] if single else batch["mask"]),
     )
@@ -111,7 +175,7 @@ def run_loss(scenario: Dict[str, Any], batch: Dict[str, Any], loss: nn.Module) -
     return dict(loss=value.detach(), images=images.grad, texts=texts.grad, log_scale=log_scale.grad, bias=bias.grad)
 
 
-def local_slice(batch: Dict[str, Any], start: int, stop: int) -> Dict[str, Any]:
+def local_slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     rows = slice(start, stop)
     return dict(
         images=batch["images"][rows],
@@ -124,11 +188,12 @@ def local_slice(batch: Dict[str, Any], start: int, stop: int) -> Dict[str, Any]:
 
 def _init(rank: int, world_size: int, store: str) -> None:
     # a short timeout turns a hang (a rank left waiting in a collective) into a failure
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
+    )
 
 
-def _finish(results: Dict[str, Any], path: str) -> None:
+def _finish(results: dict[str, Any], path: str) -> None:
     """Save this rank's results, leave the group in step with the other ranks, and exit at once.
 
     ``os._exit`` skips interpreter finalisation: under load, gloo's worker threads torn down
@@ -164,7 +229,7 @@ class TinyTwoTower(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
         self.logit_bias = nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(
             image_features=F.normalize(self.image_tower(images), dim=-1),
             text_features=F.normalize(self.text_tower(texts), dim=-1),
@@ -173,7 +238,7 @@ class TinyTwoTower(nn.Module):
         )
 
 
-def ddp_inputs(batch: int, seed: int = 1) -> Dict[str, torch.Tensor]:
+def ddp_inputs(batch: int, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return dict(
         images=torch.randn(batch, 10, generator=g, dtype=torch.float64),
@@ -182,7 +247,7 @@ def ddp_inputs(batch: int, seed: int = 1) -> Dict[str, torch.Tensor]:
     )
 
 
-def ddp_gradients(model: nn.Module, inputs: Dict[str, torch.Tensor], loss: nn.Module) -> Dict[str, torch.Tensor]:
+def ddp_gradients(model: nn.Module, inputs: dict[str, torch.Tensor], loss: nn.Module) -> dict[str, torch.Tensor]:
     out = model(inputs["images"], inputs["texts"])
     loss(**out, labels=[inputs["labels"], None, inputs["labels"]]).backward()
     module = model.module if hasattr(model, "module") else model
@@ -229,7 +294,7 @@ def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None
     _finish(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
 
 
-def adapter_gradients(world_size: int, rank: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def adapter_gradients(world_size: int, rank: int | None = None) -> dict[str, torch.Tensor]:
     """Gradients of a tiny open_clip model through MultiGranularOpenCLIP: on the whole batch, or
     (with ``rank``) on this rank's rows with the adapter in DDP and the loss from open_clip flags."""
     from types import SimpleNamespace

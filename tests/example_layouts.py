@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 from PIL import Image
@@ -71,7 +70,7 @@ def _pixels(index: int, shape=(16, 16)) -> np.ndarray:
     return np.random.default_rng(index).integers(0, 256, shape, dtype=np.uint8)
 
 
-def write_nih_table(folder: Path, rows: int = 40, test_rows: int = 10) -> Dict[str, Path]:
+def write_nih_table(folder: Path, rows: int = 40, test_rows: int = 10) -> dict[str, Path]:
     """``folder/train.csv`` and ``folder/test.csv`` in the ``Data_Entry_2017.csv`` shape, PNGs in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -90,7 +89,7 @@ def write_nih_table(folder: Path, rows: int = 40, test_rows: int = 10) -> Dict[s
     return files
 
 
-def _fundus_records(subset: str, start: int, count: int) -> List[dict]:
+def _fundus_records(subset: str, start: int, count: int) -> list[dict]:
     return [
         {
             "ImageID": f"/All_data/{subset}/img_{i}.jpg",
@@ -101,7 +100,7 @@ def _fundus_records(subset: str, start: int, count: int) -> List[dict]:
     ]
 
 
-def _write_lists(root: Path, name: str, splits: Dict[str, Dict[str, List[dict]]]) -> None:
+def _write_lists(root: Path, name: str, splits: dict[str, dict[str, list[dict]]]) -> None:
     """``root/<name>_<split>.txt`` listing ``/All_json/<file>`` (a leading "/", as the authors write them)."""
     (root / "All_json").mkdir(parents=True, exist_ok=True)
     for split, files in splits.items():
@@ -136,7 +135,7 @@ def write_authors_midrc(root: Path, image_dir: Path, name: str = "MIDRC_list", p
     even records, relative to ``root`` for odd ones."""
     image_dir.mkdir(parents=True, exist_ok=True)
     (root / "npz").mkdir(parents=True, exist_ok=True)
-    splits: Dict[str, Dict[str, List[dict]]] = {}
+    splits: dict[str, dict[str, list[dict]]] = {}
     for split, count, offset in (("train", per_file, 0), ("val", per_file // 2, per_file)):
         records = []
         for i in range(offset, offset + count):

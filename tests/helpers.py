@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def unit_features(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, requires_grad: bool = False) -> Tensor:
+def unit_features(
+    *shape: int, dtype: torch.dtype = torch.float32, seed: int = 0, requires_grad: bool = False
+) -> Tensor:
     """L2-normalised random features of ``shape`` (last dim is D), as a leaf tensor."""
     generator = torch.Generator().manual_seed(seed)
     x = F.normalize(torch.randn(*shape, generator=generator, dtype=torch.float64), dim=-1).to(dtype)
@@ -30,6 +30,6 @@ def multi_hot(batch: int, num_labels: int, seed: int = 0, p: float = 0.4) -> Ten
     return labels
 
 
-def level_labels(batch: int, seed: int = 0) -> List[Optional[Tensor]]:
+def level_labels(batch: int, seed: int = 0) -> list[Tensor | None]:
     """Labels for three levels: coarse ids, multi-hot, none."""
     return [class_ids(batch, 2, seed), multi_hot(batch, 4, seed + 1), None]

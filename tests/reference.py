@@ -126,8 +126,7 @@ def _level_logits_and_mask(image, text, scale, bias, labels, targets, text_mask,
 # --------------------------------------------------------------------------------------------
 # the three terms, one level (soft CLIP, point-wise) / all levels (smooth KL)
 # --------------------------------------------------------------------------------------------
-def ref_soft_clip(image, text, scale, bias=None, labels=None, targets=None, text_mask=None,
-                  match="exact"):
+def ref_soft_clip(image, text, scale, bias=None, labels=None, targets=None, text_mask=None, match="exact"):
     """Soft CLIP loss of one level (paper Eqs. 1-3), float64 0-dim tensor."""
     Z, P = _level_logits_and_mask(image, text, scale, bias, labels, targets, text_mask, match)
     B, N = Z.shape
@@ -163,8 +162,18 @@ def _bce_with_logits(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.clamp(z, min=0) - z * y + torch.log1p(torch.exp(-z.abs()))
 
 
-def ref_pointwise(image, text, scale, bias=None, labels=None, targets=None, text_mask=None,
-                  match="exact", normalization="pairs", pointwise_target="mask"):
+def ref_pointwise(
+    image,
+    text,
+    scale,
+    bias=None,
+    labels=None,
+    targets=None,
+    text_mask=None,
+    match="exact",
+    normalization="pairs",
+    pointwise_target="mask",
+):
     """Point-wise (sigmoid / BCE) loss of one level (paper Eq. 4), float64 0-dim tensor."""
     Z, P = _level_logits_and_mask(image, text, scale, bias, labels, targets, text_mask, match)
     B, N = Z.shape
@@ -243,10 +252,23 @@ def ref_smooth_kl(image, texts_list, scale, bias=None, text_mask=None, kl_direct
 # --------------------------------------------------------------------------------------------
 # total
 # --------------------------------------------------------------------------------------------
-def ref_mgll(image, texts_list, scale, bias=None, labels=None, targets=None, text_mask=None,
-             soft_clip_weight=0.5, pointwise_weight=1.0, smooth_kl_weight=1.0, level_weights=None,
-             match="exact", normalization="pairs", pointwise_target="mask",
-             kl_direction="to_mean"):
+def ref_mgll(
+    image,
+    texts_list,
+    scale,
+    bias=None,
+    labels=None,
+    targets=None,
+    text_mask=None,
+    soft_clip_weight=0.5,
+    pointwise_weight=1.0,
+    smooth_kl_weight=1.0,
+    level_weights=None,
+    match="exact",
+    normalization="pairs",
+    pointwise_target="mask",
+    kl_direction="to_mean",
+):
     """MGLL total (paper Eq. 7) as a dict of the three weighted terms (float64 0-dim tensors).
 
     ``texts_list``: a sequence of G [N_g, D] tensors (or a [G, N, D] tensor);
@@ -262,15 +284,29 @@ def ref_mgll(image, texts_list, scale, bias=None, labels=None, targets=None, tex
 
     clip_terms, point_terms = [], []
     for g in range(G):
-        clip_terms.append(w[g] * ref_soft_clip(image, texts_list[g], scale, bias, labels=labels[g],
-                                                targets=targets[g], text_mask=masks[g], match=match))
-        point_terms.append(w[g] * ref_pointwise(image, texts_list[g], scale, bias, labels=labels[g],
-                                                 targets=targets[g], text_mask=masks[g], match=match,
-                                                 normalization=normalization,
-                                                 pointwise_target=pointwise_target))
+        clip_terms.append(
+            w[g]
+            * ref_soft_clip(
+                image, texts_list[g], scale, bias, labels=labels[g], targets=targets[g], text_mask=masks[g], match=match
+            )
+        )
+        point_terms.append(
+            w[g]
+            * ref_pointwise(
+                image,
+                texts_list[g],
+                scale,
+                bias,
+                labels=labels[g],
+                targets=targets[g],
+                text_mask=masks[g],
+                match=match,
+                normalization=normalization,
+                pointwise_target=pointwise_target,
+            )
+        )
     if G >= 2:
-        kl = ref_smooth_kl(image, texts_list, scale, bias, text_mask=text_mask,
-                           kl_direction=kl_direction)
+        kl = ref_smooth_kl(image, texts_list, scale, bias, text_mask=text_mask, kl_direction=kl_direction)
     else:
         kl = clip_terms[0] * 0.0
     return {

@@ -9,7 +9,7 @@ holding the global batch, in float64.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,28 +24,40 @@ D = 6
 # Level 0: one class per string, written as people write them (case, spaces); "Glaucoma" and "Cataract"
 # appear on one rank only. Level 1: comma-separated label sets in any order, some only on one rank, one empty.
 CLASSES = ["Normal", "DR", " dr ", "Normal", "AMD", "Glaucoma", "normal", "DR", "AMD  ", "Cataract", "DR", "Normal"]
-SETS = ["DR, AMD", "AMD,DR", "Drusen", "", "Microaneurysms, Haemorrhages", "Haemorrhages", "Drusen, AMD", "DR",
-        "Haemorrhages,Microaneurysms", "Myopia, Drusen", "AMD", "dr, amd"]
+SETS = [
+    "DR, AMD",
+    "AMD,DR",
+    "Drusen",
+    "",
+    "Microaneurysms, Haemorrhages",
+    "Haemorrhages",
+    "Drusen, AMD",
+    "DR",
+    "Haemorrhages,Microaneurysms",
+    "Myopia, Drusen",
+    "AMD",
+    "dr, amd",
+]
 SEPARATORS = [None, ",", None]
 
-SCENARIOS: List[Dict[str, Any]] = [
+SCENARIOS: list[dict[str, Any]] = [
     dict(name=f"{match}_{'local' if local else 'global'}_{backend}", match=match, local=local, backend=backend)
     for match in ("exact", "overlap", "jaccard")
     for local, backend in ((True, "dense"), (False, "chunked"))
 ]
 
 
-def local_sizes(world_size: int) -> List[int]:
+def local_sizes(world_size: int) -> list[int]:
     """Uneven local batches (like a last batch without drop_last)."""
     return [5, 3, 4][:world_size]
 
 
-def strings(batch: int) -> List[List[str]]:
+def strings(batch: int) -> list[list[str]]:
     """G = 3 levels of B strings: class names, label sets, and free text (no labels)."""
     return [CLASSES[:batch], SETS[:batch], [f"caption {i}" for i in range(batch)]]
 
 
-def features(batch: int, seed: int = 0) -> Dict[str, torch.Tensor]:
+def features(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return dict(
         images=F.normalize(torch.randn(batch, D, generator=g, dtype=torch.float64), dim=-1),
@@ -53,15 +65,17 @@ def features(batch: int, seed: int = 0) -> Dict[str, torch.Tensor]:
     )
 
 
-def labels_of(levels: List[List[str]]) -> List[Any]:
+def labels_of(levels: list[list[str]]) -> list[Any]:
     """The labels a user builds from strings, here or on one rank: no vocabulary, case-insensitive."""
-    labels: List[Any] = level_labels_from_strings(levels[:2], separator=SEPARATORS[:2], case_sensitive=False)
+    labels: list[Any] = level_labels_from_strings(levels[:2], separator=SEPARATORS[:2], case_sensitive=False)
     return labels + [None]
 
 
-def run(scenario: Dict[str, Any], batch: Dict[str, torch.Tensor], labels: List[Any], distributed: bool) -> Dict[str, Any]:
+def run(
+    scenario: dict[str, Any], batch: dict[str, torch.Tensor], labels: list[Any], distributed: bool
+) -> dict[str, Any]:
     """Loss and gradients of the features, log scale and bias."""
-    options: Dict[str, Any] = dict(match=scenario["match"], backend=scenario["backend"], chunk_size=2)
+    options: dict[str, Any] = dict(match=scenario["match"], backend=scenario["backend"], chunk_size=2)
     if distributed:
         options.update(local_loss=scenario["local"], gather_with_grad=True)
     images = batch["images"].clone().requires_grad_(True)
@@ -81,7 +95,7 @@ def string_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     batch = features(sum(sizes))
     local = dict(images=batch["images"][start:stop], texts=batch["texts"][:, start:stop])
     labels = labels_of([level[start:stop] for level in strings(sum(sizes))])
-    results: Dict[str, Any] = {s["name"]: run(s, local, labels, distributed=True) for s in SCENARIOS}
+    results: dict[str, Any] = {s["name"]: run(s, local, labels, distributed=True) for s in SCENARIOS}
     results["issue_example"] = issue_example(rank, world_size)
     results["mismatch"] = mismatched_labels(rank, local, labels)
     _finish(results, os.path.join(out_dir, f"strings_rank{rank}.pt"))
@@ -90,7 +104,7 @@ def string_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
 ISSUE_LEVELS = [["Normal", "DR", "DR", "AMD"], ["Healthy", "Microaneurysms", "Haemorrhages", "Drusen"]]
 
 
-def issue_inputs() -> Dict[str, torch.Tensor]:
+def issue_inputs() -> dict[str, torch.Tensor]:
     """The features of the issue's example: seed 0, B = 4, G = 2, D = 8, float64."""
     torch.manual_seed(0)
     images = F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=-1)
@@ -108,7 +122,7 @@ def issue_example(rank: int, world_size: int) -> float:
     return float(loss(inputs["images"][rows], inputs["texts"][:, rows], 10.0, labels=labels))
 
 
-def mismatched_labels(rank: int, local: Dict[str, torch.Tensor], labels: List[Any]) -> Dict[str, str]:
+def mismatched_labels(rank: int, local: dict[str, torch.Tensor], labels: list[Any]) -> dict[str, str]:
     """Labels that cannot mean the same on every rank: every rank must raise, then a valid call must work."""
     batch = local["images"].shape[0]
     attempts = {
@@ -117,7 +131,11 @@ def mismatched_labels(rank: int, local: Dict[str, torch.Tensor], labels: List[An
         # multi-hot labels with a different C on every rank
         "widths_differ": [labels[0], torch.ones(batch, 2 + rank, dtype=torch.long), None],
         # class ids from strings on one rank, label sets on another
-        "ids_and_sets": [labels[0], labels_from_strings(["x"] * batch) if rank == 0 else LabelSets.from_lists([["x"]] * batch), None],
+        "ids_and_sets": [
+            labels[0],
+            labels_from_strings(["x"] * batch) if rank == 0 else LabelSets.from_lists([["x"]] * batch),
+            None,
+        ],
         "valid_afterwards": labels,
     }
     outcomes = {}

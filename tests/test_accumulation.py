@@ -8,7 +8,8 @@ masks, dropout (replayed), and DDP with 2 gloo ranks against one process holding
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ TOL = dict(rtol=1e-9, atol=1e-9)
 SPLITS = [[12], [4, 4, 4], [5, 1, 6], [1] * 12]
 
 
-def _big_batch(model: nn.Module, loss_fn: Callable, batch: Dict[str, Any], **loss_inputs: Any):
+def _big_batch(model: nn.Module, loss_fn: Callable, batch: dict[str, Any], **loss_inputs: Any):
     """Reference: one forward of the whole effective batch (under the caller's autocast, if any), then the loss and
     its backward outside autocast."""
     model.zero_grad(set_to_none=True)
@@ -41,7 +42,7 @@ def _big_batch(model: nn.Module, loss_fn: Callable, batch: Dict[str, Any], **los
     return loss.detach(), gradients(model)
 
 
-def _accumulated(model: nn.Module, loss_fn: Callable, batches: List[Dict[str, Any]], **loss_inputs: Any):
+def _accumulated(model: nn.Module, loss_fn: Callable, batches: list[dict[str, Any]], **loss_inputs: Any):
     model.zero_grad(set_to_none=True)
     loss = accumulate_step(model, loss_fn, batches, **loss_inputs)
     return loss, gradients(model)

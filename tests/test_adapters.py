@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable, Dict
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ from . import adapter_models as models
 pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 
-from mgll_loss.adapters import hf, open_clip as oc  # noqa: E402
+from mgll_loss.adapters import hf  # noqa: E402
+from mgll_loss.adapters import open_clip as oc
 
 LOSS_KEYS = set(inspect.signature(MGLLLoss.forward).parameters) - {"self"}
 LEVELS = [
@@ -35,20 +37,24 @@ class Kind:
     """How to build, feed and check one adapter."""
 
     build: Callable[[], torch.nn.Module]  # the adapter around a fresh tiny model
-    inputs: Callable[[int], Dict[str, Any]]  # forward kwargs for a batch of B=4 images and LEVELS
-    level_features: Callable[[Any, Dict[str, Any], int], torch.Tensor]  # unbatched reference for level g
+    inputs: Callable[[int], dict[str, Any]]  # forward kwargs for a batch of B=4 images and LEVELS
+    level_features: Callable[[Any, dict[str, Any], int], torch.Tensor]  # unbatched reference for level g
     text_tower: Callable[[Any], torch.nn.Module]  # module called once per text-tower call
     has_bias: bool
 
 
-def _open_clip_inputs(seed: int) -> Dict[str, Any]:
+def _open_clip_inputs(seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
-    return dict(images=torch.randn(4, 3, 32, 32, generator=g), texts=oc.tokenize_levels(models.open_clip_tokenizer(), LEVELS))
+    return dict(
+        images=torch.randn(4, 3, 32, 32, generator=g), texts=oc.tokenize_levels(models.open_clip_tokenizer(), LEVELS)
+    )
 
 
-def _hf_inputs(seed: int) -> Dict[str, Any]:
+def _hf_inputs(seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
-    return dict(pixel_values=torch.randn(4, 3, 16, 16, generator=g), **hf.tokenize_levels(models.hf_tokenizer(), LEVELS))
+    return dict(
+        pixel_values=torch.randn(4, 3, 16, 16, generator=g), **hf.tokenize_levels(models.hf_tokenizer(), LEVELS)
+    )
 
 
 def _hf_level(wrapper, inputs, g):
@@ -58,17 +64,29 @@ def _hf_level(wrapper, inputs, g):
 
 KINDS = {
     "open_clip": Kind(
-        lambda: oc.MultiGranularOpenCLIP(models.tiny_open_clip()), _open_clip_inputs,
-        lambda w, x, g: w.model.encode_text(x["texts"][g], normalize=True), lambda w: w.model.transformer, False,
+        lambda: oc.MultiGranularOpenCLIP(models.tiny_open_clip()),
+        _open_clip_inputs,
+        lambda w, x, g: w.model.encode_text(x["texts"][g], normalize=True),
+        lambda w: w.model.transformer,
+        False,
     ),
     "open_clip_siglip": Kind(
-        lambda: oc.MultiGranularOpenCLIP(models.tiny_open_clip(logit_bias=-10.0)), _open_clip_inputs,
-        lambda w, x, g: w.model.encode_text(x["texts"][g], normalize=True), lambda w: w.model.transformer, True,
+        lambda: oc.MultiGranularOpenCLIP(models.tiny_open_clip(logit_bias=-10.0)),
+        _open_clip_inputs,
+        lambda w, x, g: w.model.encode_text(x["texts"][g], normalize=True),
+        lambda w: w.model.transformer,
+        True,
     ),
-    "hf_clip": Kind(lambda: hf.MultiGranularHFCLIP(models.tiny_hf_clip()), _hf_inputs, _hf_level,
-                    lambda w: w.model.text_model, False),
-    "hf_siglip": Kind(lambda: hf.MultiGranularHFCLIP(models.tiny_siglip()), _hf_inputs, _hf_level,
-                      lambda w: w.model.text_model, True),
+    "hf_clip": Kind(
+        lambda: hf.MultiGranularHFCLIP(models.tiny_hf_clip()),
+        _hf_inputs,
+        _hf_level,
+        lambda w: w.model.text_model,
+        False,
+    ),
+    "hf_siglip": Kind(
+        lambda: hf.MultiGranularHFCLIP(models.tiny_siglip()), _hf_inputs, _hf_level, lambda w: w.model.text_model, True
+    ),
 }
 
 
@@ -101,7 +119,9 @@ def test_all_levels_go_through_the_text_tower_in_one_call_and_match_per_level_en
     handle.remove()
     assert len(calls) == 1
     for g in range(3):
-        torch.testing.assert_close(out["text_features"][g], kind.level_features(wrapper, inputs, g), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            out["text_features"][g], kind.level_features(wrapper, inputs, g), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_a_sequence_of_levels_equals_the_stacked_tensor(kind):
@@ -162,7 +182,11 @@ def test_batch_mismatch_names_the_argument_and_shapes(kind):
     ("texts", "error", "match"),
     [
         ("not tokens", TypeError, r"texts: expected a \[G, B, L\] tensor"),
-        ([torch.zeros(4, 12, dtype=torch.long), torch.zeros(4, 10, dtype=torch.long)], ValueError, r"one shape .*\(4, 12\), \(4, 10\)"),
+        (
+            [torch.zeros(4, 12, dtype=torch.long), torch.zeros(4, 10, dtype=torch.long)],
+            ValueError,
+            r"one shape .*\(4, 12\), \(4, 10\)",
+        ),
         (torch.zeros(4, 12, dtype=torch.long), ValueError, r"texts: expected shape \[G, B, L\], got \(4, 12\)"),
         ([torch.zeros(4, 12, dtype=torch.long), "x"], TypeError, r"texts\[1\]: expected a \[B, L\] tensor"),
     ],
@@ -194,9 +218,11 @@ def test_models_that_are_not_clip_or_are_ddp_wrapped_are_rejected():
 
 @pytest.mark.parametrize(
     ("module", "build", "extra"),
-    [("open_clip", lambda: oc.MultiGranularOpenCLIP(torch.nn.Linear(2, 2)), "open_clip"),
-     ("transformers", lambda: hf.MultiGranularHFCLIP(torch.nn.Linear(2, 2)), "hf"),
-     ("transformers", lambda: hf.MGLLTrainer, "hf")],
+    [
+        ("open_clip", lambda: oc.MultiGranularOpenCLIP(torch.nn.Linear(2, 2)), "open_clip"),
+        ("transformers", lambda: hf.MultiGranularHFCLIP(torch.nn.Linear(2, 2)), "hf"),
+        ("transformers", lambda: hf.MGLLTrainer, "hf"),
+    ],
 )
 def test_a_missing_framework_names_the_extra_to_install(monkeypatch, module, build, extra):
     monkeypatch.setitem(sys.modules, module, None)  # makes "import <module>" raise ImportError
@@ -232,8 +258,12 @@ def test_create_loss_passes_the_open_clip_distributed_flags_through():
 
 def test_collate_levels_builds_level_first_batches():
     features = [
-        dict(pixel_values=torch.full((3, 16, 16), float(i)), input_ids=torch.full((3, 5), i),
-             attention_mask=torch.ones(3, 5, dtype=torch.long), labels=[i % 2, i, torch.tensor([1, 0, i % 2])])
+        dict(
+            pixel_values=torch.full((3, 16, 16), float(i)),
+            input_ids=torch.full((3, 5), i),
+            attention_mask=torch.ones(3, 5, dtype=torch.long),
+            labels=[i % 2, i, torch.tensor([1, 0, i % 2])],
+        )
         for i in range(4)
     ]
     batch = hf.collate_levels(features)
@@ -263,8 +293,12 @@ class _LevelDataset(torch.utils.data.Dataset):
     def __init__(self) -> None:
         inputs = _hf_inputs(0)
         self.examples = [
-            dict(pixel_values=inputs["pixel_values"][i], input_ids=inputs["input_ids"][:, i],
-                 attention_mask=inputs["attention_mask"][:, i], labels=[label[i] for label in LABELS])
+            dict(
+                pixel_values=inputs["pixel_values"][i],
+                input_ids=inputs["input_ids"][:, i],
+                attention_mask=inputs["attention_mask"][:, i],
+                labels=[label[i] for label in LABELS],
+            )
             for i in range(4)
         ]
 
@@ -283,13 +317,25 @@ def test_mgll_trainer_trains_the_wrapped_model(tmp_path):
     wrapper = hf.MultiGranularHFCLIP(models.tiny_hf_clip())
     before = [p.detach().clone() for p in wrapper.parameters()]
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
     )
     with torch.no_grad():
         wrapper.model.logit_scale.fill_(5.0)  # above log(100): the first step's clamp must bring it down
-    trainer = hf.MGLLTrainer(model=wrapper, args=args, train_dataset=_LevelDataset(), data_collator=hf.collate_levels,
-                             mgll_loss=MGLLLoss(soft_clip_weight=1.0))
+    trainer = hf.MGLLTrainer(
+        model=wrapper,
+        args=args,
+        train_dataset=_LevelDataset(),
+        data_collator=hf.collate_levels,
+        mgll_loss=MGLLLoss(soft_clip_weight=1.0),
+    )
     trainer.train()
     assert wrapper.model.logit_scale.exp().item() <= 100.0 + 1e-3
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -88,11 +88,13 @@ def test_single_level_terms_match_reference(backend, case, dtype):
     lib, ref = _leaves(image64, text64, scale, BIAS_VALUE, dtype)
     kw = dict(labels=labels, targets=targets, text_mask=mask, match=match)
     out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **kw, **backend)
-    out = out + MF.pointwise_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **kw,
-                                  pointwise_target="row_normalized", **backend)
+    out = out + MF.pointwise_loss(
+        lib["image"], lib["text"], lib["scale"], lib["bias"], **kw, pointwise_target="row_normalized", **backend
+    )
     want = ref_soft_clip(ref["image"], ref["text"], ref["scale"], ref["bias"], **kw)
-    want = want + ref_pointwise(ref["image"], ref["text"], ref["scale"], ref["bias"], **kw,
-                                pointwise_target="row_normalized")
+    want = want + ref_pointwise(
+        ref["image"], ref["text"], ref["scale"], ref["bias"], **kw, pointwise_target="row_normalized"
+    )
     _check_value(out, want, dtype)
     out.backward()
     want.backward()
@@ -137,8 +139,18 @@ def _local_problem(dtype):
         LevelTargets(9, 9, multi_hot=torch.rand(9, 3, generator=gen) < 0.5, match="jaccard"),
     )
     masks = (None, torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool), None)
-    problem = backends.LossProblem(images, texts, (9, 9, 9), scale, bias, targets, masks, dtype,
-                                   row_range=slice(4, 9), column_ranges=(slice(5, 9),) * 3)
+    problem = backends.LossProblem(
+        images,
+        texts,
+        (9, 9, 9),
+        scale,
+        bias,
+        targets,
+        masks,
+        dtype,
+        row_range=slice(4, 9),
+        column_ranges=(slice(5, 9),) * 3,
+    )
     return problem, (images, texts, scale, bias)
 
 
@@ -150,8 +162,14 @@ def test_local_problem_matches_dense(backend, dtype, direction):
     for kwargs in (dict(backend="dense"), backend):
         problem, leaves = _local_problem(dtype)
         sums = resolve_backend(kwargs["backend"], problem)(problem, request, kwargs.get("chunk_size"))
-        values = [sums.soft_clip_rows, sums.soft_clip_row_count, sums.soft_clip_cols, sums.soft_clip_col_count,
-                  sums.pointwise, sums.smooth_kl.reshape(1)]
+        values = [
+            sums.soft_clip_rows,
+            sums.soft_clip_row_count,
+            sums.soft_clip_cols,
+            sums.soft_clip_col_count,
+            sums.pointwise,
+            sums.smooth_kl.reshape(1),
+        ]
         weighted = sum((v * (k + 1)).sum() for k, v in enumerate(values) if v.requires_grad)
         results.append((torch.cat(values), torch.autograd.grad(weighted, leaves)))
     (want, want_grads), (got, got_grads) = results
@@ -191,8 +209,9 @@ def test_default_chunk_fits_the_budget():
     assert rows * 98304 * 4 <= fused.CHUNK_BUDGET_BYTES < (rows + 1) * 98304 * 4
 
 
-@pytest.mark.parametrize("rows, expected", [(8, "batched"), (512, "batched"), (513, "dense"), (1000, "dense"),
-                                             (200_000, "chunked")])
+@pytest.mark.parametrize(
+    "rows, expected", [(8, "batched"), (512, "batched"), (513, "dense"), (1000, "dense"), (200_000, "chunked")]
+)
 def test_auto_picks_batched_then_dense_then_chunked(rows, expected):
     problem = SimpleNamespace(row_range=slice(0, rows), level_sizes=(rows,) * 3, compute_dtype=torch.float32)
     assert resolve_backend("auto", problem) is backends._BACKENDS[expected]

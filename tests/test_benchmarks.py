@@ -10,13 +10,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import baselines, run  # noqa: E402
-
 from mgll_loss import MGLLLoss  # noqa: E402
 
 
 def test_quick_preset_writes_csv_and_plots(tmp_path, monkeypatch):
-    preset = run.Preset(((16, 8, 3), (12, 8, 2)), (16,), 8, ("naive", "gemms", "auto", "batched", "dense", "chunked"),
-                        repeats=2)
+    preset = run.Preset(
+        ((16, 8, 3), (12, 8, 2)), (16,), 8, ("naive", "gemms", "auto", "batched", "dense", "chunked"), repeats=2
+    )
     monkeypatch.setitem(run.PRESETS, "quick", preset)
     run.main(["--preset", "quick", "--device", "cpu", "--out", str(tmp_path)])
     with open(tmp_path / "results.csv") as handle:

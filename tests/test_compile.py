@@ -8,8 +8,6 @@ the batched backend at these sizes, which is what makes the single graph possibl
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +36,7 @@ def _run(loss, images, texts, scale, bias, **call):
     return out, [leaf.grad for leaf in leaves]
 
 
-def _assert_compiled_equals_eager(match: str, seed: int, variants: Tuple[bool, ...]) -> None:
+def _assert_compiled_equals_eager(match: str, seed: int, variants: tuple[bool, ...]) -> None:
     """For each variant, with (True) or without (False) a bias and a text mask."""
     images, texts, labels, targets, mask = _inputs(seed)
     torch._dynamo.reset()  # every test's losses share MGLLLoss.forward's cache of compiled graphs (8 at most)

@@ -115,8 +115,17 @@ def test_torchrun_example_runs_on_cpu(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(root / "examples" / "train_distributed_toy.py"), "--steps", "3"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(root / "examples" / "train_distributed_toy.py"),
+        "--steps",
+        "3",
+    ]
     env = {**os.environ, "PYTHONPATH": str(root)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

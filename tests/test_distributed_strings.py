@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 def rank_results(request, tmp_path_factory):
     world_size = request.param
     tmp_path = tmp_path_factory.mktemp(f"strings{world_size}")
-    mp.spawn(workers.string_worker, args=(world_size, str(tmp_path / "store"), str(tmp_path)), nprocs=world_size,
-             join=True)
+    mp.spawn(
+        workers.string_worker, args=(world_size, str(tmp_path / "store"), str(tmp_path)), nprocs=world_size, join=True
+    )
     return world_size, [torch.load(tmp_path / f"strings_rank{r}.pt") for r in range(world_size)]
 
 
@@ -61,17 +62,22 @@ def test_the_issues_example_gives_the_global_loss(rank_results):
     if world_size != 2:
         pytest.skip("the issue's example runs on 2 ranks")
     inputs = workers.issue_inputs()
-    expected = MGLLLoss()(inputs["images"], inputs["texts"], 10.0, labels=level_labels_from_strings(workers.ISSUE_LEVELS))
+    expected = MGLLLoss()(
+        inputs["images"], inputs["texts"], 10.0, labels=level_labels_from_strings(workers.ISSUE_LEVELS)
+    )
     mean = sum(r["issue_example"] for r in per_rank) / world_size
     assert mean == pytest.approx(float(expected), rel=1e-12, abs=1e-12)
     assert round(mean, 4) == 3.8148  # the value the issue gives for the global batch (5.1865 before)
 
 
-@pytest.mark.parametrize("attempt, message", [
-    ("kinds_differ", "every rank must pass the same kind of labels per level"),
-    ("widths_differ", "multi-hot with the same C"),
-    ("ids_and_sets", "'class ids'"),
-])
+@pytest.mark.parametrize(
+    "attempt, message",
+    [
+        ("kinds_differ", "every rank must pass the same kind of labels per level"),
+        ("widths_differ", "multi-hot with the same C"),
+        ("ids_and_sets", "'class ids'"),
+    ],
+)
 def test_labels_that_cannot_agree_make_every_rank_raise(rank_results, attempt, message):
     _, per_rank = rank_results
     for outcome in (r["mismatch"][attempt] for r in per_rank):
@@ -96,6 +102,8 @@ def test_two_processes_give_the_same_ids_for_the_same_strings(hash_seed):
     root = Path(__file__).resolve().parents[1]
     env = {"PYTHONPATH": str(root), "PYTHONHASHSEED": hash_seed, "PATH": "/usr/bin:/bin"}
     printed = subprocess.run([sys.executable, "-c", _PRINT_IDS], env=env, capture_output=True, text=True, check=True)
-    here = f"{labels_from_strings(['Normal', 'Abnormal, DR']).tolist()} " \
-           f"{labels_from_strings(['DR, AMD', 'AMD'], separator=',').tolist()}"
+    here = (
+        f"{labels_from_strings(['Normal', 'Abnormal, DR']).tolist()} "
+        f"{labels_from_strings(['DR, AMD', 'AMD'], separator=',').tolist()}"
+    )
     assert printed.stdout.strip() == here

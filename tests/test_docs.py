@@ -17,7 +17,9 @@ import torch
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 MARKDOWN_BLOCK = re.compile(r"^```(?:python|\{code-block\}[ \t]+python)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
-RST_BLOCK = re.compile(r"^([ \t]*)\.\. code-block:: python[ \t]*\n((?:[ \t]*:[\w-]+:.*\n)*)((?:\1[ \t]+.*\n|[ \t]*\n)+)", re.M)
+RST_BLOCK = re.compile(
+    r"^([ \t]*)\.\. code-block:: python[ \t]*\n((?:[ \t]*:[\w-]+:.*\n)*)((?:\1[ \t]+.*\n|[ \t]*\n)+)", re.M
+)
 
 
 def _line_of(text: str, offset: int) -> int:

@@ -15,12 +15,21 @@ import torch
 from PIL import Image
 
 from mgll_examples.data import (
-    ImageTextDataset, check_image_files, collate, ensure_synthetic, load_fundus, load_json_lists, load_table, load_xray,
-    read_image, write_synthetic_fundus, write_synthetic_xray,
+    ImageTextDataset,
+    check_image_files,
+    collate,
+    ensure_synthetic,
+    load_fundus,
+    load_json_lists,
+    load_table,
+    load_xray,
+    read_image,
+    write_synthetic_fundus,
+    write_synthetic_xray,
 )
 from mgll_examples.data import images as images_module
-from mgll_examples.data.drawing import Grid, discs, polylines
 from mgll_examples.data import synthetic as synthetic_module
+from mgll_examples.data.drawing import Grid, discs, polylines
 from mgll_examples.data.records import Sample
 from mgll_examples.errors import ExampleError
 
@@ -52,7 +61,11 @@ def _raises(match: str, function, *args, **kwargs) -> str:
 FUNDUS_TRAIN = [
     {"ImageID": "f0", "Disease": "Normal, Healthy", "Description": "No abnormality observed"},
     {"ImageID": "f1.png", "Disease": f"Abnormal, Glaucoma, {MILD}", "Description": "Enlarged optic cup"},
-    {"ImageID": "sub/f2", "Disease": f"Abnormal,{MODERATE} ", "Description": "Microaneurysms and retinal haemorrhages observed"},
+    {
+        "ImageID": "sub/f2",
+        "Disease": f"Abnormal,{MODERATE} ",
+        "Description": "Microaneurysms and retinal haemorrhages observed",
+    },
 ]
 FUNDUS_TEST = [{"ImageID": "f3", "Disease": f"Abnormal, {MILD}", "Description": "Only microaneurysms observed"}]
 
@@ -73,7 +86,10 @@ def test_fundus_levels_images_and_multi_label_categories(fundus_dir: Path):
     assert [level.name for level in data.levels] == ["normality", "category", "description"]
     assert [level.separator for level in data.levels] == [None, ",", None]
     assert [s.image for s in data.train] == [
-        fundus_dir / "images" / "f0.npz", fundus_dir / "f1.png", fundus_dir / "images" / "sub" / "f2.jpg"]
+        fundus_dir / "images" / "f0.npz",
+        fundus_dir / "f1.png",
+        fundus_dir / "images" / "sub" / "f2.jpg",
+    ]
     assert data.train[1].texts == ("Abnormal", f"Glaucoma, {MILD}", "Enlarged optic cup")
     assert data.train[2].texts[:2] == ("Abnormal", MODERATE)
     assert data.train[1].source == "train.json[1]" and data.test[0].source == "test.json[0]"
@@ -87,7 +103,9 @@ def test_fundus_levels_images_and_multi_label_categories(fundus_dir: Path):
 
 
 def test_fundus_level_selection_and_prompt_file(fundus_dir: Path):
-    _write_json(fundus_dir / "class_prompts.json", {"category": {"Glaucoma": "a fundus photo of glaucoma"}, "other": {}})
+    _write_json(
+        fundus_dir / "class_prompts.json", {"category": {"Glaucoma": "a fundus photo of glaucoma"}, "other": {}}
+    )
     data = load_fundus(fundus_dir, levels=("description", "category"))
     assert [level.name for level in data.levels] == ["description", "category"]
     assert data.train[1].texts == ("Enlarged optic cup", f"Glaucoma, {MILD}")
@@ -97,7 +115,12 @@ def test_fundus_level_selection_and_prompt_file(fundus_dir: Path):
 
 
 def test_xray_jsonl_and_level_selection(tmp_path: Path):
-    record = {"ImageID": "images/x0.png", "modality": "DX", "study_description_0": "CHEST AP", "series_description": "AP"}
+    record = {
+        "ImageID": "images/x0.png",
+        "modality": "DX",
+        "study_description_0": "CHEST AP",
+        "series_description": "AP",
+    }
     lines = [json.dumps(record), "", json.dumps({**record, "ImageID": "x1", "modality": "CR"})]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     _write_json(tmp_path / "test.json", [record])
@@ -112,10 +135,16 @@ def test_xray_jsonl_and_level_selection(tmp_path: Path):
 def test_generic_csv_and_jsonl_tables_with_a_separator_column(tmp_path: Path):
     (tmp_path / "pics").mkdir()
     Image.fromarray(_pixels(5)).save(tmp_path / "pics" / "a.png")
-    (tmp_path / "train.csv").write_text('path,finding,labels\npics/a.png,effusion,"effusion; edema"\npics/b,normal,normal\n')
+    (tmp_path / "train.csv").write_text(
+        'path,finding,labels\npics/a.png,effusion,"effusion; edema"\npics/b,normal,normal\n'
+    )
     (tmp_path / "split").mkdir()
-    (tmp_path / "split" / "test.jsonl").write_text(json.dumps({"path": "c.png", "finding": "edema", "labels": "edema"}) + "\n")
-    data = load_table(tmp_path / "train.csv", tmp_path / "split" / "test.jsonl", "path", ["labels", "finding"], {"labels": ";"})
+    (tmp_path / "split" / "test.jsonl").write_text(
+        json.dumps({"path": "c.png", "finding": "edema", "labels": "edema"}) + "\n"
+    )
+    data = load_table(
+        tmp_path / "train.csv", tmp_path / "split" / "test.jsonl", "path", ["labels", "finding"], {"labels": ";"}
+    )
     assert [(level.name, level.separator) for level in data.levels] == [("labels", ";"), ("finding", None)]
     assert data.train[0].image == tmp_path / "pics" / "a.png" and data.test[0].image == tmp_path / "split" / "c.png"
     assert data.classes(0) == ["edema", "effusion", "normal"]
@@ -130,10 +159,13 @@ def test_nih_table_with_a_multi_label_column_reads_label_sets(tmp_path: Path):
     files = write_nih_table(tmp_path, rows=10, test_rows=3)
     whole = load_table(files["train"], files["test"], "Image Index", ["Finding Labels", "View Position"])
     assert "Cardiomegaly|Effusion" in whole.classes(0) and "Effusion|Cardiomegaly" in whole.classes(0)  # strings
-    data = load_table(files["train"], files["test"], "Image Index", ["Finding Labels", "View Position"],
-                      {"Finding Labels": "|"})
-    assert [(level.name, level.separator) for level in data.levels] == [("Finding Labels", "|"),
-                                                                        ("View Position", None)]
+    data = load_table(
+        files["train"], files["test"], "Image Index", ["Finding Labels", "View Position"], {"Finding Labels": "|"}
+    )
+    assert [(level.name, level.separator) for level in data.levels] == [
+        ("Finding Labels", "|"),
+        ("View Position", None),
+    ]
     assert data.classes(0) == NIH_CLASSES and data.classes(1) == ["AP", "PA"]
     # either order, and stray spaces, are one caption and one label set
     assert data.train[0].texts[0] == data.train[1].texts[0] == "Cardiomegaly|Effusion"
@@ -148,13 +180,31 @@ def test_nih_table_with_a_multi_label_column_reads_label_sets(tmp_path: Path):
 def test_a_wrong_column_name_lists_the_columns_of_the_file(tmp_path: Path):
     files = write_nih_table(tmp_path, rows=3, test_rows=1)
     columns = r"the file has: 'Image Index', 'Finding Labels', 'Follow-up #', .*'View Position'"
-    _raises(r"train\.csv: no column 'image' \(--image-column\); " + columns,
-            load_table, files["train"], files["test"], "image", ["Finding Labels"])
-    _raises(r"train\.csv: no column 'Finding Label' \(--text-columns\); " + columns,
-            load_table, files["train"], files["test"], "Image Index", ["Finding Label"])
+    _raises(
+        r"train\.csv: no column 'image' \(--image-column\); " + columns,
+        load_table,
+        files["train"],
+        files["test"],
+        "image",
+        ["Finding Labels"],
+    )
+    _raises(
+        r"train\.csv: no column 'Finding Label' \(--text-columns\); " + columns,
+        load_table,
+        files["train"],
+        files["test"],
+        "Image Index",
+        ["Finding Label"],
+    )
     (tmp_path / "test.csv").write_text("Image Index,Labels\n00000000_000.png,Effusion\n")
-    _raises(r"test\.csv: no column 'Finding Labels' \(--text-columns\); the file has: 'Image Index', 'Labels'$",
-            load_table, files["train"], files["test"], "Image Index", ["Finding Labels"])
+    _raises(
+        r"test\.csv: no column 'Finding Labels' \(--text-columns\); the file has: 'Image Index', 'Labels'$",
+        load_table,
+        files["train"],
+        files["test"],
+        "Image Index",
+        ["Finding Labels"],
+    )
 
 
 def test_authors_fundus_layout_concatenates_the_listed_files_and_maps_image_ids_to_npz(tmp_path: Path):
@@ -165,8 +215,11 @@ def test_authors_fundus_layout_concatenates_the_listed_files_and_maps_image_ids_
     assert data.train[4].image == root / "All_data_npz" / "SubsetB" / "img_0.npz"
     assert data.train[4].source == "All_json/SubsetB_train.json[0]"
     assert data.test[1].source == "All_json/SubsetA_val.json[1]"
-    assert data.train[2].texts == ("Abnormal", "Age-related Macular Degeneration, Glaucoma",
-                                   "Drusen around the macula; enlarged optic cup")
+    assert data.train[2].texts == (
+        "Abnormal",
+        "Age-related Macular Degeneration, Glaucoma",
+        "Drusen around the macula; enlarged optic cup",
+    )
     assert all(sample.image.is_file() for sample in data.train + data.test)
     selected = load_json_lists(root, "2level_multi_disease_list", "fundus", ["category"])
     assert [level.name for level in selected.levels] == ["category"]
@@ -190,25 +243,48 @@ def test_authors_layout_errors_name_the_file_and_what_it_has(tmp_path: Path):
     _raises(r"bad_train\.txt line 2: .*All_json/gone\.json: no such file", load_json_lists, root, "bad", "fundus")
     (root / "bad_train.txt").write_text("/All_json/SubsetA_train.json\n")
     _raises(r"bad_val\.txt: lists no JSON file", load_json_lists, root, "bad", "fundus")
-    (root / "All_json" / "odd.json").write_text(json.dumps([{"ImageID": "/Other/x.jpg", "Disease": "Normal, Healthy",
-                                                              "Description": "No abnormality observed"}]))
+    (root / "All_json" / "odd.json").write_text(
+        json.dumps(
+            [{"ImageID": "/Other/x.jpg", "Disease": "Normal, Healthy", "Description": "No abnormality observed"}]
+        )
+    )
     (root / "bad_val.txt").write_text("All_json/odd.json\n")
-    _raises(r"odd\.json\[0\]: ImageID '/Other/x\.jpg' does not start with '/All_data/'",
-            load_json_lists, root, "bad", "fundus")
+    _raises(
+        r"odd\.json\[0\]: ImageID '/Other/x\.jpg' does not start with '/All_data/'",
+        load_json_lists,
+        root,
+        "bad",
+        "fundus",
+    )
     _write_json(root / "All_json" / "odd.json", [{"ImageID": "/All_data/S/x.jpg", "Disease": "Normal, Healthy"}])
-    _raises(r"odd\.json: no field 'Description'; the file has: 'ImageID', 'Disease'$",
-            load_json_lists, root, "bad", "fundus")
+    _raises(
+        r"odd\.json: no field 'Description'; the file has: 'ImageID', 'Disease'$",
+        load_json_lists,
+        root,
+        "bad",
+        "fundus",
+    )
     _raises(r"--data-dir .*nowhere: no such directory", load_json_lists, tmp_path / "nowhere", "x", "fundus")
 
 
 def test_missing_image_files_are_found_in_one_pass_or_left_out(fundus_dir: Path):
     data = load_fundus(fundus_dir)  # f3 (the only test image) does not exist
-    _raises(r"^1 of 4 image files do not exist: test\.json\[0\]: .*f3 \(--skip-bad-samples leaves them out\)$",
-            check_image_files, data, False)
+    _raises(
+        r"^1 of 4 image files do not exist: test\.json\[0\]: .*f3 \(--skip-bad-samples leaves them out\)$",
+        check_image_files,
+        data,
+        False,
+    )
     (fundus_dir / "images" / "f0.npz").unlink()
     (fundus_dir / "f1.png").unlink()
-    _raises(r"^3 of 4 image files do not exist: train\.json\[0\]: .*f0, train\.json\[1\]: .*f1\.png, "
-            r"test\.json\[0\]: .*f3 \(", check_image_files, load_fundus(fundus_dir), False, 3)
+    _raises(
+        r"^3 of 4 image files do not exist: train\.json\[0\]: .*f0, train\.json\[1\]: .*f1\.png, "
+        r"test\.json\[0\]: .*f3 \(",
+        check_image_files,
+        load_fundus(fundus_dir),
+        False,
+        3,
+    )
     _raises(r"^3 of 4 .*train\.json\[0\]: .*f0 and 2 more \(", check_image_files, load_fundus(fundus_dir), False, 1)
     _raises(r"no image file of the held-out split exists", check_image_files, load_fundus(fundus_dir), True)
     Image.fromarray(_pixels(1)).save(fundus_dir / "f3.png")
@@ -228,19 +304,28 @@ def test_missing_data_dir_and_split_files(tmp_path: Path):
     _raises(r"unsupported record file type '\.txt'", load_table, tmp_path / "a.txt", tmp_path / "t.csv", "p", ["a"])
 
 
-@pytest.mark.parametrize("content, match", [
-    ('[{"ImageID": "a",\n  "Disease": }]', r"train\.json: invalid JSON at line 2 column 14"),
-    ("[]", r"train\.json: no records"),
-    ('{"ImageID": "a"}', r"train\.json: expected a JSON list of records, got dict"),
-    ('["a"]', r"train\.json\[0\]: expected an object, got str"),
-    ('[{"ImageID": "a", "Disease": "Normal, Healthy", "Description": "x"}, {"ImageID": "b", "Description": "y"}]',
-     r"train\.json\[1\]: missing field 'Disease'"),
-    ('[{"ImageID": 3, "Disease": "Normal, Healthy", "Description": "x"}]',
-     r"train\.json\[0\]: field 'ImageID' is int, expected a string"),
-    ('[{"ImageID": "a", "Disease": " ", "Description": "x"}]', r"train\.json\[0\]: field 'Disease' is empty"),
-    ('[{"ImageID": "a", "Disease": "Abnormal", "Description": "x"}]',
-     r"train\.json\[0\]: field 'Disease': 'Abnormal' has no category"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('[{"ImageID": "a",\n  "Disease": }]', r"train\.json: invalid JSON at line 2 column 14"),
+        ("[]", r"train\.json: no records"),
+        ('{"ImageID": "a"}', r"train\.json: expected a JSON list of records, got dict"),
+        ('["a"]', r"train\.json\[0\]: expected an object, got str"),
+        (
+            '[{"ImageID": "a", "Disease": "Normal, Healthy", "Description": "x"}, {"ImageID": "b", "Description": "y"}]',
+            r"train\.json\[1\]: missing field 'Disease'",
+        ),
+        (
+            '[{"ImageID": 3, "Disease": "Normal, Healthy", "Description": "x"}]',
+            r"train\.json\[0\]: field 'ImageID' is int, expected a string",
+        ),
+        ('[{"ImageID": "a", "Disease": " ", "Description": "x"}]', r"train\.json\[0\]: field 'Disease' is empty"),
+        (
+            '[{"ImageID": "a", "Disease": "Abnormal", "Description": "x"}]',
+            r"train\.json\[0\]: field 'Disease': 'Abnormal' has no category",
+        ),
+    ],
+)
 def test_bad_fundus_records(tmp_path: Path, content: str, match: str):
     (tmp_path / "train.json").write_text(content)
     _write_json(tmp_path / "test.json", FUNDUS_TEST)
@@ -257,15 +342,35 @@ def test_bad_jsonl_line_and_bad_prompt_file(fundus_dir: Path):
 
 
 def test_unknown_and_repeated_levels_and_bad_table_arguments(fundus_dir: Path):
-    _raises(r"unknown fundus level 'grade'; valid levels: normality, category, description", load_fundus, fundus_dir, ["grade"])
+    _raises(
+        r"unknown fundus level 'grade'; valid levels: normality, category, description",
+        load_fundus,
+        fundus_dir,
+        ["grade"],
+    )
     _raises(r"fundus level 'category' given twice", load_fundus, fundus_dir, ["category", "category"])
-    _raises(r"unknown xray level 'category'; valid levels: modality, study, series", load_xray, fundus_dir, ["category"])
+    _raises(
+        r"unknown xray level 'category'; valid levels: modality, study, series", load_xray, fundus_dir, ["category"]
+    )
     train = fundus_dir / "train.json"
     _raises(r"no text columns", load_table, train, train, "ImageID", [])
-    _raises(r"separator given for 'Disease', which is not a text column",
-            load_table, train, train, "ImageID", ["Description"], {"Disease": ","})
-    _raises(r"train\.json: no field 'path' \(--image-column\); the file has: 'ImageID', 'Disease', 'Description'",
-            load_table, train, train, "path", ["Description"])
+    _raises(
+        r"separator given for 'Disease', which is not a text column",
+        load_table,
+        train,
+        train,
+        "ImageID",
+        ["Description"],
+        {"Disease": ","},
+    )
+    _raises(
+        r"train\.json: no field 'path' \(--image-column\); the file has: 'ImageID', 'Disease', 'Description'",
+        load_table,
+        train,
+        train,
+        "path",
+        ["Description"],
+    )
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -345,7 +450,10 @@ def test_image_dataset_returns_errors_and_collate_drops_bad_samples(tmp_path: Pa
 
     monkeypatch.setattr(images_module, "read_image", explode)
     _, image, error = dataset[0]
-    assert image is None and error == f"train.json[0]: {tmp_path / 'good.npz'}: cannot load image (RuntimeError: decoder crashed)"
+    assert (
+        image is None
+        and error == f"train.json[0]: {tmp_path / 'good.npz'}: cannot load image (RuntimeError: decoder crashed)"
+    )
 
 
 # --- synthetic data sets ---------------------------------------------------------------------------
@@ -355,7 +463,10 @@ def test_image_dataset_returns_errors_and_collate_drops_bad_samples(tmp_path: Pa
 def test_drawing_windows_match_whole_image_evaluation(frame: dict):
     grid = Grid(48, **frame)
     centres, radii = np.array([[0.1, 0.2], [-0.9, 0.95], [1.05, 0.0], [3.0, 3.0]]), np.array([0.05, 0.1, 0.08, 0.1])
-    distance = np.hypot(grid.x[None] - centres[:, 0, None, None], grid.y[None] - centres[:, 1, None, None]) - radii[:, None, None]
+    distance = (
+        np.hypot(grid.x[None] - centres[:, 0, None, None], grid.y[None] - centres[:, 1, None, None])
+        - radii[:, None, None]
+    )
     expected = np.clip(0.5 - distance / grid.pixel, 0, 1).max(axis=0)
     np.testing.assert_allclose(discs(grid, centres, radii), expected)
     assert 0 < expected.sum() and discs(grid, np.zeros((0, 2)), np.zeros(0)).sum() == 0
@@ -441,7 +552,9 @@ def test_synthetic_xray_views_modalities_and_devices_are_visible(synthetic: dict
 
     lateral = mediastinum_contrast(_images_with(data, samples, 2, "LATERAL"))
     frontal = mediastinum_contrast(_images_with(data, samples, 2, "LATERAL", present=False))
-    assert np.median(frontal) > 40 and np.median(lateral) < 10 and np.percentile(frontal, 10) > np.percentile(lateral, 90)
+    assert (
+        np.median(frontal) > 40 and np.median(lateral) < 10 and np.percentile(frontal, 10) > np.percentile(lateral, 90)
+    )
 
     cr, dx = _images_with(data, samples, 0, "CR"), _images_with(data, samples, 0, "DX")
     cr_black, dx_black = cr[:, :4, :4].mean(axis=(1, 2, 3)), dx[:, :4, :4].mean(axis=(1, 2, 3))
@@ -460,8 +573,10 @@ def test_synthetic_xray_views_modalities_and_devices_are_visible(synthetic: dict
 
 def test_synthetic_sets_are_deterministic_for_a_seed(tmp_path: Path):
     for write, load in ((write_synthetic_fundus, load_fundus), (write_synthetic_xray, load_xray)):
-        first, second, other = (load(write(tmp_path / f"{write.__name__}{k}", num_train=4, num_test=2, seed=seed))
-                                for k, seed in enumerate((5, 5, 6)))
+        first, second, other = (
+            load(write(tmp_path / f"{write.__name__}{k}", num_train=4, num_test=2, seed=seed))
+            for k, seed in enumerate((5, 5, 6))
+        )
         assert [s.texts for s in first.train + first.test] == [s.texts for s in second.train + second.test]
         for a, b, c in zip(first.train + first.test, second.train + second.test, other.train + other.test):
             np.testing.assert_array_equal(read_image(a.image), read_image(b.image))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +18,7 @@ pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
 
 import compare_runs  # noqa: E402
+
 from mgll_examples.cli import compare, main, run  # noqa: E402
 from mgll_examples.config import build_parser, parse_config  # noqa: E402
 from mgll_examples.data import ensure_synthetic  # noqa: E402
@@ -43,11 +44,28 @@ def fundus_dir(tmp_path_factory) -> Path:
     return ensure_synthetic("fundus", tmp_path_factory.mktemp("fundus") / "data", num_train=60, num_test=20)
 
 
-@pytest.mark.parametrize(("script", "loss", "levels"), [("pretrain_fundus.py", "mgll", ["normality", "category", "description"]),
-                                                         ("pretrain_xray.py", "clip", ["modality", "study", "series"])])
+@pytest.mark.parametrize(
+    ("script", "loss", "levels"),
+    [
+        ("pretrain_fundus.py", "mgll", ["normality", "category", "description"]),
+        ("pretrain_xray.py", "clip", ["modality", "study", "series"]),
+    ],
+)
 def test_scripts_train_evaluate_and_write_metrics_plot_and_checkpoint(tmp_path, script, levels, loss):
-    result = _script(script, "--synthetic", "--data-dir", "data", "--output-dir", "out", "--max-steps", "3",
-                     "--loss", loss, *TINY_RUN, cwd=tmp_path)
+    result = _script(
+        script,
+        "--synthetic",
+        "--data-dir",
+        "data",
+        "--output-dir",
+        "out",
+        "--max-steps",
+        "3",
+        "--loss",
+        loss,
+        *TINY_RUN,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["loss"] == loss and report["steps"] == 3 and list(report["levels"]) == levels + ["mean"]
@@ -67,8 +85,11 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, fundus_dir
     run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "parts"), "--stop-after", "3"]))
     interrupted = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)
     assert interrupted["step"] == 3
-    resumed = run(parse_config("fundus", [*flags, "--output-dir", str(tmp_path / "parts"),
-                                          "--resume", str(tmp_path / "parts" / "last.pt")]))
+    resumed = run(
+        parse_config(
+            "fundus", [*flags, "--output-dir", str(tmp_path / "parts"), "--resume", str(tmp_path / "parts" / "last.pt")]
+        )
+    )
     expected = json.loads((tmp_path / "whole" / "history.json").read_text())
     got = json.loads((tmp_path / "parts" / "history.json").read_text())
     assert [r["step"] for r in got] == list(range(1, 7))
@@ -83,18 +104,23 @@ def test_resume_with_different_flags_is_refused(tmp_path, fundus_dir, capsys):
     assert main("fundus", [*flags, "--max-steps", "2"]) == 0
     capsys.readouterr()
     assert main("fundus", [*flags, "--max-steps", "2", "--loss", "clip", "--resume", str(tmp_path / "last.pt")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --resume {tmp_path / 'last.pt'}: saved with --loss 'mgll', this run has 'clip'"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: --resume {tmp_path / 'last.pt'}: saved with --loss 'mgll', this run has 'clip'"
+    )
     checkpoint = str(tmp_path / "last.pt")
     assert main("fundus", [*flags, "--max-steps", "2", "--batch-size", "8", "--resume", checkpoint]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --resume {checkpoint}: saved with --batch-size 16, this run has 8")
+        f"error: --resume {checkpoint}: saved with --batch-size 16, this run has 8"
+    )
     assert main("fundus", [*flags, "--max-steps", "2", "--levels", "normality", "--resume", checkpoint]) == 2
     assert "saved with --levels None, this run has ['normality']" in capsys.readouterr().err
     copy = shutil.copytree(fundus_dir, tmp_path / "copy")  # the same records in another --data-dir
     assert main("fundus", [*flags, "--max-steps", "3", "--data-dir", str(copy), "--resume", checkpoint]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: --resume {checkpoint}: made from --data-dir {str(fundus_dir.resolve())!r}, "
-        f"this run has {str(copy.resolve())!r}")
+        f"this run has {str(copy.resolve())!r}"
+    )
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     broken = str(tmp_path / "broken.pt")
     assert main("fundus", [*flags, "--output-dir", str(tmp_path / "other"), "--resume", broken]) == 2
@@ -115,28 +141,44 @@ def _fundus_records(tmp_path: Path, records, test=None) -> Path:
 
 
 def _records(count: int):
-    return [{"ImageID": f"im{i}", "Disease": ["Normal, Healthy", "Abnormal, Glaucoma"][i % 2],
-             "Description": ["No abnormality observed", "Enlarged optic cup"][i % 2]} for i in range(count)]
+    return [
+        {
+            "ImageID": f"im{i}",
+            "Disease": ["Normal, Healthy", "Abnormal, Glaucoma"][i % 2],
+            "Description": ["No abnormality observed", "Enlarged optic cup"][i % 2],
+        }
+        for i in range(count)
+    ]
 
 
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
         (lambda p: ["--data-dir", str(p / "missing")], r"--data-dir .*missing: no such directory"),
-        (lambda p: ["--data-dir", str(_fundus_records(p, _records(3)[:2] + [{"ImageID": "x", "Disease": "Normal, Healthy"}]))],
-         r"train.json.*\[2\].*Description"),
+        (
+            lambda p: [
+                "--data-dir",
+                str(_fundus_records(p, _records(3)[:2] + [{"ImageID": "x", "Disease": "Normal, Healthy"}])),
+            ],
+            r"train.json.*\[2\].*Description",
+        ),
         (lambda p: ["--data-dir", str(_fundus_records(p, []))], r"train.json: no records"),
-        (lambda p: ["--data-dir", str(_fundus_records(p, _records(40))), "--model", "NoSuchNet-B-99"],
-         r"--model NoSuchNet-B-99: not an open_clip architecture"),
-        (lambda p: ["--data-dir", str(_fundus_records(p, _records(8))), "--batch-size", "16"],
-         r"the training split has 8 samples, fewer than one global batch"),
-        (lambda p: ["--data-dir", str(_fundus_records(p, _records(40))), "--levels", "normality,grade"],
-         r"grade"),
+        (
+            lambda p: ["--data-dir", str(_fundus_records(p, _records(40))), "--model", "NoSuchNet-B-99"],
+            r"--model NoSuchNet-B-99: not an open_clip architecture",
+        ),
+        (
+            lambda p: ["--data-dir", str(_fundus_records(p, _records(8))), "--batch-size", "16"],
+            r"the training split has 8 samples, fewer than one global batch",
+        ),
+        (lambda p: ["--data-dir", str(_fundus_records(p, _records(40))), "--levels", "normality,grade"], r"grade"),
     ],
     ids=["missing-dir", "missing-field", "empty", "unknown-model", "too-small", "unknown-level"],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, make_args, message):
-    code = main("fundus", [*make_args(tmp_path), "--workers", "0", "--output-dir", str(tmp_path / "out"), "--max-steps", "1"])
+    code = main(
+        "fundus", [*make_args(tmp_path), "--workers", "0", "--output-dir", str(tmp_path / "out"), "--max-steps", "1"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert re.search(message, err), err
@@ -146,8 +188,20 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, make_args, message):
 def test_a_corrupt_image_stops_with_its_name_or_is_skipped_and_counted(tmp_path):
     data = _fundus_records(tmp_path / "data", _records(40))
     (data / "images" / "im7.npz").write_bytes(b"garbage")
-    common = ["--data-dir", "data", "--output-dir", "out", "--batch-size", "8", "--max-steps", "5",
-              "--checkpoint-every", "1", "--workers", "2"]  # the error must cross from a DataLoader worker
+    common = [
+        "--data-dir",
+        "data",
+        "--output-dir",
+        "out",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "5",
+        "--checkpoint-every",
+        "1",
+        "--workers",
+        "2",
+    ]  # the error must cross from a DataLoader worker
     failed = _script("pretrain_fundus.py", *common, cwd=tmp_path)
     assert failed.returncode == 2, failed.stderr[-2000:]
     last_line = failed.stderr.strip().splitlines()[-1]
@@ -163,9 +217,24 @@ def test_a_corrupt_image_stops_with_its_name_or_is_skipped_and_counted(tmp_path)
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    result = _script("pretrain_fundus.py", "--synthetic", "--data-dir", "data", "--output-dir", "out", "--max-steps", "2",
-                     "--synthetic-size", "80", "--batch-size", "8", "--workers", "0",
-                     cwd=tmp_path, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    result = _script(
+        "pretrain_fundus.py",
+        "--synthetic",
+        "--data-dir",
+        "data",
+        "--output-dir",
+        "out",
+        "--max-steps",
+        "2",
+        "--synthetic-size",
+        "80",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        cwd=tmp_path,
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["steps"] == 2 and "1 process" not in result.stdout and "2 process(es)" in result.stdout
@@ -193,8 +262,22 @@ def test_augment_is_reproducible_from_the_generator_state_and_keeps_shapes():
 
 def test_compare_prints_runs_side_by_side(tmp_path, fundus_dir, monkeypatch, capsys):
     for loss in ("mgll", "clip"):
-        run(parse_config("fundus", ["--data-dir", str(fundus_dir), *TINY_RUN, "--max-steps", "1", "--loss", loss,
-                                    "--output-dir", str(tmp_path / loss)]))
+        run(
+            parse_config(
+                "fundus",
+                [
+                    "--data-dir",
+                    str(fundus_dir),
+                    *TINY_RUN,
+                    "--max-steps",
+                    "1",
+                    "--loss",
+                    loss,
+                    "--output-dir",
+                    str(tmp_path / loss),
+                ],
+            )
+        )
     text = compare([tmp_path / "mgll", tmp_path / "clip"], tmp_path / "comparison.png")
     assert text.splitlines()[0].startswith("MGLL (1 steps") and "CLIP (1 steps" in text.splitlines()[0]
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
@@ -208,15 +291,35 @@ def test_compare_prints_runs_side_by_side(tmp_path, fundus_dir, monkeypatch, cap
 
 # --- the data people have, and runs that are extended, not overwritten (issue 13) -----------------
 
-NIH_FLAGS = ["--image-column", "Image Index", "--text-columns", "Finding Labels,View Position",
-             "--batch-size", "8", "--workers", "0", "--max-steps", "1"]
+NIH_FLAGS = [
+    "--image-column",
+    "Image Index",
+    "--text-columns",
+    "Finding Labels,View Position",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--max-steps",
+    "1",
+]
 
 
 def test_nih_table_trains_with_its_findings_as_multi_label(tmp_path, capsys):
     files = write_nih_table(tmp_path / "nih", rows=24, test_rows=8)
     (tmp_path / "nih" / "00000005_000.png").unlink()  # left out when the records are loaded, and counted
-    flags = ["--train-file", str(files["train"]), "--test-file", str(files["test"]), *NIH_FLAGS,
-             "--multi-label", "Finding Labels=|", "--skip-bad-samples", "--output-dir", str(tmp_path / "out")]
+    flags = [
+        "--train-file",
+        str(files["train"]),
+        "--test-file",
+        str(files["test"]),
+        *NIH_FLAGS,
+        "--multi-label",
+        "Finding Labels=|",
+        "--skip-bad-samples",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     config = parse_config("xray", flags)
     assert config.multi_label == {"Finding Labels": "|"}
     dataset = load_dataset(config)
@@ -234,8 +337,26 @@ def test_nih_table_trains_with_its_findings_as_multi_label(tmp_path, capsys):
 
 def test_authors_layouts_train_from_their_list_files(tmp_path, capsys):
     fundus = write_authors_fundus(tmp_path / "MGLL-Fundus", per_file=8)
-    assert main("fundus", ["--data-dir", str(fundus), "--json-list", "2level_multi_disease_list", "--batch-size", "8",
-                           "--workers", "0", "--max-steps", "1", "--output-dir", str(tmp_path / "fundus")]) == 0
+    assert (
+        main(
+            "fundus",
+            [
+                "--data-dir",
+                str(fundus),
+                "--json-list",
+                "2level_multi_disease_list",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--max-steps",
+                "1",
+                "--output-dir",
+                str(tmp_path / "fundus"),
+            ],
+        )
+        == 0
+    )
     assert "fundus: 16 train / 4 held-out images, levels: normality, category, description" in capsys.readouterr().out
     report = json.loads((tmp_path / "fundus" / "metrics.json").read_text())
     assert report["steps"] == 1 and list(report["levels"]) == ["normality", "category", "description", "mean"]
@@ -251,8 +372,18 @@ def test_help_shows_the_default_image_column():
 
 def _table_args(p: Path, image_column: str = "Image Index"):
     files = write_nih_table(p / "nih", rows=8, test_rows=2)
-    return ["--train-file", str(files["train"]), "--test-file", str(files["test"]), "--image-column", image_column,
-            "--text-columns", "Finding Labels", "--multi-label", "Finding Labels=|"]
+    return [
+        "--train-file",
+        str(files["train"]),
+        "--test-file",
+        str(files["test"]),
+        "--image-column",
+        image_column,
+        "--text-columns",
+        "Finding Labels",
+        "--multi-label",
+        "Finding Labels=|",
+    ]
 
 
 def _missing_images(p: Path):
@@ -265,23 +396,45 @@ def _missing_images(p: Path):
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
-        (lambda p: _table_args(p, "image"),
-         r"train\.csv: no column 'image' \(--image-column\); the file has: 'Image Index', 'Finding Labels', "),
-        (lambda p: _table_args(p)[:-1] + ["Finding Label=|"],
-         r"separator given for 'Finding Label', which is not a text column"),
-        (lambda p: ["--data-dir", str(_fundus_records(p, _records(4))), "--multi-label", "Disease=,"],
-         r"--multi-label: only for the generic table format"),
-        (lambda p: _table_args(p) + ["--multi-label", "Finding Labels=;"],
-         r"--multi-label: column 'Finding Labels' given twice"),
-        (lambda p: ["--data-dir", str(write_authors_fundus(p, per_file=2)), "--json-list", "MIDRC_list"],
-         r"--json-list MIDRC_list: .*MIDRC_list_train\.txt: no such file \(list names in .*: 2level_multi_disease_list"),
-        (lambda p: ["--synthetic", "--data-dir", str(p / "synthetic"), "--json-list", "x"],
-         r"--json-list: .* not with --synthetic"),
-        (_missing_images, r"^error: 6 of 80 image files do not exist: train\.json\[3\]: .*im3, train\.json\[5\]: "
-                          r".*im5, train\.json\[8\]: .*im8 and 3 more \(--skip-bad-samples leaves them out\)$"),
+        (
+            lambda p: _table_args(p, "image"),
+            r"train\.csv: no column 'image' \(--image-column\); the file has: 'Image Index', 'Finding Labels', ",
+        ),
+        (
+            lambda p: _table_args(p)[:-1] + ["Finding Label=|"],
+            r"separator given for 'Finding Label', which is not a text column",
+        ),
+        (
+            lambda p: ["--data-dir", str(_fundus_records(p, _records(4))), "--multi-label", "Disease=,"],
+            r"--multi-label: only for the generic table format",
+        ),
+        (
+            lambda p: _table_args(p) + ["--multi-label", "Finding Labels=;"],
+            r"--multi-label: column 'Finding Labels' given twice",
+        ),
+        (
+            lambda p: ["--data-dir", str(write_authors_fundus(p, per_file=2)), "--json-list", "MIDRC_list"],
+            r"--json-list MIDRC_list: .*MIDRC_list_train\.txt: no such file \(list names in .*: 2level_multi_disease_list",
+        ),
+        (
+            lambda p: ["--synthetic", "--data-dir", str(p / "synthetic"), "--json-list", "x"],
+            r"--json-list: .* not with --synthetic",
+        ),
+        (
+            _missing_images,
+            r"^error: 6 of 80 image files do not exist: train\.json\[3\]: .*im3, train\.json\[5\]: "
+            r".*im5, train\.json\[8\]: .*im8 and 3 more \(--skip-bad-samples leaves them out\)$",
+        ),
     ],
-    ids=["wrong-image-column", "multi-label-not-a-text-column", "multi-label-not-a-table", "multi-label-twice",
-         "unknown-json-list", "json-list-synthetic", "missing-images"],
+    ids=[
+        "wrong-image-column",
+        "multi-label-not-a-text-column",
+        "multi-label-not-a-table",
+        "multi-label-twice",
+        "unknown-json-list",
+        "json-list-synthetic",
+        "missing-images",
+    ],
 )
 def test_bad_layout_input_is_one_clear_line(tmp_path, capsys, make_args, message):
     test_bad_input_is_one_clear_line(tmp_path, capsys, make_args, message)
@@ -302,11 +455,14 @@ def test_a_finished_run_is_extended_never_overwritten_or_silently_rewritten(tmp_
     assert main("fundus", [*flags, "--max-steps", "1"]) == 2  # a new run into the same directory
     assert capsys.readouterr().err.strip() == (
         f"error: --output-dir {out}: holds the checkpoint of another run ({checkpoint}); continue it with --resume "
-        f"{checkpoint}, replace it with --overwrite, or pick another --output-dir")
+        f"{checkpoint}, replace it with --overwrite, or pick another --output-dir"
+    )
 
     assert main("fundus", [*flags, "--max-steps", "2", "--resume", checkpoint]) == 0  # a longer schedule
-    assert ("resuming at step 1 with --epochs 10 --max-steps 2 (saved with --epochs 10 --max-steps 1): "
-            "the learning-rate schedule is rebuilt for 2 steps from step 1") in capsys.readouterr().out
+    assert (
+        "resuming at step 1 with --epochs 10 --max-steps 2 (saved with --epochs 10 --max-steps 1): "
+        "the learning-rate schedule is rebuilt for 2 steps from step 1"
+    ) in capsys.readouterr().out
     history = torch.load(checkpoint, weights_only=True)["history"]
     assert [r["step"] for r in history] == [1, 2]
     assert history[1]["lr"] == pytest.approx(learning_rate(1, parse_config("fundus", [*flags, "--max-steps", "2"]), 2))
@@ -316,14 +472,17 @@ def test_a_finished_run_is_extended_never_overwritten_or_silently_rewritten(tmp_
     assert main("fundus", [*flags, "--max-steps", "2", "--resume", checkpoint]) == 2  # the same flags again
     assert capsys.readouterr().err.strip() == (
         f"error: --resume {checkpoint}: the run has finished (step 2 of 2): nothing left to train; "
-        "pass a longer --max-steps or --epochs to train it further")
+        "pass a longer --max-steps or --epochs to train it further"
+    )
     assert main("fundus", [*flags, "--max-steps", "1", "--resume", checkpoint]) == 2
     assert "checkpoint is at step 2, the schedule of --epochs 10 --max-steps 1 has 1 steps" in capsys.readouterr().err
     assert (out / "metrics.json").read_bytes() == metrics
 
     assert main("fundus", [*flags, "--epochs", "1", "--resume", checkpoint]) == 0  # 60 images / 16: 3 steps per epoch
-    assert ("resuming at step 2 with --epochs 1 (saved with --epochs 10 --max-steps 2): the learning-rate schedule "
-            "is rebuilt for 3 steps from step 2") in capsys.readouterr().out
+    assert (
+        "resuming at step 2 with --epochs 1 (saved with --epochs 10 --max-steps 2): the learning-rate schedule "
+        "is rebuilt for 3 steps from step 2"
+    ) in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
 
     assert main("fundus", [*flags, "--max-steps", "1", "--overwrite"]) == 0  # replaced, on purpose

@@ -24,7 +24,6 @@ from mgll_examples.errors import ExampleError
 from mgll_examples.missing_texts import TextDropper, text_mask
 from mgll_examples.model import build_model
 from mgll_examples.own_prompts import own_form_scores
-
 from mgll_loss.adapters.open_clip import MultiGranularOpenCLIP
 
 TINY_RUN = ["--synthetic-size", "80", "--batch-size", "16", "--workers", "0", "--max-steps", "2"]

@@ -19,9 +19,16 @@ pytest.importorskip("accelerate")
 
 from mgll_loss.adapters import hf  # noqa: E402
 
-CAPTIONS = [["normal", "abnormal", "abnormal", "normal"], ["healthy", "mild retinopathy", "severe retinopathy", "healthy"],
-            ["no abnormality observed", "microaneurysms only", "drusen", "cup observed"]]
-LABELS = [["Normal", "Abnormal", " abnormal", "Normal"], [["Healthy"], ["DR", "Mild"], ["DR", "Severe"], ["Healthy"]], None]
+CAPTIONS = [
+    ["normal", "abnormal", "abnormal", "normal"],
+    ["healthy", "mild retinopathy", "severe retinopathy", "healthy"],
+    ["no abnormality observed", "microaneurysms only", "drusen", "cup observed"],
+]
+LABELS = [
+    ["Normal", "Abnormal", " abnormal", "Normal"],
+    [["Healthy"], ["DR", "Mild"], ["DR", "Severe"], ["Healthy"]],
+    None,
+]
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -31,8 +38,12 @@ class _Examples(torch.utils.data.Dataset):
         tokens = hf.tokenize_levels(models.hf_tokenizer(), CAPTIONS, padding="max_length", max_length=6)
         pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
         self.examples = [
-            dict(pixel_values=pixels[i], input_ids=tokens["input_ids"][:, i], attention_mask=tokens["attention_mask"][:, i],
-                 labels=[LABELS[0][i], LABELS[1][i], None])
+            dict(
+                pixel_values=pixels[i],
+                input_ids=tokens["input_ids"][:, i],
+                attention_mask=tokens["attention_mask"][:, i],
+                labels=[LABELS[0][i], LABELS[1][i], None],
+            )
             for i in range(4)
         ]
 
@@ -62,13 +73,28 @@ def test_mgll_trainer_trains_evaluates_saves_and_reloads_a_clip_model(tmp_path):
     wrapper = hf.MultiGranularHFCLIP(models.tiny_hf_clip())
     before = {k: v.clone() for k, v in wrapper.model.state_dict().items()}
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-        learning_rate=1e-2, eval_strategy="steps", eval_steps=2, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
     )
     loss_fn = MGLLLoss(match="overlap")
-    trainer = hf.MGLLTrainer(model=wrapper, args=args, train_dataset=_Examples(), eval_dataset=_Examples(),
-                             data_collator=hf.collate_levels, mgll_loss=loss_fn)
+    trainer = hf.MGLLTrainer(
+        model=wrapper,
+        args=args,
+        train_dataset=_Examples(),
+        eval_dataset=_Examples(),
+        data_collator=hf.collate_levels,
+        mgll_loss=loss_fn,
+    )
     trainer.train()
     assert any(not torch.equal(before[k], v) for k, v in wrapper.model.state_dict().items())
     evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
@@ -96,14 +122,25 @@ def test_mgll_trainer_trains_evaluates_saves_and_reloads_a_clip_model(tmp_path):
 def test_mgll_trainer_resumes_from_its_checkpoint(tmp_path):
     from transformers import TrainingArguments
 
-    def trainer_for(max_steps: int) -> "hf.MGLLTrainer":
+    def trainer_for(max_steps: int) -> hf.MGLLTrainer:
         torch.manual_seed(0)
         args = TrainingArguments(
-            output_dir=str(tmp_path / "run"), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=1e-2,
-            save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, disable_tqdm=True,
+            output_dir=str(tmp_path / "run"),
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=2,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
         )
-        return hf.MGLLTrainer(model=hf.MultiGranularHFCLIP(models.tiny_hf_clip()), args=args, train_dataset=_Examples(),
-                              data_collator=hf.collate_levels)
+        return hf.MGLLTrainer(
+            model=hf.MultiGranularHFCLIP(models.tiny_hf_clip()),
+            args=args,
+            train_dataset=_Examples(),
+            data_collator=hf.collate_levels,
+        )
 
     straight = trainer_for(2)
     straight.train()

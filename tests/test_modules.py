@@ -47,8 +47,16 @@ def test_smooth_kl_module_equals_functional(batch, kl_direction):
 
 def test_mgll_module_equals_functional_and_dict_sums_to_total(batch):
     images, texts, scale, bias = batch
-    options = dict(soft_clip_weight=0.3, pointwise_weight=2.0, smooth_kl_weight=0.7, level_weights=[1.0, 0.5, 2.0],
-                   match="jaccard", normalization="rows", pointwise_target="row_normalized", kl_direction="from_mean")
+    options = dict(
+        soft_clip_weight=0.3,
+        pointwise_weight=2.0,
+        smooth_kl_weight=0.7,
+        level_weights=[1.0, 0.5, 2.0],
+        match="jaccard",
+        normalization="rows",
+        pointwise_target="row_normalized",
+        kl_direction="from_mean",
+    )
     loss = MGLLLoss(**options)
     terms = loss(images, texts, scale, bias, labels=level_labels(B), output_dict=True)
     assert set(terms) == {"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}
@@ -66,8 +74,12 @@ def test_output_dict_keys_of_single_term_losses(batch):
 
 def test_mgll_weights_scale_each_term(batch):
     images, texts, scale, bias = batch
-    unit = MGLLLoss(soft_clip_weight=1.0, pointwise_weight=1.0, smooth_kl_weight=1.0)(images, texts, scale, bias, output_dict=True)
-    weighted = MGLLLoss(soft_clip_weight=0.25, pointwise_weight=3.0, smooth_kl_weight=0.0)(images, texts, scale, bias, output_dict=True)
+    unit = MGLLLoss(soft_clip_weight=1.0, pointwise_weight=1.0, smooth_kl_weight=1.0)(
+        images, texts, scale, bias, output_dict=True
+    )
+    weighted = MGLLLoss(soft_clip_weight=0.25, pointwise_weight=3.0, smooth_kl_weight=0.0)(
+        images, texts, scale, bias, output_dict=True
+    )
     torch.testing.assert_close(weighted["soft_clip_loss"], 0.25 * unit["soft_clip_loss"])
     torch.testing.assert_close(weighted["pointwise_loss"], 3.0 * unit["pointwise_loss"])
     assert float(weighted["smooth_kl_loss"]) == 0.0

@@ -20,8 +20,9 @@ def test_extreme_logits_give_finite_losses_and_gradients(scale, bias, kl_directi
     texts = unit_features(G, B, D, seed=4, requires_grad=True)
     mask = torch.ones(G, B, dtype=torch.bool)
     mask[1, :3] = False
-    terms = MGLLLoss(kl_direction=kl_direction)(images, texts, torch.tensor(scale), bias,
-                                                labels=level_labels(B), text_mask=mask, output_dict=True)
+    terms = MGLLLoss(kl_direction=kl_direction)(
+        images, texts, torch.tensor(scale), bias, labels=level_labels(B), text_mask=mask, output_dict=True
+    )
     total = sum(terms.values())
     total.backward()
     assert all(torch.isfinite(v) for v in terms.values()), terms
@@ -68,7 +69,9 @@ def test_all_texts_of_a_level_missing_gives_finite_zero_terms_for_that_level():
     assert torch.isfinite(total) and torch.isfinite(images.grad).all()
 
 
-@pytest.mark.parametrize("scale", [float("inf"), float("nan"), -10.0, 0.0, torch.tensor(float("inf")), torch.tensor(-1.0)])
+@pytest.mark.parametrize(
+    "scale", [float("inf"), float("nan"), -10.0, 0.0, torch.tensor(float("inf")), torch.tensor(-1.0)]
+)
 def test_non_finite_or_non_positive_logit_scale_is_rejected(scale):
     images = unit_features(B, D, seed=13)
     with pytest.raises(ValueError, match="logit_scale: expected a finite positive number"):

@@ -47,9 +47,13 @@ def test_import_works_without_optional_frameworks(tmp_path):
     # Shadow each optional framework with a package whose import fails, as if it were not installed.
     for name in OPTIONAL_FRAMEWORKS:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed (blocked by the test)')")
+        (tmp_path / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is not installed (blocked by the test)')"
+        )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    result = subprocess.run([sys.executable, "-c", USE_WITH_TORCH_ALONE], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", USE_WITH_TORCH_ALONE], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 

@@ -180,9 +180,9 @@ def test_mgll_soft_clip_term_is_weighted_sum_of_cliploss(G, dtype):
     def theirs(a, c, d):
         return weight * sum(clip(a, c[g], d) for g in range(G))
 
-    _assert_same(_value_and_grads(ours, v, texts, s), _value_and_grads(theirs, v, texts, s), dtype,
-                 ("image", "texts", "scale"))
+    _assert_same(
+        _value_and_grads(ours, v, texts, s), _value_and_grads(theirs, v, texts, s), dtype, ("image", "texts", "scale")
+    )
     # default soft_clip_weight is 0.5
     out = MGLLLoss()(v, texts, s, output_dict=True)["soft_clip_loss"]
-    torch.testing.assert_close(out.double(), (0.5 * sum(clip(v, texts[g], s) for g in range(G))).double(),
-                               **TOL[dtype])
+    torch.testing.assert_close(out.double(), (0.5 * sum(clip(v, texts[g], s) for g in range(G))).double(), **TOL[dtype])

@@ -73,23 +73,31 @@ def _multi_hot(rows, num_classes, dtype=torch.float32):
 # Multi-hot rows with duplicates, overlaps, two empty label sets and a singleton.
 MH_ROWS = [[0, 1], [0], [0, 1], [], [2], [1, 3], [], [2, 3]]
 VOCAB_TARGETS = torch.tensor(  # B=8 images against a label-text vocabulary of N=5
-    [[1, 0, 0, 0, 0],
-     [0, 1, 0, 1, 0],
-     [0, 0, 0, 0, 0],   # image without a positive text
-     [0.5, 0.5, 0, 0, 0],  # soft weights
-     [0, 0, 1, 0, 0],
-     [1, 0, 0, 0, 1],
-     [0, 0, 0, 1, 0],
-     [0, 0, 1, 0, 0]], dtype=torch.float32)
+    [
+        [1, 0, 0, 0, 0],
+        [0, 1, 0, 1, 0],
+        [0, 0, 0, 0, 0],  # image without a positive text
+        [0.5, 0.5, 0, 0, 0],  # soft weights
+        [0, 0, 1, 0, 0],
+        [1, 0, 0, 0, 1],
+        [0, 0, 0, 1, 0],
+        [0, 0, 1, 0, 0],
+    ],
+    dtype=torch.float32,
+)
 ZERO_ROW_TARGETS = torch.tensor(  # B=N=8, rows 1 and 5 and column 7 without a positive
-    [[1, 0, 0, 0, 0, 0, 0, 0],
-     [0, 0, 0, 0, 0, 0, 0, 0],
-     [0, 0, 1, 1, 0, 0, 0, 0],
-     [0, 0, 1, 1, 0, 0, 0, 0],
-     [0, 1, 0, 0, 1, 0, 0, 0],
-     [0, 0, 0, 0, 0, 0, 0, 0],
-     [0, 0, 0, 0, 0, 0, 1, 0],
-     [0.25, 0, 0, 0, 0, 0, 0.75, 0]], dtype=torch.float32)
+    [
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0, 0, 0],
+        [0, 1, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 0],
+        [0.25, 0, 0, 0, 0, 0, 0.75, 0],
+    ],
+    dtype=torch.float32,
+)
 MASK8 = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)  # drops texts 2 and 6
 
 
@@ -135,10 +143,23 @@ def single_level_case(name):
 
 
 SINGLE_CASES = [
-    "identity", "identity_masked", "class_ids_dup", "class_ids_masked",
-    "multihot_exact", "multihot_overlap", "multihot_jaccard", "multihot_bool_jaccard_masked",
-    "multihot_int_overlap", "targets_vocab_N5", "targets_vocab_N5_masked", "targets_zero_rows",
-    "B1_identity", "B1_targets_N5", "B7_targets_N3", "B70_class_ids", "B70_multihot_overlap",
+    "identity",
+    "identity_masked",
+    "class_ids_dup",
+    "class_ids_masked",
+    "multihot_exact",
+    "multihot_overlap",
+    "multihot_jaccard",
+    "multihot_bool_jaccard_masked",
+    "multihot_int_overlap",
+    "targets_vocab_N5",
+    "targets_vocab_N5_masked",
+    "targets_zero_rows",
+    "B1_identity",
+    "B1_targets_N5",
+    "B7_targets_N3",
+    "B70_class_ids",
+    "B70_multihot_overlap",
 ]
 
 
@@ -179,8 +200,13 @@ def _grads(leaves):
 def _check_value(got, want, dtype, what="loss"):
     tol = TOL[dtype]
     assert torch.isfinite(got).all(), f"{what}: not finite: {got}"
-    torch.testing.assert_close(got.detach().double(), want.detach().double(),
-                               rtol=tol["loss_rtol"], atol=tol["loss_atol"], msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        got.detach().double(),
+        want.detach().double(),
+        rtol=tol["loss_rtol"],
+        atol=tol["loss_atol"],
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 def _check_grads(lib, ref, dtype):
@@ -202,8 +228,13 @@ def _check_grads(lib, ref, dtype):
         if want is None:  # the reference does not depend on this leaf
             want = torch.zeros_like(got)
         size = max(1.0, float(want.detach().abs().max())) if want.numel() else 1.0
-        torch.testing.assert_close(got.double(), want.double(), rtol=tol["grad_rtol"],
-                                   atol=tol["grad_atol"] * size, msg=lambda m, k=key: f"grad {k}: {m}")
+        torch.testing.assert_close(
+            got.double(),
+            want.double(),
+            rtol=tol["grad_rtol"],
+            atol=tol["grad_atol"] * size,
+            msg=lambda m, k=key: f"grad {k}: {m}",
+        )
 
 
 def _check_dtype(out, dtype):
@@ -248,10 +279,26 @@ def test_soft_clip_parity(case, scale, dtype):
     bias = BIAS_VALUE if (SINGLE_CASES.index(case) + SCALES.index(scale)) % 2 else None
     image64, text64, labels, targets, mask, match = _single_inputs(case)
     lib, ref = _leaves(image64, text64, scale, bias, dtype)
-    out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels,
-                            targets=targets, text_mask=mask, match=match)
-    want = ref_soft_clip(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels,
-                         targets=targets, text_mask=mask, match=match)
+    out = MF.soft_clip_loss(
+        lib["image"],
+        lib["text"],
+        lib["scale"],
+        lib["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        match=match,
+    )
+    want = ref_soft_clip(
+        ref["image"],
+        ref["text"],
+        ref["scale"],
+        ref["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        match=match,
+    )
     _check_dtype(out, dtype)
     _check_value(out, want, dtype)
     out.backward()
@@ -272,12 +319,30 @@ def test_pointwise_parity(case, normalization, pointwise_target, dtype):
     bias = BIAS_VALUE if k % 2 else None
     image64, text64, labels, targets, mask, match = _single_inputs(case, seed=1)
     lib, ref = _leaves(image64, text64, scale, bias, dtype)
-    out = MF.pointwise_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels,
-                            targets=targets, text_mask=mask, match=match, normalization=normalization,
-                            pointwise_target=pointwise_target)
-    want = ref_pointwise(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels,
-                         targets=targets, text_mask=mask, match=match, normalization=normalization,
-                         pointwise_target=pointwise_target)
+    out = MF.pointwise_loss(
+        lib["image"],
+        lib["text"],
+        lib["scale"],
+        lib["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        match=match,
+        normalization=normalization,
+        pointwise_target=pointwise_target,
+    )
+    want = ref_pointwise(
+        ref["image"],
+        ref["text"],
+        ref["scale"],
+        ref["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        match=match,
+        normalization=normalization,
+        pointwise_target=pointwise_target,
+    )
     _check_dtype(out, dtype)
     _check_value(out, want, dtype)
     out.backward()
@@ -293,11 +358,27 @@ def test_soft_clip_module(case):
     image64, text64, labels, targets, mask, match = _single_inputs(case, seed=2)
     lib, ref = _leaves(image64, text64, 14.3, BIAS_VALUE, torch.float64)
     module = SoftCLIPLoss(match=match)
-    out = module(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, targets=targets,
-                 text_mask=mask, output_dict=True)
+    out = module(
+        lib["image"],
+        lib["text"],
+        lib["scale"],
+        lib["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        output_dict=True,
+    )
     assert set(out) == {"soft_clip_loss"}
-    want = ref_soft_clip(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels,
-                         targets=targets, text_mask=mask, match=match)
+    want = ref_soft_clip(
+        ref["image"],
+        ref["text"],
+        ref["scale"],
+        ref["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        match=match,
+    )
     _check_value(out["soft_clip_loss"], want, torch.float64)
     out["soft_clip_loss"].backward()
     want.backward()
@@ -313,12 +394,29 @@ def test_pointwise_module(case, pointwise_target, normalization):
     image64, text64, labels, targets, mask, match = _single_inputs(case, seed=3)
     lib, ref = _leaves(image64, text64, 100.0, BIAS_VALUE, torch.float64)
     module = PointwiseLoss(match=match, normalization=normalization, pointwise_target=pointwise_target)
-    out = module(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, targets=targets,
-                 text_mask=mask, output_dict=True)
+    out = module(
+        lib["image"],
+        lib["text"],
+        lib["scale"],
+        lib["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        output_dict=True,
+    )
     assert set(out) == {"pointwise_loss"}
-    want = ref_pointwise(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels,
-                         targets=targets, text_mask=mask, match=match, normalization=normalization,
-                         pointwise_target=pointwise_target)
+    want = ref_pointwise(
+        ref["image"],
+        ref["text"],
+        ref["scale"],
+        ref["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        match=match,
+        normalization=normalization,
+        pointwise_target=pointwise_target,
+    )
     _check_value(out["pointwise_loss"], want, torch.float64)
     out["pointwise_loss"].backward()
     want.backward()
@@ -361,8 +459,15 @@ def multi_level_case(name):
     raise KeyError(name)
 
 
-MULTI_CASES = ["G3_tensor_identity", "G3_tensor_labels_mask", "G3_list_masks_with_none",
-               "G3_targets_vocab_N5", "G3_zero_row_targets", "G2_B1", "G3_B70"]
+MULTI_CASES = [
+    "G3_tensor_identity",
+    "G3_tensor_labels_mask",
+    "G3_list_masks_with_none",
+    "G3_targets_vocab_N5",
+    "G3_zero_row_targets",
+    "G2_B1",
+    "G3_B70",
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -373,10 +478,12 @@ def test_smooth_kl_parity(case, bias, kl_direction, dtype):
     image64, texts64, labels, targets, mask = multi_level_case(case)
     scale = SCALES[MULTI_CASES.index(case) % 3]
     lib, ref = _leaves(image64, texts64, scale, bias, dtype)
-    out = MF.smooth_kl_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], text_mask=mask,
-                            kl_direction=kl_direction)
-    want = ref_smooth_kl(ref["image"], ref["text"], ref["scale"], ref["bias"], text_mask=mask,
-                         kl_direction=kl_direction)
+    out = MF.smooth_kl_loss(
+        lib["image"], lib["text"], lib["scale"], lib["bias"], text_mask=mask, kl_direction=kl_direction
+    )
+    want = ref_smooth_kl(
+        ref["image"], ref["text"], ref["scale"], ref["bias"], text_mask=mask, kl_direction=kl_direction
+    )
     _check_dtype(out, dtype)
     _check_value(out, want, dtype)
     assert float(out.detach()) >= -TOL[dtype]["loss_atol"]  # KL is non-negative
@@ -385,8 +492,16 @@ def test_smooth_kl_parity(case, bias, kl_direction, dtype):
     _check_grads(lib, ref, dtype)
     # module, labels/targets accepted (validated, unused)
     module = SmoothKLLoss(kl_direction=kl_direction)
-    out_m = module(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, targets=targets,
-                   text_mask=mask, output_dict=True)
+    out_m = module(
+        lib["image"],
+        lib["text"],
+        lib["scale"],
+        lib["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        output_dict=True,
+    )
     assert set(out_m) == {"smooth_kl_loss"}
     _check_value(out_m["smooth_kl_loss"], want, dtype, "SmoothKLLoss")
 
@@ -394,8 +509,13 @@ def test_smooth_kl_parity(case, bias, kl_direction, dtype):
 MGLL_OPTIONS = [
     dict(),  # defaults: weights (0.5, 1, 1), pairs, mask, to_mean
     dict(normalization="rows", pointwise_target="row_normalized", kl_direction="from_mean"),
-    dict(soft_clip_weight=0.3, pointwise_weight=0.7, smooth_kl_weight=2.0, level_weights=[1.0, 0.5, 2.0],
-         normalization="rows"),
+    dict(
+        soft_clip_weight=0.3,
+        pointwise_weight=0.7,
+        smooth_kl_weight=2.0,
+        level_weights=[1.0, 0.5, 2.0],
+        normalization="rows",
+    ),
     dict(level_weights=[0.0, 1.5, 1.0], pointwise_target="row_normalized", kl_direction="from_mean"),
     dict(match="overlap", level_weights=[2.0, 1.0, 0.25]),
     dict(match="jaccard", normalization="rows"),
@@ -444,10 +564,8 @@ def test_mgll_parity(case, opt_index, dtype):
 def test_mgll_plain_total_equals_dict_sum(case):
     image64, texts64, labels, targets, mask = multi_level_case(case)
     opts = dict(level_weights=[1.0, 0.5, 2.0], kl_direction="from_mean")
-    total = MF.mgll_loss(image64, texts64, 14.3, BIAS_VALUE, labels=labels, targets=targets,
-                         text_mask=mask, **opts)
-    total_m = MGLLLoss(**opts)(image64, texts64, 14.3, BIAS_VALUE, labels=labels, targets=targets,
-                               text_mask=mask)
+    total = MF.mgll_loss(image64, texts64, 14.3, BIAS_VALUE, labels=labels, targets=targets, text_mask=mask, **opts)
+    total_m = MGLLLoss(**opts)(image64, texts64, 14.3, BIAS_VALUE, labels=labels, targets=targets, text_mask=mask)
     want = ref_mgll(image64, texts64, 14.3, BIAS_VALUE, labels=labels, targets=targets, text_mask=mask, **opts)
     want_total = sum(want.values())
     _check_value(total, want_total, torch.float64, "functional total")
@@ -462,10 +580,12 @@ def test_mgll_single_level(bias, dtype):
     image64, text64 = _unit(8, 16, gen), _unit(8, 16, gen)
     labels = [torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])]
     lib, ref = _leaves(image64, [text64], 14.3, bias, dtype)
-    out = MGLLLoss(level_weights=[0.7])(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels,
-                                        text_mask=[MASK8], output_dict=True)
-    want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels, text_mask=[MASK8],
-                    level_weights=[0.7])
+    out = MGLLLoss(level_weights=[0.7])(
+        lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=[MASK8], output_dict=True
+    )
+    want = ref_mgll(
+        ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels, text_mask=[MASK8], level_weights=[0.7]
+    )
     assert float(out["smooth_kl_loss"]) == 0.0
     for key in want:
         _check_value(out[key], want[key], dtype, key)
@@ -486,15 +606,46 @@ def test_mgll_unequal_levels_without_kl(bias, dtype):
     mask = [MASK8, torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool), None]
     opts = dict(smooth_kl_weight=0.0, level_weights=[1.0, 2.0, 0.5], normalization="rows")
     lib, ref = _leaves(image64, texts64, 100.0, bias, dtype)
-    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, targets=targets,
-                       text_mask=mask, output_dict=True, **opts)
+    out = MF.mgll_loss(
+        lib["image"],
+        lib["text"],
+        lib["scale"],
+        lib["bias"],
+        labels=labels,
+        targets=targets,
+        text_mask=mask,
+        output_dict=True,
+        **opts,
+    )
     # the reference's smooth KL refuses unequal N, so build the expected dict from its parts
     w = opts["level_weights"]
-    clip = sum(w[g] * ref_soft_clip(ref["image"], ref["text"][g], ref["scale"], ref["bias"], labels=labels[g],
-                                    targets=targets[g], text_mask=mask[g]) for g in range(3))
-    point = sum(w[g] * ref_pointwise(ref["image"], ref["text"][g], ref["scale"], ref["bias"], labels=labels[g],
-                                     targets=targets[g], text_mask=mask[g], normalization="rows")
-                for g in range(3))
+    clip = sum(
+        w[g]
+        * ref_soft_clip(
+            ref["image"],
+            ref["text"][g],
+            ref["scale"],
+            ref["bias"],
+            labels=labels[g],
+            targets=targets[g],
+            text_mask=mask[g],
+        )
+        for g in range(3)
+    )
+    point = sum(
+        w[g]
+        * ref_pointwise(
+            ref["image"],
+            ref["text"][g],
+            ref["scale"],
+            ref["bias"],
+            labels=labels[g],
+            targets=targets[g],
+            text_mask=mask[g],
+            normalization="rows",
+        )
+        for g in range(3)
+    )
     want = {"soft_clip_loss": 0.5 * clip, "pointwise_loss": 1.0 * point}
     for key in want:
         _check_value(out[key], want[key], dtype, key)
@@ -515,23 +666,40 @@ def test_low_precision_parity(term, scale, dtype):
     if term == "soft_clip":
         image64, text64, labels, targets, mask, match = _single_inputs("class_ids_masked", seed=5)
         lib, ref = _leaves(image64, text64, scale, BIAS_VALUE, dtype)
-        out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels,
-                                text_mask=mask)
+        out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=mask)
         want = ref_soft_clip(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels, text_mask=mask)
     elif term == "pointwise":
         image64, text64, labels, targets, mask, match = _single_inputs("multihot_jaccard", seed=6)
         lib, ref = _leaves(image64, text64, scale, BIAS_VALUE, dtype)
-        out = MF.pointwise_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels,
-                                match="jaccard", normalization="rows")
-        want = ref_pointwise(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels,
-                             match="jaccard", normalization="rows")
+        out = MF.pointwise_loss(
+            lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, match="jaccard", normalization="rows"
+        )
+        want = ref_pointwise(
+            ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels, match="jaccard", normalization="rows"
+        )
     else:
         image64, texts64, labels, targets, mask = multi_level_case("G3_tensor_labels_mask")
         lib, ref = _leaves(image64, texts64, scale, BIAS_VALUE, dtype)
-        out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=mask,
-                           level_weights=[1.0, 0.5, 2.0])
-        want = sum(ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels,
-                            text_mask=mask, level_weights=[1.0, 0.5, 2.0]).values())
+        out = MF.mgll_loss(
+            lib["image"],
+            lib["text"],
+            lib["scale"],
+            lib["bias"],
+            labels=labels,
+            text_mask=mask,
+            level_weights=[1.0, 0.5, 2.0],
+        )
+        want = sum(
+            ref_mgll(
+                ref["image"],
+                ref["text"],
+                ref["scale"],
+                ref["bias"],
+                labels=labels,
+                text_mask=mask,
+                level_weights=[1.0, 0.5, 2.0],
+            ).values()
+        )
     _check_dtype(out, dtype)
     _check_value(out, want, dtype)
     out.backward()
@@ -552,17 +720,17 @@ def test_gradcheck_mgll_loss():
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 1, 1], [1, 1, 1, 0, 1]], dtype=torch.bool)
 
     def fn(v, t, s, b):
-        return MF.mgll_loss(v, t, s, b, labels=labels, text_mask=mask, match="overlap",
-                            level_weights=[1.0, 0.5, 2.0])
+        return MF.mgll_loss(v, t, s, b, labels=labels, text_mask=mask, match="overlap", level_weights=[1.0, 0.5, 2.0])
 
     assert torch.autograd.gradcheck(fn, (image, texts, scale, bias), eps=1e-6, atol=1e-6, rtol=1e-5)
+
     # and the reference agrees with itself under gradcheck (sanity of the reference)
     def fn_ref(v, t, s, b):
-        return sum(ref_mgll(v, t, s, b, labels=labels, text_mask=mask, match="overlap",
-                            level_weights=[1.0, 0.5, 2.0]).values())
+        return sum(
+            ref_mgll(v, t, s, b, labels=labels, text_mask=mask, match="overlap", level_weights=[1.0, 0.5, 2.0]).values()
+        )
 
-    assert torch.autograd.gradcheck(fn_ref, (image, texts, scale, bias), eps=1e-6, atol=1e-6, rtol=1e-5,
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(fn_ref, (image, texts, scale, bias), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
 def test_gradcheck_soft_clip_and_pointwise_targets():
@@ -574,8 +742,9 @@ def test_gradcheck_soft_clip_and_pointwise_targets():
     targets = torch.tensor([[1, 0, 0], [0, 0, 0], [0.5, 0.5, 0], [0, 1, 1], [0, 0, 1]], dtype=torch.float64)
 
     def fn(v, t, s, b):
-        return (MF.soft_clip_loss(v, t, s, b, targets=targets)
-                + MF.pointwise_loss(v, t, s, b, targets=targets, pointwise_target="row_normalized"))
+        return MF.soft_clip_loss(v, t, s, b, targets=targets) + MF.pointwise_loss(
+            v, t, s, b, targets=targets, pointwise_target="row_normalized"
+        )
 
     assert torch.autograd.gradcheck(fn, (image, text, scale, bias), eps=1e-6, atol=1e-6, rtol=1e-5)
 

@@ -26,8 +26,10 @@ def problems(draw, max_levels: int = 3):
     kinds = draw(st.lists(st.sampled_from(["none", "ids", "multi_hot"]), min_size=levels, max_size=levels))
     generator = torch.Generator().manual_seed(seed + 2)
     labels = [
-        None if kind == "none"
-        else torch.randint(0, 3, (batch,), generator=generator) if kind == "ids"
+        None
+        if kind == "none"
+        else torch.randint(0, 3, (batch,), generator=generator)
+        if kind == "ids"
         else torch.randint(0, 2, (batch, 3), generator=generator)
         for kind in kinds
     ]
@@ -45,7 +47,9 @@ def test_batch_permutation_invariance(problem, rng):
     perm = torch.tensor(order)
     permuted_labels = [None if y is None else y[perm] for y in labels]
     before = functional.mgll_loss(images, texts, scale, bias, labels=labels, match=match, output_dict=True)
-    after = functional.mgll_loss(images[perm], texts[:, perm], scale, bias, labels=permuted_labels, match=match, output_dict=True)
+    after = functional.mgll_loss(
+        images[perm], texts[:, perm], scale, bias, labels=permuted_labels, match=match, output_dict=True
+    )
     for name in before:
         torch.testing.assert_close(after[name], before[name], rtol=1e-9, atol=1e-9)
 
@@ -71,12 +75,21 @@ def test_identical_levels_have_zero_smooth_kl(problem, levels, direction):
     torch.testing.assert_close(kl, torch.zeros((), dtype=kl.dtype), rtol=0, atol=1e-10)
 
 
-@given(problems(), st.sampled_from(["pairs", "rows"]), st.sampled_from(["mask", "row_normalized"]),
-       st.sampled_from(["to_mean", "from_mean"]))
+@given(
+    problems(),
+    st.sampled_from(["pairs", "rows"]),
+    st.sampled_from(["mask", "row_normalized"]),
+    st.sampled_from(["to_mean", "from_mean"]),
+)
 def test_terms_are_non_negative_and_sum_to_total(problem, normalization, pointwise_target, direction):
     images, texts, labels, scale, bias, match = problem
-    options = dict(labels=labels, match=match, normalization=normalization, pointwise_target=pointwise_target,
-                   kl_direction=direction)
+    options = dict(
+        labels=labels,
+        match=match,
+        normalization=normalization,
+        pointwise_target=pointwise_target,
+        kl_direction=direction,
+    )
     terms = functional.mgll_loss(images, texts, scale, bias, output_dict=True, **options)
     total = functional.mgll_loss(images, texts, scale, bias, **options)
     for name, value in terms.items():

@@ -25,11 +25,14 @@ VOCABULARY = ["DR", "AMD", "Drusen", "Haemorrhages"]
 
 
 def test_whitespace_never_makes_a_new_class_and_case_is_an_option():
-    ids = labels_from_strings(["Normal, Healthy", "Normal, Healthy ", "normal, healthy", " Normal,\tHealthy", "Normal,  Healthy"])
+    ids = labels_from_strings(
+        ["Normal, Healthy", "Normal, Healthy ", "normal, healthy", " Normal,\tHealthy", "Normal,  Healthy"]
+    )
     assert ids.dtype == torch.int64 and bool((ids >= 0).all())
     assert ids.tolist() == [ids[0].item()] * 2 + [ids[2].item()] + [ids[0].item()] * 2 and ids[0] != ids[2]
-    folded = labels_from_strings(["Normal, Healthy", "Normal, Healthy ", "normal, healthy", "NORMAL,  HEALTHY"],
-                                 case_sensitive=False)
+    folded = labels_from_strings(
+        ["Normal, Healthy", "Normal, Healthy ", "normal, healthy", "NORMAL,  HEALTHY"], case_sensitive=False
+    )
     assert len(set(folded.tolist())) == 1
     assert normalize_label("Cafe\u0301") == normalize_label("Caf\u00e9")  # NFC: composed and decomposed accents
     assert normalize_label(" a\n b ") == "a b" and normalize_label("D.R.") != normalize_label("DR")
@@ -80,9 +83,14 @@ def test_label_sets_equal_multi_hot_over_a_vocabulary_and_the_reference(options,
         loss = MGLLLoss(match=match, **options)(images, texts, 10.0, -2.0, labels=[labels, None])
         loss.backward()
         results.append((loss.detach(), images.grad, texts.grad))
-    expected = ref_mgll_total(unit_features(batch, 6, dtype=torch.float64, seed=1),
-                              list(unit_features(2, batch, 6, dtype=torch.float64, seed=2)), 10.0, -2.0,
-                              labels=[multi_hot.long(), None], match=match)
+    expected = ref_mgll_total(
+        unit_features(batch, 6, dtype=torch.float64, seed=1),
+        list(unit_features(2, batch, 6, dtype=torch.float64, seed=2)),
+        10.0,
+        -2.0,
+        labels=[multi_hot.long(), None],
+        match=match,
+    )
     torch.testing.assert_close(results[0][0], expected, rtol=1e-9, atol=1e-9)
     for got, want in zip(results[0], results[1]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
@@ -91,8 +99,9 @@ def test_label_sets_equal_multi_hot_over_a_vocabulary_and_the_reference(options,
 def _unlabelled_reference_mask(ids: torch.Tensor) -> torch.Tensor:
     """P_ij = [y_i == y_j >= 0] or [i == j], built pair by pair."""
     n = len(ids)
-    return torch.tensor([[float(i == j or (ids[i] == ids[j] and ids[i] >= 0)) for j in range(n)] for i in range(n)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [[float(i == j or (ids[i] == ids[j] and ids[i] >= 0)) for j in range(n)] for i in range(n)], dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("options", BACKENDS, ids=lambda o: o["backend"])
@@ -105,36 +114,48 @@ def test_negative_class_ids_mean_unlabelled_at_that_level(options):
     for labels, targets in (([ids, None], None), (None, [mask, None])):
         images = unit_features(7, 5, dtype=torch.float64, seed=3, requires_grad=True)
         texts = unit_features(2, 7, 5, dtype=torch.float64, seed=4, requires_grad=True)
-        loss = MGLLLoss(**options)(images, texts, 10.0, labels=labels, targets=targets,
-                                   text_mask=[text_mask, None])
+        loss = MGLLLoss(**options)(images, texts, 10.0, labels=labels, targets=targets, text_mask=[text_mask, None])
         loss.backward()
         grads.append((loss.detach(), images.grad, texts.grad))
-    expected = ref_mgll_total(unit_features(7, 5, dtype=torch.float64, seed=3),
-                              list(unit_features(2, 7, 5, dtype=torch.float64, seed=4)), 10.0,
-                              targets=[mask, None], text_mask=[text_mask, None])
+    expected = ref_mgll_total(
+        unit_features(7, 5, dtype=torch.float64, seed=3),
+        list(unit_features(2, 7, 5, dtype=torch.float64, seed=4)),
+        10.0,
+        targets=[mask, None],
+        text_mask=[text_mask, None],
+    )
     torch.testing.assert_close(grads[0][0], expected, rtol=1e-9, atol=1e-9)
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("loss, labels, name", [
-    (SoftCLIPLoss(), ["Normal", "Abnormal", "Normal", "DR"], "labels"),
-    (MGLLLoss(), [["Normal", "Abnormal", "Normal", "DR"], None], "labels[0]"),
-    (MGLLLoss(), [None, "Normal"], "labels[1]"),
-])
+@pytest.mark.parametrize(
+    "loss, labels, name",
+    [
+        (SoftCLIPLoss(), ["Normal", "Abnormal", "Normal", "DR"], "labels"),
+        (MGLLLoss(), [["Normal", "Abnormal", "Normal", "DR"], None], "labels[0]"),
+        (MGLLLoss(), [None, "Normal"], "labels[1]"),
+    ],
+)
 def test_label_strings_passed_to_a_loss_say_how_to_build_labels(loss, labels, name):
     images = unit_features(4, 6)
     texts = unit_features(4, 6) if isinstance(loss, SoftCLIPLoss) else unit_features(2, 4, 6)
-    with pytest.raises(TypeError, match=rf"^{name.replace('[', '.').replace(']', '.')}: got label strings .*"
-                                        r"level_labels_from_strings"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^{name.replace('[', '.').replace(']', '.')}: got label strings .*"
+        r"level_labels_from_strings",
+    ):
         loss(images, texts, 10.0, labels=labels)
 
 
 def test_batch_first_text_features_are_named_as_such():
     images, texts = unit_features(4, 6), unit_features(3, 4, 6)  # [G, B, D]
     labels = level_labels_from_strings([["a", "b", "a", "c"]] * 3)
-    with pytest.raises(ValueError, match=r"text_features: got shape \[4, 3, 6\], which looks batch-first \[B, G, D\] "
-                                         r"with B=4 images and G=3 levels.*transpose\(0, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"text_features: got shape \[4, 3, 6\], which looks batch-first \[B, G, D\] "
+        r"with B=4 images and G=3 levels.*transpose\(0, 1\)",
+    ):
         MGLLLoss()(images, texts.transpose(0, 1), 10.0, labels=labels)
     with pytest.raises(ValueError, match="looks batch-first"):
         MGLLLoss()(images, texts.transpose(0, 1), 10.0)

@@ -19,9 +19,9 @@ from mgll_loss.labels import label_id
 from mgll_loss.targets import (
     LabelSets,
     LevelTargets,
+    labels_from_strings,
     level_labels_from_strings,
     level_targets,
-    labels_from_strings,
     mask_from_class_ids,
     mask_from_multi_hot,
     positive_mask,
@@ -510,7 +510,9 @@ def test_level_labels_from_strings_per_level_separators():
 
 
 def test_level_labels_from_strings_docstring_example():
-    ids, categories = level_labels_from_strings([["Normal", "Abnormal"], ["Healthy", "Abnormal, DR"]], separator=[None, ","])
+    ids, categories = level_labels_from_strings(
+        [["Normal", "Abnormal"], ["Healthy", "Abnormal, DR"]], separator=[None, ","]
+    )
     assert _first_appearance(ids) == [0, 1]
     expected = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.bool)
     assert torch.equal(_multi_hot(categories, ["Healthy", "Abnormal", "DR"]), expected)

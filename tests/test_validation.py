@@ -528,7 +528,12 @@ OPTION_FUNCTIONALS = {
     "normalization": ("functional.pointwise_loss", "functional.mgll_loss"),
     "pointwise_target": ("functional.pointwise_loss", "functional.mgll_loss"),
     "kl_direction": ("functional.smooth_kl_loss", "functional.mgll_loss"),
-    "backend": ("functional.soft_clip_loss", "functional.pointwise_loss", "functional.smooth_kl_loss", "functional.mgll_loss"),
+    "backend": (
+        "functional.soft_clip_loss",
+        "functional.pointwise_loss",
+        "functional.smooth_kl_loss",
+        "functional.mgll_loss",
+    ),
 }
 OPTION_VALID = {
     "match": "'exact', 'overlap', 'jaccard'",
@@ -540,7 +545,9 @@ OPTION_VALID = {
 
 
 @pytest.mark.parametrize(
-    "option, cls", [(o, c) for o, classes in OPTION_MODULES.items() for c in classes], ids=lambda x: getattr(x, "__name__", x)
+    "option, cls",
+    [(o, c) for o, classes in OPTION_MODULES.items() for c in classes],
+    ids=lambda x: getattr(x, "__name__", x),
 )
 @pytest.mark.parametrize("value", ["bogus", "Exact", None], ids=["bogus", "wrong-case", "None"])
 def test_unknown_option_module(option, cls, value):
@@ -561,9 +568,13 @@ def test_available_backends(cls, backend):
 
 
 @pytest.mark.parametrize("cls", [SoftCLIPLoss, PointwiseLoss, SmoothKLLoss, MGLLLoss])
-@pytest.mark.parametrize("value, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError), ("8", TypeError)])
+@pytest.mark.parametrize(
+    "value, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError), ("8", TypeError)]
+)
 def test_bad_chunk_size_at_construction(cls, value, error):
-    with pytest.raises(error, match=_esc("chunk_size", "positive int", str(value) if error is ValueError else type(value).__name__)):
+    with pytest.raises(
+        error, match=_esc("chunk_size", "positive int", str(value) if error is ValueError else type(value).__name__)
+    ):
         cls(backend="chunked", chunk_size=value)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -13,13 +13,36 @@ from .errors import ExampleError
 
 #: Flags that change what a step computes: a resumed run must use the same ones (``--epochs`` and
 #: ``--max-steps`` may change: see ``runs.resume_schedule``; the data set: ``runs.check_same_data``).
-MUST_MATCH = ("kind", "model", "loss", "levels", "text_columns", "batch_size", "accum_steps", "lr",
-              "weight_decay", "warmup_steps", "grad_clip", "seed", "backend", "synthetic_size",
-              "match", "soft_clip_weight", "pointwise_weight", "smooth_kl_weight", "level_weights", "normalization",
-              "pointwise_target", "kl_direction", "drop_texts", "init_logit_scale", "init_logit_bias")
+MUST_MATCH = (
+    "kind",
+    "model",
+    "loss",
+    "levels",
+    "text_columns",
+    "batch_size",
+    "accum_steps",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "seed",
+    "backend",
+    "synthetic_size",
+    "match",
+    "soft_clip_weight",
+    "pointwise_weight",
+    "smooth_kl_weight",
+    "level_weights",
+    "normalization",
+    "pointwise_target",
+    "kl_direction",
+    "drop_texts",
+    "init_logit_scale",
+    "init_logit_bias",
+)
 
 
-def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` so that ``path`` is always either the old or the new complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -27,7 +50,7 @@ def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path, config: TrainConfig, world_size: int) -> Dict[str, Any]:
+def load_checkpoint(path: Path, config: TrainConfig, world_size: int) -> dict[str, Any]:
     """The checkpoint at ``path``, checked against this run's flags."""
     if not path.is_file():
         raise ExampleError(f"--resume {path}: no such file")
@@ -45,5 +68,7 @@ def load_checkpoint(path: Path, config: TrainConfig, world_size: int) -> Dict[st
             flag = "--" + name.replace("_", "-")
             raise ExampleError(f"--resume {path}: saved with {flag} {saved[name]!r}, this run has {current[name]!r}")
     if payload.get("world_size") != world_size:
-        raise ExampleError(f"--resume {path}: saved by {payload.get('world_size')} process(es), this run has {world_size}")
+        raise ExampleError(
+            f"--resume {path}: saved by {payload.get('world_size')} process(es), this run has {world_size}"
+        )
     return payload

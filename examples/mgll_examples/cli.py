@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -21,8 +22,7 @@ from .train import train
 from .world import World, close_world, end_process, init_world
 
 
-
-def run(config: TrainConfig) -> Optional[Dict[str, Any]]:
+def run(config: TrainConfig) -> dict[str, Any] | None:
     """Train and evaluate; rank 0 writes ``metrics.json`` and ``training.png`` and returns the report."""
     world = init_world(config.device)
     try:
@@ -33,7 +33,7 @@ def run(config: TrainConfig) -> Optional[Dict[str, Any]]:
         close_world(world)
 
 
-def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
+def _run(config: TrainConfig, world: World) -> dict[str, Any] | None:
     torch.manual_seed(config.seed)
     claim_output_dir(config, remove=False)  # every rank refuses alike
     world.barrier()
@@ -43,32 +43,58 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
     world.barrier()
     if not world.is_main:
         dataset = load_dataset(config)
-    bundle = build_model(config.model, config.pretrained, init_logit_scale=config.init_logit_scale,
-                         init_logit_bias=config.init_logit_bias)
+    bundle = build_model(
+        config.model,
+        config.pretrained,
+        init_logit_scale=config.init_logit_scale,
+        init_logit_bias=config.init_logit_bias,
+    )
     if world.is_main:
         levels = ", ".join(level.name for level in dataset.levels)
-        print(f"{config.loss} on {config.kind}: {len(dataset.train)} train / {len(dataset.test)} held-out images, "
-              f"levels: {levels}; model {config.model} ({count_parameters(bundle.model) / 1e6:.1f}M parameters), "
-              f"{world.size} process(es) on {world.device}", flush=True)
+        print(
+            f"{config.loss} on {config.kind}: {len(dataset.train)} train / {len(dataset.test)} held-out images, "
+            f"levels: {levels}; model {config.model} ({count_parameters(bundle.model) / 1e6:.1f}M parameters), "
+            f"{world.size} process(es) on {world.device}",
+            flush=True,
+        )
         if config.accum_steps > 1:
-            print(f"effective batch {config.batch_size * config.accum_steps * world.size} per step: --batch-size "
-                  f"{config.batch_size} x --accum-steps {config.accum_steps} x {world.size} process(es), encoded "
-                  f"{config.batch_size} images at a time (feature-cached accumulation)", flush=True)
+            print(
+                f"effective batch {config.batch_size * config.accum_steps * world.size} per step: --batch-size "
+                f"{config.batch_size} x --accum-steps {config.accum_steps} x {world.size} process(es), encoded "
+                f"{config.batch_size} images at a time (feature-cached accumulation)",
+                flush=True,
+            )
     result = train(config, dataset, bundle, world)
     if not world.is_main:
         return None
     began = time.perf_counter()
-    metrics = evaluate(bundle.model, bundle, dataset, world.device, batch_size=max(config.batch_size, 128),
-                       workers=config.workers, skip_bad=config.skip_bad_samples, seed=config.seed,
-                       joined=config.loss == "clip")
+    metrics = evaluate(
+        bundle.model,
+        bundle,
+        dataset,
+        world.device,
+        batch_size=max(config.batch_size, 128),
+        workers=config.workers,
+        skip_bad=config.skip_bad_samples,
+        seed=config.seed,
+        joined=config.loss == "clip",
+    )
     report = {
-        "kind": config.kind, "loss": config.loss, "model": config.model, "steps": result.steps,
-        "total_steps": result.total_steps, "train_seconds": round(result.seconds, 2),
-        "eval_seconds": round(time.perf_counter() - began, 2), "skipped_samples": result.skipped_samples,
-        "final_loss": result.history[-1]["loss"] if result.history else None, "levels": metrics,
+        "kind": config.kind,
+        "loss": config.loss,
+        "model": config.model,
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "train_seconds": round(result.seconds, 2),
+        "eval_seconds": round(time.perf_counter() - began, 2),
+        "skipped_samples": result.skipped_samples,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "levels": metrics,
         "missing_images": dataset.missing_images,
-        "loss_options": config.loss_options() if config.loss == "mgll" else {}, "drop_texts": config.drop_texts,
-        "init_logit_scale": config.init_logit_scale, "init_logit_bias": config.init_logit_bias,
+        "loss_options": config.loss_options() if config.loss == "mgll" else {},
+        "drop_texts": config.drop_texts,
+        "init_logit_scale": config.init_logit_scale,
+        "init_logit_bias": config.init_logit_bias,
         "config": config.to_dict(),
     }
     output = Path(config.output_dir)
@@ -86,7 +112,7 @@ def _run(config: TrainConfig, world: World) -> Optional[Dict[str, Any]]:
     return report
 
 
-def compare(run_dirs: Sequence[Path], plot: Optional[Path] = None) -> str:
+def compare(run_dirs: Sequence[Path], plot: Path | None = None) -> str:
     """Side-by-side metric tables of finished runs (their ``metrics.json``) and, with ``plot``, one plot of them all."""
     reports, histories = {}, {}
     for directory in run_dirs:
@@ -99,15 +125,17 @@ def compare(run_dirs: Sequence[Path], plot: Optional[Path] = None) -> str:
             name = f"{name} {directory}"
         reports[name] = report
         histories[name] = json.loads((directory / HISTORY_NAME).read_text())
-    tables = [metrics_table(r["levels"], f"{name} ({r['steps']} steps, {r['train_seconds']:.0f} s training)")
-              for name, r in reports.items()]
+    tables = [
+        metrics_table(r["levels"], f"{name} ({r['steps']} steps, {r['train_seconds']:.0f} s training)")
+        for name, r in reports.items()
+    ]
     if plot is None:
         return side_by_side(tables)
     plot_runs(histories, {name: r["levels"] for name, r in reports.items()}, plot)
     return side_by_side(tables) + f"\nplot: {plot}"
 
 
-def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
+def main(kind: str, argv: Sequence[str] | None = None) -> int:
     """Run ``examples/pretrain_<kind>.py``; a user error prints one line to stderr and returns 2."""
     try:
         run(parse_config(kind, argv))

@@ -14,7 +14,7 @@ Per level ``g`` with classes ``c`` (a multi-label level has several per image):
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,8 +31,15 @@ METRICS = ("zero_shot_auc", "zero_shot_auc_own", "linear_probe_auc", "i2t_r1", "
 
 
 @torch.no_grad()
-def encode_images(model: nn.Module, bundle: ModelBundle, samples: Sequence[Sample], device: torch.device,
-                  batch_size: int, workers: int, skip_bad: bool) -> Tuple[Tensor, List[int]]:
+def encode_images(
+    model: nn.Module,
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    skip_bad: bool,
+) -> tuple[Tensor, list[int]]:
     """Normalised image features [n, D] and the indices of the samples they belong to (bad ones skipped)."""
     images = ImageTextDataset(samples, bundle.image_size, bundle.mean, bundle.std)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, collate_fn=collate, num_workers=workers)
@@ -49,16 +56,25 @@ def encode_images(model: nn.Module, bundle: ModelBundle, samples: Sequence[Sampl
 
 
 @torch.no_grad()
-def encode_texts(model: nn.Module, tokenizer: Callable[[Sequence[str]], Tensor], texts: Sequence[str],
-                 device: torch.device, batch_size: int = 256) -> Tensor:
+def encode_texts(
+    model: nn.Module,
+    tokenizer: Callable[[Sequence[str]], Tensor],
+    texts: Sequence[str],
+    device: torch.device,
+    batch_size: int = 256,
+) -> Tensor:
     """Normalised text features [n, D]."""
-    chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
-    return torch.cat([model.encode_text(tokenizer(list(chunk)).to(device), normalize=True).float().cpu() for chunk in chunks])
+    chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    return torch.cat(
+        [model.encode_text(tokenizer(list(chunk)).to(device), normalize=True).float().cpu() for chunk in chunks]
+    )
 
 
-def macro_auc(truth: np.ndarray, scores: np.ndarray) -> Optional[float]:
+def macro_auc(truth: np.ndarray, scores: np.ndarray) -> float | None:
     """Mean one-vs-rest ROC AUC over the columns that have both positives and negatives (None if none)."""
-    values = [roc_auc_score(truth[:, c], scores[:, c]) for c in range(truth.shape[1]) if 0 < truth[:, c].sum() < len(truth)]
+    values = [
+        roc_auc_score(truth[:, c], scores[:, c]) for c in range(truth.shape[1]) if 0 < truth[:, c].sum() < len(truth)
+    ]
     return float(np.mean(values)) if values else None
 
 
@@ -78,8 +94,18 @@ def recall_at(similarity: Tensor, relevant: Tensor, k: int) -> float:
     return relevant.gather(1, top).any(dim=1).float().mean().item()
 
 
-def evaluate(model: nn.Module, bundle: ModelBundle, dataset: Dataset, device: torch.device, *, batch_size: int,
-             workers: int, skip_bad: bool, seed: int, joined: bool = False) -> Dict[str, Dict[str, Optional[float]]]:
+def evaluate(
+    model: nn.Module,
+    bundle: ModelBundle,
+    dataset: Dataset,
+    device: torch.device,
+    *,
+    batch_size: int,
+    workers: int,
+    skip_bad: bool,
+    seed: int,
+    joined: bool = False,
+) -> dict[str, dict[str, float | None]]:
     """Every metric of the module docstring, per level name (plus a ``"mean"`` row over levels).
 
     ``joined``: the model trained on joined captions (the CLIP baseline), for the own-form zero-shot AUC.
@@ -90,7 +116,7 @@ def evaluate(model: nn.Module, bundle: ModelBundle, dataset: Dataset, device: to
     train_x, train_kept = encode_images(model, bundle, dataset.train, device, batch_size, workers, skip_bad)
     test = [dataset.test[i] for i in test_kept]
     train = [dataset.train[i] for i in train_kept]
-    results: Dict[str, Dict[str, Optional[float]]] = {}
+    results: dict[str, dict[str, float | None]] = {}
     for g, level in enumerate(dataset.levels):
         classes = dataset.classes(g)
         prompts = [dataset.prompts.get(level.name, {}).get(name, name) for name in classes]
@@ -113,7 +139,9 @@ def evaluate(model: nn.Module, bundle: ModelBundle, dataset: Dataset, device: to
             "t2i_r5": recall_at(image_to_text.T, relevant.T, 5),
         }
     results["mean"] = {
-        metric: float(np.mean(values)) if (values := [r[metric] for r in results.values() if r[metric] is not None]) else None
+        metric: float(np.mean(values))
+        if (values := [r[metric] for r in results.values() if r[metric] is not None])
+        else None
         for metric in METRICS
     }
     model.train(was_training)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
 
 import open_clip
 from torch import Tensor, nn
@@ -43,8 +43,14 @@ def _tiny_clip(custom_text: bool = False, **logit_init: float) -> nn.Module:
     )
 
 
-def build_model(name: str, pretrained: Optional[str] = None, *, init_logit_scale: Optional[float] = None,
-                init_logit_bias: Optional[float] = None, custom_text: bool = False) -> ModelBundle:
+def build_model(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    init_logit_scale: float | None = None,
+    init_logit_bias: float | None = None,
+    custom_text: bool = False,
+) -> ModelBundle:
     """The model ``name`` ("tiny" or an open_clip architecture), randomly initialised unless ``pretrained``.
 
     ``pretrained`` (e.g. "openai") loads open_clip weights, which may download them: the tests and
@@ -52,19 +58,25 @@ def build_model(name: str, pretrained: Optional[str] = None, *, init_logit_scale
     ``init_logit_bias`` gives the model a learnable ``logit_bias`` (open_clip's SigLIP models have
     one); ``custom_text`` builds open_clip's ``CustomTextCLIP`` layout (``force_custom_text``).
     """
-    logit_init: Dict[str, float] = {}
+    logit_init: dict[str, float] = {}
     if init_logit_scale is not None:
         logit_init["init_logit_scale"] = math.log(init_logit_scale)
     if init_logit_bias is not None:
         logit_init["init_logit_bias"] = init_logit_bias
     if name == TINY:
         if pretrained:
-            raise ExampleError(f"--pretrained {pretrained}: the tiny model has no pretrained weights; pick an open_clip --model")
+            raise ExampleError(
+                f"--pretrained {pretrained}: the tiny model has no pretrained weights; pick an open_clip --model"
+            )
         model = _tiny_clip(custom_text, **logit_init)
         tokenizer = open_clip.SimpleTokenizer(context_length=TINY_CONTEXT_LENGTH)
-        return ModelBundle(model, tokenizer, TINY_IMAGE_SIZE, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+        return ModelBundle(
+            model, tokenizer, TINY_IMAGE_SIZE, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+        )
     if name not in open_clip.list_models():
-        raise ExampleError(f"--model {name}: not an open_clip architecture (see open_clip.list_models(), or use 'tiny')")
+        raise ExampleError(
+            f"--model {name}: not an open_clip architecture (see open_clip.list_models(), or use 'tiny')"
+        )
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None, force_custom_text=custom_text, **logit_init)
     except RuntimeError as error:  # unknown pretrained tag, weights not available offline

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence
 
 import torch
 from torch import Tensor
 
 from .config import TrainConfig
 from .data import (
-    Dataset, Sample, check_image_files, ensure_synthetic, load_fundus, load_json_lists, load_table, load_xray,
+    Dataset,
+    Sample,
+    check_image_files,
+    ensure_synthetic,
+    load_fundus,
+    load_json_lists,
+    load_table,
+    load_xray,
 )
 from .errors import ExampleError
 
@@ -36,25 +43,36 @@ def _load_records(config: TrainConfig) -> Dataset:
             raise ExampleError("--train-file, --test-file and --text-columns go together (the generic table format)")
         if config.levels:
             raise ExampleError("--levels: with the generic table format the levels are the --text-columns")
-        return load_table(Path(config.train_file), Path(config.test_file), config.image_column, config.text_columns,
-                          config.multi_label)
+        return load_table(
+            Path(config.train_file),
+            Path(config.test_file),
+            config.image_column,
+            config.text_columns,
+            config.multi_label,
+        )
     if config.json_list:
         if not config.data_dir:
             raise ExampleError("--json-list: needs --data-dir, the folder that holds the list files")
         return load_json_lists(Path(config.data_dir), config.json_list, config.kind, config.levels)
     if not config.data_dir:
-        raise ExampleError("--data-dir: required (or --synthetic for the built-in synthetic set, or --train-file/--test-file)")
+        raise ExampleError(
+            "--data-dir: required (or --synthetic for the built-in synthetic set, or --train-file/--test-file)"
+        )
     data_dir = Path(config.data_dir)
     if config.synthetic:
         num_test = max(1, config.synthetic_size // 4)
-        ensure_synthetic(config.kind, data_dir, num_train=config.synthetic_size - num_test, num_test=num_test, seed=config.seed)
+        ensure_synthetic(
+            config.kind, data_dir, num_train=config.synthetic_size - num_test, num_test=num_test, seed=config.seed
+        )
     elif not data_dir.is_dir():
-        raise ExampleError(f"--data-dir {data_dir}: no such directory (pass --synthetic to generate a synthetic set there)")
+        raise ExampleError(
+            f"--data-dir {data_dir}: no such directory (pass --synthetic to generate a synthetic set there)"
+        )
     loader = load_fundus if config.kind == "fundus" else load_xray
     return loader(data_dir, config.levels) if config.levels else loader(data_dir)
 
 
-def captions(samples: Sequence[Sample], joined: bool) -> List[List[str]]:
+def captions(samples: Sequence[Sample], joined: bool) -> list[list[str]]:
     """G lists of captions, one per level; ``joined`` gives one level of all captions joined (the CLIP baseline)."""
     if joined:
         return [[CLIP_CAPTION_SEPARATOR.join(sample.texts) for sample in samples]]
@@ -67,7 +85,7 @@ def caption_tokens(samples: Sequence[Sample], tokenizer: Callable[[Sequence[str]
     return torch.stack([tokenizer(level) for level in levels], dim=1)
 
 
-def level_labels(dataset: Dataset, samples: Sequence[Sample]) -> List[Tensor]:
+def level_labels(dataset: Dataset, samples: Sequence[Sample]) -> list[Tensor]:
     """Per level: class ids int64 [N] (single-class level) or multi-hot bool [N, C] (multi-label level)."""
     labels = []
     for g, level in enumerate(dataset.levels):
@@ -84,22 +102,33 @@ class StepBatches(torch.utils.data.Sampler):
     order depends only on the step: a resumed run sees exactly the batches it would have seen.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 steps_per_epoch: int, start: int, stop: int) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        steps_per_epoch: int,
+        start: int,
+        stop: int,
+    ) -> None:
         self.num_samples, self.batch_size, self.rank, self.world_size = num_samples, batch_size, rank, world_size
         self.seed, self.steps_per_epoch, self.start, self.stop = seed, steps_per_epoch, start, stop
 
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[list[int]]:
         order, epoch = None, -1
         for step in range(self.start, self.stop):
             if step // self.steps_per_epoch != epoch:
                 epoch = step // self.steps_per_epoch
-                order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+                order = torch.randperm(
+                    self.num_samples, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                )
             first = (step % self.steps_per_epoch) * self.batch_size * self.world_size + self.rank * self.batch_size
-            yield order[first:first + self.batch_size].tolist()
+            yield order[first : first + self.batch_size].tolist()
 
 
 def augment(images: Tensor, generator: torch.Generator, max_shift: int = 4) -> Tensor:
@@ -112,8 +141,14 @@ def augment(images: Tensor, generator: torch.Generator, max_shift: int = 4) -> T
     gains = 0.9 + 0.2 * torch.rand(count, 1, 1, 1, generator=generator)
     padded = torch.nn.functional.pad(images, [max_shift] * 4, mode="replicate")
     size_h, size_w = images.shape[-2:]
-    moved = torch.stack([
-        padded[i, :, max_shift + dy:max_shift + dy + size_h, max_shift + dx:max_shift + dx + size_w]
-        for i, (dy, dx) in enumerate(shifts.tolist())
-    ]) if count else images
+    moved = (
+        torch.stack(
+            [
+                padded[i, :, max_shift + dy : max_shift + dy + size_h, max_shift + dx : max_shift + dx + size_w]
+                for i, (dy, dx) in enumerate(shifts.tolist())
+            ]
+        )
+        if count
+        else images
+    )
     return moved * gains

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -12,16 +12,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .evaluate import METRICS  # noqa: E402
 
-Metrics = Dict[str, Dict[str, Optional[float]]]
-HEADERS = {"zero_shot_auc": "zero-shot AUC", "zero_shot_auc_own": "ZS own-form", "linear_probe_auc": "probe AUC", "i2t_r1": "I2T R@1",
-           "i2t_r5": "I2T R@5", "t2i_r1": "T2I R@1", "t2i_r5": "T2I R@5"}
+Metrics = dict[str, dict[str, float | None]]
+HEADERS = {
+    "zero_shot_auc": "zero-shot AUC",
+    "zero_shot_auc_own": "ZS own-form",
+    "linear_probe_auc": "probe AUC",
+    "i2t_r1": "I2T R@1",
+    "i2t_r5": "I2T R@5",
+    "t2i_r1": "T2I R@1",
+    "t2i_r5": "T2I R@5",
+}
 
 
-def _cell(value: Optional[float]) -> str:
+def _cell(value: float | None) -> str:
     return "   -  " if value is None else f"{value:6.3f}"
 
 
-def metrics_table(metrics: Metrics, title: str) -> List[str]:
+def metrics_table(metrics: Metrics, title: str) -> list[str]:
     """Lines of a fixed-width table: one row per level (and the mean), one column per metric."""
     width = max(len(name) for name in metrics) + 2
     columns = {m: max(len(HEADERS[m]), 6) for m in METRICS}
@@ -31,7 +38,7 @@ def metrics_table(metrics: Metrics, title: str) -> List[str]:
     return lines
 
 
-def side_by_side(tables: Sequence[List[str]], gap: int = 4) -> str:
+def side_by_side(tables: Sequence[list[str]], gap: int = 4) -> str:
     """Tables printed next to each other (or one under the other when that would exceed 200 columns)."""
     widths = [max(len(line) for line in table) for table in tables]
     if sum(widths) + gap * (len(tables) - 1) > 200:
@@ -41,7 +48,7 @@ def side_by_side(tables: Sequence[List[str]], gap: int = 4) -> str:
     return "\n".join((" " * gap).join(t[i].ljust(w) for t, w in zip(padded, widths)).rstrip() for i in range(rows))
 
 
-def _loss_axis(axis, history: List[Dict[str, float]], label: str = "") -> None:
+def _loss_axis(axis, history: list[dict[str, float]], label: str = "") -> None:
     """The loss terms of a run over steps, and their sum when there are several."""
     steps = [record["step"] for record in history]
     terms = [key for key in history[0] if key.endswith("_loss")] if history else []
@@ -53,7 +60,7 @@ def _loss_axis(axis, history: List[Dict[str, float]], label: str = "") -> None:
         axis.legend(fontsize=7)
 
 
-def _metric_bars(axis, runs: Dict[str, Metrics], metric: str) -> None:
+def _metric_bars(axis, runs: dict[str, Metrics], metric: str) -> None:
     levels = [name for name in next(iter(runs.values())) if name != "mean"] + ["mean"]
     width = 0.8 / len(runs)
     for r, (name, metrics) in enumerate(runs.items()):
@@ -65,7 +72,7 @@ def _metric_bars(axis, runs: Dict[str, Metrics], metric: str) -> None:
     axis.legend(fontsize=7)
 
 
-def plot_runs(histories: Dict[str, List[Dict[str, float]]], runs: Dict[str, Metrics], path: Path) -> Path:
+def plot_runs(histories: dict[str, list[dict[str, float]]], runs: dict[str, Metrics], path: Path) -> Path:
     """Loss curves of every run, and bars of zero-shot AUC, probe AUC and I2T R@1 per level."""
     figure, axes = plt.subplots(1, 4, figsize=(18, 4))
     for name, history in histories.items():

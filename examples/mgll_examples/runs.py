@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from .config import TrainConfig
 from .data import Dataset
@@ -25,7 +25,7 @@ PLOT_NAME = "training.png"
 RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, HISTORY_NAME, PLOT_NAME)
 
 
-def _resolved(path: Optional[str]) -> Optional[str]:
+def _resolved(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
@@ -46,7 +46,7 @@ def claim_output_dir(config: TrainConfig, remove: bool) -> None:
             (output / name).unlink(missing_ok=True)
 
 
-def data_identity(config: TrainConfig, dataset: Dataset) -> Dict[str, Any]:
+def data_identity(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
     """What a checkpoint records of the data set it was trained on."""
     table = bool(config.train_file)
     return {
@@ -60,7 +60,7 @@ def data_identity(config: TrainConfig, dataset: Dataset) -> Dict[str, Any]:
     }
 
 
-def check_same_data(path: Path, saved: Optional[Dict[str, Any]], current: Dict[str, Any]) -> None:
+def check_same_data(path: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume the checkpoint at ``path`` on data other than the data it was trained on."""
     if saved is None:
         raise ExampleError(f"--resume {path}: the checkpoint does not record its data set (made by an older version)")
@@ -76,13 +76,13 @@ def check_same_data(path: Path, saved: Optional[Dict[str, Any]], current: Dict[s
         )
 
 
-def _schedule_flags(config: Dict[str, Any]) -> str:
+def _schedule_flags(config: dict[str, Any]) -> str:
     return f"--epochs {config['epochs']}" + (f" --max-steps {config['max_steps']}" if config.get("max_steps") else "")
 
 
 def resume_schedule(
-    path: Path, saved_config: Dict[str, Any], config: TrainConfig, start: int, total_steps: int
-) -> Optional[str]:
+    path: Path, saved_config: dict[str, Any], config: TrainConfig, start: int, total_steps: int
+) -> str | None:
     """The line to print when a resume changes the schedule's length (None when it does not); raises when
     nothing is left to train (``start >= total_steps``)."""
     now = config.to_dict()

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import open_clip
 import torch
@@ -32,12 +32,12 @@ from .world import World
 class TrainResult:
     """What a run produced: per-step records (``step``, ``loss``, terms, ``lr``, ``logit_scale``)."""
 
-    history: List[Dict[str, float]]
+    history: list[dict[str, float]]
     steps: int
     total_steps: int
     seconds: float
     skipped_samples: int = 0
-    checkpoint: Optional[Path] = None
+    checkpoint: Path | None = None
 
 
 def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -58,7 +58,9 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _loss_function(config: TrainConfig, world: World) -> nn.Module:
-    distributed = dict(local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size)
+    distributed = dict(
+        local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size
+    )
     if config.loss == "clip" and config.drop_texts:  # == ClipLoss, and drops the samples left without text
         return SoftCLIPLoss(backend=config.backend, **distributed)
     if config.loss == "clip":
@@ -71,8 +73,9 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _terms(loss_fn: nn.Module, features: Dict[str, Tensor], labels: List[Tensor], clip: bool,
-           mask: Optional[Tensor]) -> Dict[str, Tensor]:
+def _terms(
+    loss_fn: nn.Module, features: dict[str, Tensor], labels: list[Tensor], clip: bool, mask: Tensor | None
+) -> dict[str, Tensor]:
     if clip:
         image, text, scale = features["image_features"], features["text_features"][0], features["logit_scale"]
         if mask is None:
@@ -88,9 +91,11 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     rank_batch = config.batch_size * config.accum_steps  # images per rank and optimiser step
     steps_per_epoch = len(samples) // (rank_batch * world.size)
     if steps_per_epoch == 0:
-        raise ExampleError(f"the training split has {len(samples)} samples, fewer than one global batch "
-                           f"({config.batch_size} x {config.accum_steps} accumulation steps x {world.size} processes): "
-                           "lower --batch-size or --accum-steps")
+        raise ExampleError(
+            f"the training split has {len(samples)} samples, fewer than one global batch "
+            f"({config.batch_size} x {config.accum_steps} accumulation steps x {world.size} processes): "
+            "lower --batch-size or --accum-steps"
+        )
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -108,7 +113,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     generator = torch.Generator().manual_seed(config.seed * 1_000 + world.rank)
     output_dir = Path(config.output_dir)
     checkpoint_path = output_dir / CHECKPOINT_NAME
-    history: List[Dict[str, float]] = []
+    history: list[dict[str, float]] = []
     start = 0
     data = data_identity(config, dataset)
     if config.resume:
@@ -125,8 +130,13 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
 
     images = ImageTextDataset(samples, bundle.image_size, bundle.mean, bundle.std)
     sampler = StepBatches(len(samples), rank_batch, world.rank, world.size, config.seed, steps_per_epoch, start, stop)
-    loader = torch.utils.data.DataLoader(images, batch_sampler=sampler, collate_fn=collate, num_workers=config.workers,
-                                         pin_memory=world.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        images,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.workers,
+        pin_memory=world.device.type == "cuda",
+    )
     wrapper.train()
     skipped, began = 0, time.perf_counter()
     progress = tqdm(total=stop - start, desc=f"{config.loss} {config.kind}", disable=not world.is_main, leave=False)
@@ -135,8 +145,22 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
             skipped += _check_batch(batch.errors, config, world)
             if world.any(batch.indices.numel() == 0):
                 continue
-            record = _step(step, batch, model, wrapper, optimizer, loss_fn, tokens, labels, generator, config, world,
-                           total_steps, clip, dropper)
+            record = _step(
+                step,
+                batch,
+                model,
+                wrapper,
+                optimizer,
+                loss_fn,
+                tokens,
+                labels,
+                generator,
+                config,
+                world,
+                total_steps,
+                clip,
+                dropper,
+            )
             history.append(record)
             progress.update()
             progress.set_postfix(loss=f"{record['loss']:.3f}")
@@ -147,16 +171,29 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     return TrainResult(history, stop, total_steps, time.perf_counter() - began, skipped, checkpoint_path)
 
 
-def _check_batch(errors: List[str], config: TrainConfig, world: World) -> int:
+def _check_batch(errors: list[str], config: TrainConfig, world: World) -> int:
     """Stop every rank at an unreadable image (naming it), or count it with ``--skip-bad-samples``."""
     if world.any(bool(errors)) and not config.skip_bad_samples:
         raise ExampleError(errors[0] if errors else "another process stopped at an unreadable image")
     return len(errors)
 
 
-def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLIP, optimizer: torch.optim.Optimizer,
-          loss_fn: nn.Module, tokens: Tensor, labels: List[Tensor], generator: torch.Generator, config: TrainConfig,
-          world: World, total_steps: int, clip: bool, dropper: Optional[TextDropper]) -> Dict[str, float]:
+def _step(
+    step: int,
+    batch: Any,
+    model: nn.Module,
+    wrapper: MultiGranularOpenCLIP,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    tokens: Tensor,
+    labels: list[Tensor],
+    generator: torch.Generator,
+    config: TrainConfig,
+    world: World,
+    total_steps: int,
+    clip: bool,
+    dropper: TextDropper | None,
+) -> dict[str, float]:
     """One optimiser step on the batch's good samples; returns the step's record (losses averaged over ranks)."""
     index = batch.indices
     lr = learning_rate(step, config, total_steps)
@@ -182,7 +219,12 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
         nn.utils.clip_grad_norm_(wrapper.parameters(), config.grad_clip)
     optimizer.step()
     wrapper.clamp_logit_scale()
-    record = {"step": step + 1, "loss": world.mean(total.item()), "lr": lr, "logit_scale": wrapper.model.logit_scale.exp().item()}
+    record = {
+        "step": step + 1,
+        "loss": world.mean(total.item()),
+        "lr": lr,
+        "logit_scale": wrapper.model.logit_scale.exp().item(),
+    }
     if getattr(wrapper.model, "logit_bias", None) is not None:
         record["logit_bias"] = wrapper.model.logit_bias.item()
     record.update({name: world.mean(value.item()) for name, value in terms.items()})
@@ -192,33 +234,64 @@ def _step(step: int, batch: Any, model: nn.Module, wrapper: MultiGranularOpenCLI
 # --- --accum-steps: feature-cached gradient accumulation ------------------------------------------
 
 
-def _accumulated_terms(model: nn.Module, loss_fn: nn.Module, pixels: Tensor, texts: Tensor, labels: List[Tensor],
-                       mask: Optional[Tensor], config: TrainConfig, device: torch.device, clip: bool) -> Dict[str, Tensor]:
+def _accumulated_terms(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    pixels: Tensor,
+    texts: Tensor,
+    labels: list[Tensor],
+    mask: Tensor | None,
+    config: TrainConfig,
+    device: torch.device,
+    clip: bool,
+) -> dict[str, Tensor]:
     """The loss of all K x --batch-size images, encoded --batch-size at a time; gradients into ``.grad``."""
-    micro_batches = [dict(images=p, texts=t) for p, t in zip(pixels.split(config.batch_size),
-                                                             texts.split(config.batch_size, dim=1))]
+    micro_batches = [
+        dict(images=p, texts=t) for p, t in zip(pixels.split(config.batch_size), texts.split(config.batch_size, dim=1))
+    ]
 
-    def loss(labels: List[Tensor], output_dict: bool, text_mask: Optional[Tensor] = None,
-             **features: Tensor) -> Dict[str, Tensor]:
+    def loss(
+        labels: list[Tensor], output_dict: bool, text_mask: Tensor | None = None, **features: Tensor
+    ) -> dict[str, Tensor]:
         return _terms(loss_fn, features, labels, clip, text_mask)
 
     with _autocast(config, device):  # the encoders only: accumulate_step computes the loss outside autocast
-        return accumulate_step(model, loss, micro_batches, labels=labels, text_mask=mask,  # type: ignore[return-value]
-                               output_dict=True)
+        return accumulate_step(
+            model,
+            loss,
+            micro_batches,
+            labels=labels,
+            text_mask=mask,  # type: ignore[return-value]
+            output_dict=True,
+        )
 
 
-def _save(path: Path, config: TrainConfig, world: World, wrapper: MultiGranularOpenCLIP,
-          optimizer: torch.optim.Optimizer, generator: torch.Generator, history: List[Dict[str, float]], step: int,
-          data: Dict[str, Any]) -> None:
+def _save(
+    path: Path,
+    config: TrainConfig,
+    world: World,
+    wrapper: MultiGranularOpenCLIP,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    history: list[dict[str, float]],
+    step: int,
+    data: dict[str, Any],
+) -> None:
     """Rank 0 writes the checkpoint (with every rank's augmentation generator state and the data set's identity)."""
     states = [generator.get_state()]
     if world.size > 1:
         states = [torch.empty_like(states[0]) for _ in range(world.size)]
         torch.distributed.all_gather_object(states, generator.get_state())
     if world.is_main:
-        payload: Dict[str, Any] = {
-            "config": config.to_dict(), "world_size": world.size, "step": step, "model": wrapper.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "augment_rng": states, "history": history, "data": data,
+        payload: dict[str, Any] = {
+            "config": config.to_dict(),
+            "world_size": world.size,
+            "step": step,
+            "model": wrapper.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "augment_rng": states,
+            "history": history,
+            "data": data,
         }
         save_checkpoint(path, payload)
     world.barrier()

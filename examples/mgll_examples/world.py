@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -52,7 +51,7 @@ class World:
             dist.barrier()
 
 
-def init_world(device: Optional[str]) -> World:
+def init_world(device: str | None) -> World:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; pick the device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")

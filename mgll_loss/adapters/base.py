@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -53,21 +54,25 @@ def stack_levels(name: str, value: LevelTokens, batch_size: int) -> Tensor:
             raise ValueError(f"{name}: expected G tensors of one shape [B, L], got shapes {shapes}")
         stacked = torch.stack(list(value))
     else:
-        raise TypeError(f"{name}: expected a [G, B, L] tensor or a sequence of G [B, L] tensors, got {type(value).__name__}")
+        raise TypeError(
+            f"{name}: expected a [G, B, L] tensor or a sequence of G [B, L] tensors, got {type(value).__name__}"
+        )
     if stacked.dim() != 3:
         raise ValueError(f"{name}: expected shape [G, B, L], got {tuple(stacked.shape)}")
     if stacked.shape[1] != batch_size:
-        raise ValueError(f"{name}: expected [G, B={batch_size}, L] (one text per image and level), got {tuple(stacked.shape)}")
+        raise ValueError(
+            f"{name}: expected [G, B={batch_size}, L] (one text per image and level), got {tuple(stacked.shape)}"
+        )
     if stacked.shape[0] == 0 or stacked.shape[2] == 0:
         raise ValueError(f"{name}: expected at least one level and one token, got shape {tuple(stacked.shape)}")
     return stacked
 
 
-def flatten_level_texts(levels: Sequence[Sequence[str]]) -> Tuple[List[str], int, int]:
+def flatten_level_texts(levels: Sequence[Sequence[str]]) -> tuple[list[str], int, int]:
     """G lists of B strings -> the G*B strings level by level, G and B (validated)."""
     if isinstance(levels, str) or not isinstance(levels, Sequence) or len(levels) == 0:
         raise TypeError(f"levels: expected a non-empty sequence of G sequences of B strings, got {levels!r:.60}")
-    flat: List[str] = []
+    flat: list[str] = []
     for g, level in enumerate(levels):
         if isinstance(level, str) or not isinstance(level, Sequence):
             raise TypeError(f"levels[{g}]: expected a sequence of strings, got {type(level).__name__}")
@@ -107,10 +112,10 @@ class MultiGranularCLIP(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def encode_text(self, tokens: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def encode_text(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def features(self, images: Tensor, tokens: Tensor, mask: Optional[Tensor]) -> Dict[str, Tensor]:
+    def features(self, images: Tensor, tokens: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
         """The MGLLLoss inputs from images [B, ...] and token ids (and mask) [G, B, L]."""
         num_levels, batch_size, length = tokens.shape
         if mask is not None and mask.shape != tokens.shape:

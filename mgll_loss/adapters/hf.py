@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,12 @@ from ..labels import LabelSets, labels_from_strings
 from ..losses import MGLLLoss
 from .base import LevelTokens, MultiGranularCLIP, check_images, flatten_level_texts, require, stack_levels
 
-__all__ = ["MultiGranularHFCLIP", "tokenize_levels", "collate_levels", "compute_mgll_loss"]  # and MGLLTrainer, created lazily
+__all__ = [
+    "MultiGranularHFCLIP",
+    "tokenize_levels",
+    "collate_levels",
+    "compute_mgll_loss",
+]  # and MGLLTrainer, created lazily
 
 _EXTRA = "hf"
 
@@ -62,17 +68,23 @@ class MultiGranularHFCLIP(MultiGranularCLIP):
     """
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__(model, framework="transformers", extra=_EXTRA, kind="a CLIPModel/SiglipModel", methods=("get_image_features", "get_text_features"))
+        super().__init__(
+            model,
+            framework="transformers",
+            extra=_EXTRA,
+            kind="a CLIPModel/SiglipModel",
+            methods=("get_image_features", "get_text_features"),
+        )
 
     def encode_image(self, images: Tensor) -> Tensor:
         return _pooled(self.model.get_image_features(pixel_values=images))
 
-    def encode_text(self, tokens: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def encode_text(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         return _pooled(self.model.get_text_features(input_ids=tokens, attention_mask=mask))
 
     def forward(
-        self, pixel_values: Tensor, input_ids: LevelTokens, attention_mask: Optional[LevelTokens] = None
-    ) -> Dict[str, Tensor]:
+        self, pixel_values: Tensor, input_ids: LevelTokens, attention_mask: LevelTokens | None = None
+    ) -> dict[str, Tensor]:
         """Features for ``MGLLLoss`` from pixel values [B, C, H, W] and tokens (and mask) [G, B, L]."""
         batch_size = check_images("pixel_values", pixel_values)
         tokens = stack_levels("input_ids", input_ids, batch_size)
@@ -80,7 +92,7 @@ class MultiGranularHFCLIP(MultiGranularCLIP):
         return self.features(pixel_values, tokens, mask)
 
 
-def tokenize_levels(tokenizer: Any, levels: Sequence[Sequence[str]], **tokenizer_options: Any) -> Dict[str, Tensor]:
+def tokenize_levels(tokenizer: Any, levels: Sequence[Sequence[str]], **tokenizer_options: Any) -> dict[str, Tensor]:
     """``input_ids`` and ``attention_mask`` [G, B, L] for G levels of B strings, in one tokenizer call.
 
     Args:
@@ -103,11 +115,13 @@ def tokenize_levels(tokenizer: Any, levels: Sequence[Sequence[str]], **tokenizer
     options = {"padding": True, "truncation": True, **tokenizer_options, "return_tensors": "pt"}
     encoded = tokenizer(flat, **options)
     return {
-        key: encoded[key].reshape(num_levels, batch_size, -1) for key in ("input_ids", "attention_mask") if key in encoded
+        key: encoded[key].reshape(num_levels, batch_size, -1)
+        for key in ("input_ids", "attention_mask")
+        if key in encoded
     }
 
 
-def collate_levels(features: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def collate_levels(features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Data collator: B examples -> a level-first batch for :class:`MultiGranularHFCLIP`.
 
     Each example holds ``pixel_values`` [C, H, W], ``input_ids`` [G, L], optionally
@@ -127,7 +141,7 @@ def collate_levels(features: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """
     if len(features) == 0:
         raise ValueError("features: expected at least one example, got none")
-    batch: Dict[str, Any] = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
+    batch: dict[str, Any] = {"pixel_values": torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])}
     for key in ("input_ids", "attention_mask"):
         if key in features[0]:
             batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features], dim=1)
@@ -140,7 +154,7 @@ def collate_levels(features: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return batch
 
 
-def _collate_level(level: int, values: Sequence[Any]) -> Optional[Tensor]:
+def _collate_level(level: int, values: Sequence[Any]) -> Tensor | None:
     """One level's labels of B examples: None, hashed strings, label sets, or stacked tensors."""
     missing = [value is None for value in values]
     if all(missing):
@@ -157,20 +171,22 @@ def _collate_level(level: int, values: Sequence[Any]) -> Optional[Tensor]:
     return torch.stack([torch.as_tensor(value) for value in values])
 
 
-def _level_list(name: str, value: Union[None, Tensor, Sequence[Any]]) -> Optional[List[Any]]:
+def _level_list(name: str, value: None | Tensor | Sequence[Any]) -> list[Any] | None:
     """Per-level labels or masks: a level-first tensor is split into its G entries."""
     if value is None:
         return None
     if isinstance(value, Tensor):
         if value.dim() < 2:
-            raise ValueError(f"{name}: expected G per-level entries (a [G, B, ...] tensor or a list), got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name}: expected G per-level entries (a [G, B, ...] tensor or a list), got shape {tuple(value.shape)}"
+            )
         return list(value.unbind(0))
     return list(value)
 
 
 def compute_mgll_loss(
     model: nn.Module, inputs: Mapping[str, Any], loss_fn: nn.Module, return_outputs: bool = False
-) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """One loss step: ``labels`` (and ``text_mask``) from the batch, the rest to the adapter.
 
     ``labels`` is a list of G per-level labels or a level-first tensor [G, B] / [G, B, C];
@@ -193,7 +209,7 @@ def compute_mgll_loss(
     return (loss, features) if return_outputs else loss
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trainer_class() -> type:
     transformers = require("transformers", _EXTRA, "MGLLTrainer")
 
@@ -203,7 +219,9 @@ def _trainer_class() -> type:
         def __init__(self, max_value: float) -> None:
             self.max_value = max_value
 
-        def on_step_end(self, args: Any, state: Any, control: Any, model: Optional[nn.Module] = None, **kwargs: Any) -> None:
+        def on_step_end(
+            self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any
+        ) -> None:
             adapter = getattr(model, "module", model)  # unwrap DDP
             if isinstance(adapter, MultiGranularCLIP):
                 adapter.clamp_logit_scale(self.max_value)
@@ -226,7 +244,7 @@ def _trainer_class() -> type:
         model: nn.Module
 
         def __init__(
-            self, *args: Any, mgll_loss: Optional[nn.Module] = None, max_logit_scale: Optional[float] = 100.0, **kwargs: Any
+            self, *args: Any, mgll_loss: nn.Module | None = None, max_logit_scale: float | None = 100.0, **kwargs: Any
         ) -> None:
             super().__init__(*args, **kwargs)
             self.mgll_loss = MGLLLoss() if mgll_loss is None else mgll_loss
@@ -236,13 +254,17 @@ def _trainer_class() -> type:
                 self.add_callback(ClampLogitScale(max_logit_scale))
 
         def compute_loss(
-            self, model: nn.Module, inputs: Mapping[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-        ) -> Union[Tensor, Tuple[Tensor, Dict[str, Tensor]]]:
+            self,
+            model: nn.Module,
+            inputs: Mapping[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
             return compute_mgll_loss(model, inputs, self.mgll_loss, return_outputs)
 
         def prediction_step(
-            self, model: nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
-        ) -> Tuple[Optional[Tensor], None, None]:
+            self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+        ) -> tuple[Tensor | None, None, None]:
             # transformers computes a loss only when every label name is in the batch; this loss needs none
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self.compute_loss_context_manager():
@@ -263,13 +285,13 @@ def _trainer_class() -> type:
             finally:
                 self.model = wrapper
 
-        def _save(self, output_dir: Optional[str] = None, state_dict: Optional[Dict[str, Tensor]] = None) -> None:
+        def _save(self, output_dir: str | None = None, state_dict: dict[str, Tensor] | None = None) -> None:
             if state_dict is not None:  # from a DeepSpeed/FSDP wrapper: the adapter's keys, "model." first
-                state_dict = {key[len("model."):]: v for key, v in state_dict.items() if key.startswith("model.")}
+                state_dict = {key[len("model.") :]: v for key, v in state_dict.items() if key.startswith("model.")}
             with self._wrapped_pretrained_model():
                 super()._save(output_dir, state_dict)
 
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
             with self._wrapped_pretrained_model():
                 super()._load_from_checkpoint(resume_from_checkpoint, model)
 

@@ -11,7 +11,8 @@ Typical loop (``pip install "mgll-loss[open_clip]"``)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -54,15 +55,21 @@ class MultiGranularOpenCLIP(MultiGranularCLIP):
     """
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__(model, framework="open_clip", extra=_EXTRA, kind="an open_clip CLIP model", methods=("encode_image", "encode_text"))
+        super().__init__(
+            model,
+            framework="open_clip",
+            extra=_EXTRA,
+            kind="an open_clip CLIP model",
+            methods=("encode_image", "encode_text"),
+        )
 
     def encode_image(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images)
 
-    def encode_text(self, tokens: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def encode_text(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         return self.model.encode_text(tokens)
 
-    def forward(self, images: Tensor, texts: LevelTokens) -> Dict[str, Tensor]:
+    def forward(self, images: Tensor, texts: LevelTokens) -> dict[str, Tensor]:
         """Features for ``MGLLLoss`` from images [B, C, H, W] and token ids [G, B, L]."""
         tokens = stack_levels("texts", texts, check_images("images", images))
         return self.features(images, tokens, None)
@@ -101,5 +108,9 @@ def create_loss(args: Any = None, **loss_options: Any) -> MGLLLoss:
         >>> create_loss(SimpleNamespace(local_loss=True, gather_with_grad=True, rank=0, world_size=1)).distributed
         DistributedOptions(local_loss=True, gather_with_grad=True, rank=0, world_size=1)
     """
-    flags = {name: getattr(args, name) for name in ("local_loss", "gather_with_grad", "rank", "world_size") if hasattr(args, name)}
+    flags = {
+        name: getattr(args, name)
+        for name in ("local_loss", "gather_with_grad", "rank", "world_size")
+        if hasattr(args, name)
+    }
     return MGLLLoss(**{**flags, **loss_options})

@@ -17,7 +17,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Dict, Optional
 
 from ..validation import check_choice
 from .base import LevelSums, LossProblem, LossRequest
@@ -26,14 +27,24 @@ from .fused import chunked_level_sums, dense_level_sums
 from .triton_sweep import triton_level_sums
 
 __all__ = [
-    "BACKEND_NAMES", "BATCHED_LIMIT_LOGITS", "DENSE_LIMIT_BYTES", "LevelSums", "LossProblem", "LossRequest", "check_backend",
-    "check_chunk_size", "resolve_backend",
+    "BACKEND_NAMES",
+    "BATCHED_LIMIT_LOGITS",
+    "DENSE_LIMIT_BYTES",
+    "LevelSums",
+    "LossProblem",
+    "LossRequest",
+    "check_backend",
+    "check_chunk_size",
+    "resolve_backend",
 ]
 
-Backend = Callable[[LossProblem, LossRequest, Optional[int]], LevelSums]
+Backend = Callable[[LossProblem, LossRequest, int | None], LevelSums]
 
-_BACKENDS: Dict[str, Backend] = {
-    "dense": dense_level_sums, "chunked": chunked_level_sums, "triton": triton_level_sums, "batched": batched_level_sums,
+_BACKENDS: dict[str, Backend] = {
+    "dense": dense_level_sums,
+    "chunked": chunked_level_sums,
+    "triton": triton_level_sums,
+    "batched": batched_level_sums,
 }
 BACKEND_NAMES = ("auto", *_BACKENDS)
 
@@ -60,7 +71,7 @@ def check_backend(name: str) -> str:
     return name
 
 
-def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
+def check_chunk_size(chunk_size: int | None) -> int | None:
     """Return ``chunk_size`` (None or a positive int), else raise."""
     if chunk_size is None:
         return None

@@ -7,7 +7,6 @@ rank (see :mod:`mgll_loss.gathering`), which keeps distributed losses exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -59,14 +58,14 @@ class LossProblem:
 
     image_features: Tensor
     text_features: Tensor
-    level_sizes: Tuple[int, ...]
+    level_sizes: tuple[int, ...]
     logit_scale: Tensor
-    logit_bias: Optional[Tensor]
-    targets: Tuple[LevelTargets, ...]
-    text_masks: Tuple[Optional[Tensor], ...]
+    logit_bias: Tensor | None
+    targets: tuple[LevelTargets, ...]
+    text_masks: tuple[Tensor | None, ...]
     compute_dtype: torch.dtype
     row_range: slice
-    column_ranges: Tuple[slice, ...]
+    column_ranges: tuple[slice, ...]
 
     @property
     def num_levels(self) -> int:
@@ -95,9 +94,9 @@ class LevelSums:
     A field is None when its term was not requested.
     """
 
-    soft_clip_rows: Optional[Tensor] = None
-    soft_clip_row_count: Optional[Tensor] = None
-    soft_clip_cols: Optional[Tensor] = None
-    soft_clip_col_count: Optional[Tensor] = None
-    pointwise: Optional[Tensor] = None
-    smooth_kl: Optional[Tensor] = None
+    soft_clip_rows: Tensor | None = None
+    soft_clip_row_count: Tensor | None = None
+    soft_clip_cols: Tensor | None = None
+    soft_clip_col_count: Tensor | None = None
+    pointwise: Tensor | None = None
+    smooth_kl: Tensor | None = None

@@ -24,7 +24,6 @@ showed no clear gain on CPU (docs/backends.md), and autograd lets ``torch.compil
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,7 @@ __all__ = ["batched_level_sums"]
 _SOFTPLUS_THRESHOLD = 40.0  # softplus(z) = z above it: exact to exp(-40) ~ 4e-18, also for float64
 
 
-def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
     """The sums of ``problem`` from one [B, G, N] tensor of logits (``chunk_size`` is ignored)."""
     width = max(problem.level_sizes)
     logits = _logits(problem, width)
@@ -50,7 +49,7 @@ def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: O
     row_logits = row_part(logits)
     masked = _masked(row_logits, valid)
     row_lse = torch.logsumexp(masked, -1)  # [R, G], shared by the soft CLIP rows and the smooth KL
-    sums: Dict[str, Tensor] = {}
+    sums: dict[str, Tensor] = {}
     if request.soft_clip or request.pointwise:
         positives = _positives(problem, width, valid)  # [B, G, N], zero on absent texts
         weighted = positives * logits
@@ -85,7 +84,7 @@ def _logits(problem: LossProblem, width: int) -> Tensor:
     return logits.view(images.shape[0], problem.num_levels, width)
 
 
-def _valid_columns(problem: LossProblem, width: int) -> Optional[Tensor]:
+def _valid_columns(problem: LossProblem, width: int) -> Tensor | None:
     """bool [G, width]: present texts (not masked out, not padding); None when every column is valid."""
     if all(m is None for m in problem.text_masks) and all(n == width for n in problem.level_sizes):
         return None
@@ -97,7 +96,7 @@ def _valid_columns(problem: LossProblem, width: int) -> Optional[Tensor]:
     return torch.stack(columns)
 
 
-def _positives(problem: LossProblem, width: int, valid: Optional[Tensor]) -> Tensor:
+def _positives(problem: LossProblem, width: int, valid: Tensor | None) -> Tensor:
     """P of every level, [B, G, width], zero on absent and padding columns."""
     dtype, device = problem.compute_dtype, problem.image_features.device
     levels = [t.full(dtype, device) for t in problem.targets]
@@ -118,7 +117,7 @@ def _pad(tensor: Tensor, width: int, rows: bool = False) -> Tensor:
     return F.pad(tensor, (0, 0, 0, missing) if rows else (0, missing))
 
 
-def _masked(logits: Tensor, valid: Optional[Tensor]) -> Tensor:
+def _masked(logits: Tensor, valid: Tensor | None) -> Tensor:
     """``logits`` with the columns that are not ``valid`` set to the most negative finite number."""
     return logits if valid is None else logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
 
@@ -129,7 +128,7 @@ def _inverse_mass(mass: Tensor) -> Tensor:
     return has / torch.where(has, mass, 1.0)
 
 
-def _column_sums(problem: LossProblem, logits: Tensor, positives: Tensor, weighted: Tensor) -> Tuple[Tensor, Tensor]:
+def _column_sums(problem: LossProblem, logits: Tensor, positives: Tensor, weighted: Tensor) -> tuple[Tensor, Tensor]:
     """Soft CLIP column sums and counts [G] over every image, for each level's columns in ``column_ranges``."""
     column_lse = torch.logsumexp(logits, 0)  # [G, width]; padding and absent columns have no positive
     inverse = _inverse_mass(positives.sum(0))
@@ -138,11 +137,13 @@ def _column_sums(problem: LossProblem, logits: Tensor, positives: Tensor, weight
     if not problem.is_local:
         return terms.sum(1), has.sum(1)
     ranges = problem.column_ranges
-    return (torch.stack([terms[g, r].sum() for g, r in enumerate(ranges)]),
-            torch.stack([has[g, r].sum() for g, r in enumerate(ranges)]))
+    return (
+        torch.stack([terms[g, r].sum() for g, r in enumerate(ranges)]),
+        torch.stack([has[g, r].sum() for g, r in enumerate(ranges)]),
+    )
 
 
-def _smooth_kl(logits: Tensor, lse: Tensor, valid: Optional[Tensor], direction: str) -> Tensor:
+def _smooth_kl(logits: Tensor, lse: Tensor, valid: Tensor | None, direction: str) -> Tensor:
     """Sum over rows and levels of the smooth KL, on the columns present in every level."""
     if valid is None:
         log_probs = logits - lse[..., None]

@@ -20,7 +20,6 @@ other levels build each block's tile of P.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,16 +73,18 @@ class SweepSums:
     pointwise: Tensor
     smooth_kl: Tensor
 
-    def as_tuple(self) -> Tuple[Tensor, ...]:
+    def as_tuple(self) -> tuple[Tensor, ...]:
         return self.row_ce, self.row_count, self.col_ce, self.col_count, self.pointwise, self.smooth_kl
 
     @classmethod
-    def zeros(cls, levels: int, dtype: torch.dtype, device: torch.device) -> "SweepSums":
+    def zeros(cls, levels: int, dtype: torch.dtype, device: torch.device) -> SweepSums:
         """All sums zero ([G] each, smooth KL 0-dim)."""
         return cls(*(torch.zeros(shape, dtype=dtype, device=device) for shape in ((levels,),) * 5 + ((),)))
 
     @classmethod
-    def upstream(cls, grads: Tuple[Optional[Tensor], ...], levels: int, dtype: torch.dtype, device: torch.device) -> "SweepSums":
+    def upstream(
+        cls, grads: tuple[Tensor | None, ...], levels: int, dtype: torch.dtype, device: torch.device
+    ) -> SweepSums:
         """The gradients a backward receives for the sums, zeros where a sum was unused (None)."""
         zeros = cls.zeros(levels, dtype, device).as_tuple()
         return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros)))
@@ -99,10 +100,11 @@ class SweepState:
             return torch.zeros(shape, dtype=dtype, device=device)
 
         self.rows = RowStats(*(zeros(levels, rows) for _ in range(5)))
-        self.columns = ColumnStats(torch.full((cols,), -torch.inf, dtype=dtype, device=device), zeros(cols),
-                                   zeros(cols), zeros(cols))
+        self.columns = ColumnStats(
+            torch.full((cols,), -torch.inf, dtype=dtype, device=device), zeros(cols), zeros(cols), zeros(cols)
+        )
         self.sums = SweepSums.zeros(levels, dtype, device)
-        self.column_lse: Optional[Tensor] = None
+        self.column_lse: Tensor | None = None
 
     def add_keyed_masses(self, sweep: Sweep) -> None:
         """Fill the positive mass of every keyed level's rows and columns (before the blocks)."""
@@ -118,16 +120,19 @@ class SweepState:
             for g, level in enumerate(sweep.levels):
                 columns = level.columns
                 self.sums.col_ce[g], self.sums.col_count[g] = cross_entropy_sums(
-                    self.column_lse[columns], self.columns.pz[columns], self.columns.mass[columns])
+                    self.column_lse[columns], self.columns.pz[columns], self.columns.mass[columns]
+                )
         return self.sums
 
-    def positive_coefficients(self, sweep: Sweep, g: int, rows: slice, grads: SweepSums) -> Tuple[Tensor, Optional[Tensor]]:
+    def positive_coefficients(
+        self, sweep: Sweep, g: int, rows: slice, grads: SweepSums
+    ) -> tuple[Tensor, Tensor | None]:
         """:func:`positive_coefficients` of level ``g`` for ``rows``."""
         col_mass = self.columns.mass[sweep.levels[g].columns] if sweep.col_ce else None
         return positive_coefficients(sweep, g, self.rows.mass[g, rows], col_mass, grads)
 
 
-def cross_entropy_sums(lse: Tensor, pz: Tensor, mass: Tensor) -> Tuple[Tensor, Tensor]:
+def cross_entropy_sums(lse: Tensor, pz: Tensor, mass: Tensor) -> tuple[Tensor, Tensor]:
     """Sum of soft cross-entropies ``lse - pz / mass`` over the rows (or columns) with a positive, and their count."""
     has = mass > 0
     return torch.where(has, lse - pz / _safe(mass), 0.0).sum(), has.sum()
@@ -140,8 +145,8 @@ def pointwise_sum(softplus_sum: Tensor, pz: Tensor, mass: Tensor, target: str) -
 
 
 def positive_coefficients(
-    sweep: Sweep, g: int, mass: Tensor, col_mass: Optional[Tensor], grads: SweepSums
-) -> Tuple[Tensor, Optional[Tensor]]:
+    sweep: Sweep, g: int, mass: Tensor, col_mass: Tensor | None, grads: SweepSums
+) -> tuple[Tensor, Tensor | None]:
     """(a [r], c [n] or None): the gradient of the sums has ``-P_ij (a_i + c_j)`` on logit z_ij of level ``g``.
 
     ``mass`` / ``col_mass`` are the positive masses of the rows and (with column terms) columns.
@@ -162,7 +167,7 @@ def _safe(mass: Tensor) -> Tensor:
     return torch.where(mass > 0, mass, torch.ones_like(mass))
 
 
-def _softmax(z: Tensor) -> Tuple[Tensor, Tensor]:
+def _softmax(z: Tensor) -> tuple[Tensor, Tensor]:
     """Row log-sum-exp [r] and row softmax [r, n] of ``z``."""
     top = z.amax(1, keepdim=True)
     probs = torch.sub(z, top).exp_()
@@ -178,7 +183,7 @@ def forward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> No
     """Accumulate the sums and statistics of logits ``z`` [r, sum_g n_g] of sweep rows ``rows``."""
     sums, stats = state.sums, state.rows
     shared_kl = sweep.smooth_kl and sweep.kl_columns is None
-    kl_inputs: List[Tuple[Tensor, Tensor, Tensor]] = []  # per level: lse, log p, p
+    kl_inputs: list[tuple[Tensor, Tensor, Tensor]] = []  # per level: lse, log p, p
     for g, level in enumerate(sweep.levels):
         if level.size == 0:
             continue
@@ -221,7 +226,7 @@ def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad
     stats = state.rows
     shared_kl = sweep.smooth_kl and sweep.kl_columns is None
     dz = torch.zeros_like(z)
-    kl_probs: List[Tensor] = []
+    kl_probs: list[Tensor] = []
     for g, level in enumerate(sweep.levels):
         if level.size == 0:
             continue
@@ -247,7 +252,7 @@ def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad
     return dz
 
 
-def _kl_softmax(z: Tensor, sweep: Sweep) -> List[Tuple[Tensor, Tensor, Tensor]]:
+def _kl_softmax(z: Tensor, sweep: Sweep) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Per level, on the columns present in every level: lse, log-softmax and softmax."""
     inputs = []
     for level, positions in zip(sweep.levels, sweep.kl_columns):
@@ -259,7 +264,7 @@ def _kl_softmax(z: Tensor, sweep: Sweep) -> List[Tuple[Tensor, Tensor, Tensor]]:
     return inputs
 
 
-def _log_mean(log_probs: List[Tensor], probs: List[Tensor]) -> Tuple[Tensor, Tensor]:
+def _log_mean(log_probs: list[Tensor], probs: list[Tensor]) -> tuple[Tensor, Tensor]:
     """m = mean_g p^g and log m = logsumexp_g(log p^g) - log G (exact where the levels agree)."""
     top = log_probs[0].clone()
     for lp in log_probs[1:]:
@@ -273,14 +278,14 @@ def _log_mean(log_probs: List[Tensor], probs: List[Tensor]) -> Tuple[Tensor, Ten
     return mean.div_(len(probs)), total.div_(len(probs)).log_().add_(top)
 
 
-def _mean_log(log_probs: List[Tensor]) -> Tensor:
+def _mean_log(log_probs: list[Tensor]) -> Tensor:
     total = log_probs[0].clone()
     for lp in log_probs[1:]:
         total += lp
     return total.div_(len(log_probs))
 
 
-def _kl_forward(inputs: List[Tuple[Tensor, Tensor, Tensor]], rows: slice, sweep: Sweep, state: SweepState) -> None:
+def _kl_forward(inputs: list[tuple[Tensor, Tensor, Tensor]], rows: slice, sweep: Sweep, state: SweepState) -> None:
     if not inputs:
         return
     lses, log_probs, probs = zip(*inputs)
@@ -299,7 +304,7 @@ def _kl_forward(inputs: List[Tuple[Tensor, Tensor, Tensor]], rows: slice, sweep:
 
 
 def _kl_backward(
-    dz: Tensor, probs: Optional[List[Tensor]], z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad: Tensor
+    dz: Tensor, probs: list[Tensor] | None, z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad: Tensor
 ) -> None:
     """Add the smooth KL's gradient to ``dz``; ``probs`` are the row softmaxes when every level has every column."""
     stats = state.rows

@@ -14,7 +14,8 @@ logits into its gradient in place and needs two matmuls per panel.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Tuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,17 +39,17 @@ def chunk_rows(num_columns: int, dtype: torch.dtype, budget_bytes: int = CHUNK_B
     return max(1, budget_bytes // max(1, num_columns * itemsize))
 
 
-def dense_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+def dense_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
     """All logits of a sweep from one matmul, kept for the backward (``chunk_size`` is ignored)."""
     return _level_sums(problem, request, lambda sweep: None)
 
 
-def chunked_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+def chunked_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
     """Panels of ``chunk_size`` rows (default: :func:`chunk_rows`), recomputed in the backward."""
     return _level_sums(problem, request, lambda sweep: chunk_size or chunk_rows(sweep.num_columns, sweep.compute_dtype))
 
 
-def _level_sums(problem: LossProblem, request: LossRequest, panel_rows: Callable[[Sweep], Optional[int]]) -> LevelSums:
+def _level_sums(problem: LossProblem, request: LossRequest, panel_rows: Callable[[Sweep], int | None]) -> LevelSums:
     """Run the sweeps of ``problem``; ``panel_rows(sweep)`` is the chunk size (None: dense)."""
 
     def run(sweep: Sweep) -> SweepSums:
@@ -72,9 +73,14 @@ class _SweepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Optional[Tensor], sweep: Sweep,
-        chunk_size: Optional[int],
-    ) -> Tuple[Tensor, ...]:
+        ctx: Any,
+        images: Tensor,
+        texts: Tensor,
+        scale: Tensor,
+        bias: Tensor | None,
+        sweep: Sweep,
+        chunk_size: int | None,
+    ) -> tuple[Tensor, ...]:
         dtype = sweep.compute_dtype
         scaled = images.to(dtype) * scale.to(dtype)
         columns = texts.to(dtype)
@@ -98,7 +104,7 @@ class _SweepFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         images, texts, scale, bias = ctx.saved_tensors
         sweep, state = ctx.sweep, ctx.state
         dtype = sweep.compute_dtype
@@ -148,7 +154,7 @@ def _shift(span: slice, start: int) -> slice:
     return slice(span.start + start, span.stop + start)
 
 
-def _logits(scaled_images: Tensor, texts: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _logits(scaled_images: Tensor, texts: Tensor, bias: Tensor | None) -> Tensor:
     """s * V @ T^T (+ b), [rows, columns]; the scale is already in ``scaled_images``."""
     if bias is None:
         return scaled_images @ texts.t()

@@ -9,8 +9,6 @@ O((R + n) D) and never builds a B x N mask.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 from torch import Tensor
 
 from .plan import Keys
@@ -21,7 +19,7 @@ def _key_sums(keys: Tensor, count: int, values: Tensor) -> Tensor:
     return values.new_zeros(count, values.shape[1]).index_add_(0, keys, values)
 
 
-def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sums of the positive logits of a block ``z`` [r, n] (sweep rows ``rows``): per row [r], and per column [n].
 
     Gathered from the logits themselves, so a row whose only positive dominates gets a cross-entropy
@@ -34,8 +32,8 @@ def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> Tuple[Tensor, Tens
 
 
 def positive_gradients(
-    keys: Keys, images: Tensor, texts: Tensor, scale: Tensor, row_coef: Tensor, col_coef: Optional[Tensor]
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    keys: Keys, images: Tensor, texts: Tensor, scale: Tensor, row_coef: Tensor, col_coef: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``-sum_ij P_ij (a_i + c_j) z_ij`` (a = ``row_coef`` [R], c = ``col_coef`` [n] or 0).
 
     Returns:

@@ -13,8 +13,9 @@ backend ever masks a logit. Two layouts:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .blocks import SweepSums
 
 
-def compose(outer: Optional[Index], inner: Index) -> Index:
+def compose(outer: Index | None, inner: Index) -> Index:
     """Index ``outer`` by ``inner``: positions of a sub-range mapped back to the full range."""
     if outer is None:
         return inner
@@ -47,7 +48,9 @@ class TargetView:
         transposed: the sweep runs over texts, so its tile is ``P[cols, rows]^T``.
     """
 
-    def __init__(self, source: LevelTargets, row_map: Optional[Index], col_map: Optional[Index], transposed: bool = False) -> None:
+    def __init__(
+        self, source: LevelTargets, row_map: Index | None, col_map: Index | None, transposed: bool = False
+    ) -> None:
         self.source = source
         self.row_map = row_map
         self.col_map = col_map
@@ -60,7 +63,7 @@ class TargetView:
             return self.source.tile(mapped_cols, mapped_rows, dtype, device).t()
         return self.source.tile(mapped_rows, mapped_cols, dtype, device)
 
-    def keys(self, num_rows: int, num_cols: int, device: torch.device) -> Optional["Keys"]:
+    def keys(self, num_rows: int, num_cols: int, device: torch.device) -> Keys | None:
         """Keys of the whole sweep level (see :meth:`LevelTargets.keys`), renumbered 0..K-1; None if P has none."""
         rows, cols = compose(self.row_map, slice(0, num_rows)), compose(self.col_map, slice(0, num_cols))
         keys = self.source.keys(cols, rows, device) if self.transposed else self.source.keys(rows, cols, device)
@@ -92,12 +95,19 @@ class Keys:
     col_starts: Tensor
 
     @classmethod
-    def build(cls, rows: Tensor, cols: Tensor, count: int) -> "Keys":
+    def build(cls, rows: Tensor, cols: Tensor, count: int) -> Keys:
         col_counts = torch.bincount(cols, minlength=count)
-        return cls(rows, cols, count, torch.bincount(rows, minlength=count), col_counts,
-                   torch.argsort(cols, stable=True), torch.cumsum(col_counts, 0) - col_counts)
+        return cls(
+            rows,
+            cols,
+            count,
+            torch.bincount(rows, minlength=count),
+            col_counts,
+            torch.argsort(cols, stable=True),
+            torch.cumsum(col_counts, 0) - col_counts,
+        )
 
-    def pairs(self, rows: slice) -> Tuple[Tensor, Tensor]:
+    def pairs(self, rows: slice) -> tuple[Tensor, Tensor]:
         """Every positive (row, column) of ``rows``: row positions within ``rows`` and column indices."""
         keys = self.rows[rows]
         per_row = self.col_counts[keys]
@@ -117,7 +127,7 @@ class SweepLevel:
     offset: int
     size: int
     targets: TargetView
-    keys: Optional[Keys]
+    keys: Keys | None
 
     @property
     def columns(self) -> slice:
@@ -144,9 +154,9 @@ class Sweep:
     images: Tensor
     texts: Tensor
     scale: Tensor
-    bias: Optional[Tensor]
-    levels: Tuple[SweepLevel, ...]
-    kl_columns: Optional[Tuple[Tensor, ...]]
+    bias: Tensor | None
+    levels: tuple[SweepLevel, ...]
+    kl_columns: tuple[Tensor, ...] | None
     row_ce: bool
     col_ce: bool
     pointwise: bool
@@ -176,7 +186,7 @@ class SweepPlan:
     """The sweeps of a problem: ``main`` (rows), and per level a transposed ``columns`` sweep for a local problem."""
 
     main: Sweep
-    columns: Tuple[Optional[Sweep], ...]
+    columns: tuple[Sweep | None, ...]
 
 
 def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
@@ -207,13 +217,13 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
         kl_direction=request.kl_direction,
         compute_dtype=problem.compute_dtype,
     )
-    columns: List[Optional[Sweep]] = [None] * problem.num_levels
+    columns: list[Sweep | None] = [None] * problem.num_levels
     if request.soft_clip and local:
         columns = [_column_sweep(problem, g, level_texts[g], present[g], device) for g in range(problem.num_levels)]
     return SweepPlan(main, tuple(columns))
 
 
-def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], "SweepSums"]) -> LevelSums:
+def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], SweepSums]) -> LevelSums:
     """Compute every sweep of ``plan`` with ``run`` and assemble the problem's sums."""
     main = run(plan.main)
     col_ce, col_count = main.col_ce, main.col_count
@@ -231,7 +241,9 @@ def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], "Sw
     )
 
 
-def _column_sweep(problem: LossProblem, level: int, texts: Tensor, present: Optional[Tensor], device: torch.device) -> Sweep:
+def _column_sweep(
+    problem: LossProblem, level: int, texts: Tensor, present: Tensor | None, device: torch.device
+) -> Sweep:
     """This rank's present texts of ``level`` against every image: the soft CLIP column term."""
     columns = problem.column_ranges[level]
     local = torch.arange(columns.start, columns.stop, device=device)
@@ -242,8 +254,15 @@ def _column_sweep(problem: LossProblem, level: int, texts: Tensor, present: Opti
         texts=problem.image_features,
         scale=problem.logit_scale,
         bias=problem.logit_bias,
-        levels=(_level(0, problem.image_features.shape[0], TargetView(problem.targets[level], local, None, True),
-                       local.shape[0], device),),
+        levels=(
+            _level(
+                0,
+                problem.image_features.shape[0],
+                TargetView(problem.targets[level], local, None, True),
+                local.shape[0],
+                device,
+            ),
+        ),
         kl_columns=None,
         row_ce=True,
         col_ce=False,
@@ -259,7 +278,7 @@ def _level(offset: int, size: int, targets: TargetView, num_rows: int, device: t
     return SweepLevel(offset, size, targets, targets.keys(num_rows, size, device))
 
 
-def _kl_columns(text_masks: Tuple[Optional[Tensor], ...], device: torch.device) -> Optional[Tuple[Tensor, ...]]:
+def _kl_columns(text_masks: tuple[Tensor | None, ...], device: torch.device) -> tuple[Tensor, ...] | None:
     """Per level, where the texts present in every level sit among that level's present texts."""
     if all(m is None for m in text_masks):
         return None

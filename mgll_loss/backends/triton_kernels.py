@@ -17,8 +17,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _logits(V, T, scale, bias, rows, text_rows, row_ok, col_ok, D, HAS_BIAS: tl.constexpr,
-            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def _logits(
+    V,
+    T,
+    scale,
+    bias,
+    rows,
+    text_rows,
+    row_ok,
+    col_ok,
+    D,
+    HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """z = s * V[rows] @ T[text_rows]^T (+ b), [BM, BN]."""
     acc = tl.zeros((BM, BN), dtype=ACC)
     for k0 in range(0, D, BK):
@@ -34,9 +48,27 @@ def _logits(V, T, scale, bias, rows, text_rows, row_ok, col_ok, D, HAS_BIAS: tl.
 
 
 @triton.jit
-def _positives(KEYS_R, KEYS_C, LABELS_R, LABELS_C, COUNT_R, COUNT_C, DENSE, rows, cols, row_ok, col_ok, n, C,
-               MODE: tl.constexpr, MATCH: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
-               ACC: tl.constexpr):
+def _positives(
+    KEYS_R,
+    KEYS_C,
+    LABELS_R,
+    LABELS_C,
+    COUNT_R,
+    COUNT_C,
+    DENSE,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    n,
+    C,
+    MODE: tl.constexpr,
+    MATCH: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BC: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """The tile P[rows, cols] (zero outside the sweep)."""
     valid = row_ok[:, None] & col_ok[None, :]
     if MODE == 0:
@@ -51,7 +83,11 @@ def _positives(KEYS_R, KEYS_C, LABELS_R, LABELS_C, COUNT_R, COUNT_C, DENSE, rows
             a = tl.load(LABELS_R + rows[:, None] * C + cs[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(LABELS_C + cols[:, None] * C + cs[None, :], mask=col_ok[:, None] & c_ok[None, :], other=0.0)
             shared += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=ACC)
-        union = tl.load(COUNT_R + rows, mask=row_ok, other=0.0)[:, None] + tl.load(COUNT_C + cols, mask=col_ok, other=0.0)[None, :] - shared
+        union = (
+            tl.load(COUNT_R + rows, mask=row_ok, other=0.0)[:, None]
+            + tl.load(COUNT_C + cols, mask=col_ok, other=0.0)[None, :]
+            - shared
+        )
         if MATCH == 1:
             positives = tl.where((shared > 0) | (union == 0), 1.0, 0.0).to(ACC)
         else:
@@ -98,9 +134,26 @@ def _sigmoid(z):
 
 
 @triton.jit
-def max_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, R, n, D, col_offset,
-               HAS_BIAS: tl.constexpr, HAS_INDEX: tl.constexpr, WITH_COLS: tl.constexpr,
-               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def max_kernel(
+    V,
+    T,
+    scale,
+    bias,
+    COL_INDEX,
+    ROW_MAX,
+    COL_MAX,
+    R,
+    n,
+    D,
+    col_offset,
+    HAS_BIAS: tl.constexpr,
+    HAS_INDEX: tl.constexpr,
+    WITH_COLS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Row (and column) maxima of one level's logits."""
     rows, cols, row_ok, col_ok = _tile(R, n, BM, BN)
     text_rows = _text_rows(COL_INDEX, cols, col_ok, col_offset, HAS_INDEX)
@@ -111,13 +164,46 @@ def max_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, R, n, D, col_offs
 
 
 @triton.jit
-def sums_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, ROW_SUMEXP, COL_SUMEXP,
-                ROW_MASS, ROW_PZ, COL_MASS, COL_PZ, ROW_SOFTPLUS,
-                KEYS_R, KEYS_C, LABELS_R, LABELS_C, COUNT_R, COUNT_C, DENSE,
-                R, n, D, C, col_offset,
-                HAS_BIAS: tl.constexpr, HAS_INDEX: tl.constexpr, WITH_COLS: tl.constexpr,
-                WITH_POSITIVES: tl.constexpr, WITH_SOFTPLUS: tl.constexpr, MODE: tl.constexpr, MATCH: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr):
+def sums_kernel(
+    V,
+    T,
+    scale,
+    bias,
+    COL_INDEX,
+    ROW_MAX,
+    COL_MAX,
+    ROW_SUMEXP,
+    COL_SUMEXP,
+    ROW_MASS,
+    ROW_PZ,
+    COL_MASS,
+    COL_PZ,
+    ROW_SOFTPLUS,
+    KEYS_R,
+    KEYS_C,
+    LABELS_R,
+    LABELS_C,
+    COUNT_R,
+    COUNT_C,
+    DENSE,
+    R,
+    n,
+    D,
+    C,
+    col_offset,
+    HAS_BIAS: tl.constexpr,
+    HAS_INDEX: tl.constexpr,
+    WITH_COLS: tl.constexpr,
+    WITH_POSITIVES: tl.constexpr,
+    WITH_SOFTPLUS: tl.constexpr,
+    MODE: tl.constexpr,
+    MATCH: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    BC: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Sums of exp(z - max) per row (and column), positive mass and logits, and softplus per row."""
     rows, cols, row_ok, col_ok = _tile(R, n, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
@@ -129,8 +215,27 @@ def sums_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, ROW_SUMEXP, COL_
         col_max = tl.load(COL_MAX + cols, mask=col_ok, other=0.0)
         tl.atomic_add(COL_SUMEXP + cols, tl.sum(_exp(z - col_max[None, :], valid), 0), mask=col_ok)
     if WITH_POSITIVES:
-        positives = _positives(KEYS_R, KEYS_C, LABELS_R, LABELS_C, COUNT_R, COUNT_C, DENSE, rows, cols, row_ok,
-                               col_ok, n, C, MODE, MATCH, BM, BN, BC, ACC)
+        positives = _positives(
+            KEYS_R,
+            KEYS_C,
+            LABELS_R,
+            LABELS_C,
+            COUNT_R,
+            COUNT_C,
+            DENSE,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            n,
+            C,
+            MODE,
+            MATCH,
+            BM,
+            BN,
+            BC,
+            ACC,
+        )
         pz = tl.where(valid, positives * z, 0.0)
         tl.atomic_add(ROW_MASS + rows, tl.sum(positives, 1), mask=row_ok)
         tl.atomic_add(ROW_PZ + rows, tl.sum(pz, 1), mask=row_ok)
@@ -142,8 +247,27 @@ def sums_kernel(V, T, scale, bias, COL_INDEX, ROW_MAX, COL_MAX, ROW_SUMEXP, COL_
 
 
 @triton.jit
-def _level_mean(V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G,
-                HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def _level_mean(
+    V,
+    T,
+    scale,
+    bias,
+    KL_ROWS,
+    KL_LSE,
+    rows,
+    cols,
+    row_ok,
+    col_ok,
+    R,
+    Nc,
+    D,
+    G,
+    HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """log m = logsumexp_g log p^g - log G and the mean over levels of log p^g, [BM, BN]."""
     top = tl.full((BM, BN), -float("inf"), dtype=ACC)
     total = tl.zeros((BM, BN), dtype=ACC)
@@ -160,17 +284,37 @@ def _level_mean(V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, 
 
 
 @triton.jit
-def kl_kernel(V, T, scale, bias, KL_ROWS, KL_LSE, KL_DOT, KL_TOTAL, R, Nc, D, G,
-              HAS_BIAS: tl.constexpr, TO_MEAN: tl.constexpr,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def kl_kernel(
+    V,
+    T,
+    scale,
+    bias,
+    KL_ROWS,
+    KL_LSE,
+    KL_DOT,
+    KL_TOTAL,
+    R,
+    Nc,
+    D,
+    G,
+    HAS_BIAS: tl.constexpr,
+    TO_MEAN: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Per row and level: KL(p^g || m) (``TO_MEAN``), else <p^g, c> and G <m, c> with c = log m - mean_g log p^g."""
     rows, cols, row_ok, col_ok = _tile(R, Nc, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
-    log_mean, mean_log = _level_mean(V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G,
-                                     HAS_BIAS, BM, BN, BK, ACC)
+    log_mean, mean_log = _level_mean(
+        V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G, HAS_BIAS, BM, BN, BK, ACC
+    )
     contrast = log_mean - mean_log
     if not TO_MEAN:
-        tl.atomic_add(KL_TOTAL + rows, G * tl.sum(tl.where(valid, _exp(log_mean, valid) * contrast, 0.0), 1), mask=row_ok)
+        tl.atomic_add(
+            KL_TOTAL + rows, G * tl.sum(tl.where(valid, _exp(log_mean, valid) * contrast, 0.0), 1), mask=row_ok
+        )
     for g in range(0, G):
         text_rows = tl.load(KL_ROWS + g * Nc + cols, mask=col_ok, other=0)
         z = _logits(V, T, scale, bias, rows, text_rows, row_ok, col_ok, D, HAS_BIAS, BM, BN, BK, ACC)
@@ -184,8 +328,24 @@ def kl_kernel(V, T, scale, bias, KL_ROWS, KL_LSE, KL_DOT, KL_TOTAL, R, Nc, D, G,
 
 
 @triton.jit
-def _scatter_gradient(dz, V, T, GRAD_V, GRAD_T, GRAD_BIAS, scale, rows, text_rows, row_ok, col_ok, D,
-                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def _scatter_gradient(
+    dz,
+    V,
+    T,
+    GRAD_V,
+    GRAD_T,
+    GRAD_BIAS,
+    scale,
+    rows,
+    text_rows,
+    row_ok,
+    col_ok,
+    D,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """dL/dV[rows] += s dz T[text_rows], dL/dT[text_rows] += s dz^T V[rows], dL/db += sum dz."""
     s = tl.load(scale)
     for k0 in range(0, D, BK):
@@ -201,13 +361,46 @@ def _scatter_gradient(dz, V, T, GRAD_V, GRAD_T, GRAD_BIAS, scale, rows, text_row
 
 
 @triton.jit
-def backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS,
-                    ROW_LSE, ROW_WEIGHT, ROW_COEF, COL_LSE, COL_WEIGHT, COL_COEF, SIGMOID_WEIGHT,
-                    KEYS_R, KEYS_C, LABELS_R, LABELS_C, COUNT_R, COUNT_C, DENSE,
-                    R, n, D, C, col_offset,
-                    HAS_BIAS: tl.constexpr, WITH_ROWS: tl.constexpr, WITH_COLS: tl.constexpr,
-                    WITH_SIGMOID: tl.constexpr, WITH_POSITIVES: tl.constexpr, MODE: tl.constexpr, MATCH: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr, ACC: tl.constexpr):
+def backward_kernel(
+    V,
+    T,
+    scale,
+    bias,
+    GRAD_V,
+    GRAD_T,
+    GRAD_BIAS,
+    ROW_LSE,
+    ROW_WEIGHT,
+    ROW_COEF,
+    COL_LSE,
+    COL_WEIGHT,
+    COL_COEF,
+    SIGMOID_WEIGHT,
+    KEYS_R,
+    KEYS_C,
+    LABELS_R,
+    LABELS_C,
+    COUNT_R,
+    COUNT_C,
+    DENSE,
+    R,
+    n,
+    D,
+    C,
+    col_offset,
+    HAS_BIAS: tl.constexpr,
+    WITH_ROWS: tl.constexpr,
+    WITH_COLS: tl.constexpr,
+    WITH_SIGMOID: tl.constexpr,
+    WITH_POSITIVES: tl.constexpr,
+    MODE: tl.constexpr,
+    MATCH: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    BC: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """dz = w_i softmax_r + w'_j softmax_c + g sigmoid(z) - P (a_i + c_j) for one level's tile, sent to the features."""
     rows, cols, row_ok, col_ok = _tile(R, n, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
@@ -223,8 +416,27 @@ def backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS,
     if WITH_SIGMOID:
         dz += tl.load(SIGMOID_WEIGHT) * _sigmoid(z)
     if WITH_POSITIVES:
-        positives = _positives(KEYS_R, KEYS_C, LABELS_R, LABELS_C, COUNT_R, COUNT_C, DENSE, rows, cols, row_ok,
-                               col_ok, n, C, MODE, MATCH, BM, BN, BC, ACC)
+        positives = _positives(
+            KEYS_R,
+            KEYS_C,
+            LABELS_R,
+            LABELS_C,
+            COUNT_R,
+            COUNT_C,
+            DENSE,
+            rows,
+            cols,
+            row_ok,
+            col_ok,
+            n,
+            C,
+            MODE,
+            MATCH,
+            BM,
+            BN,
+            BC,
+            ACC,
+        )
         coef = tl.load(ROW_COEF + rows, mask=row_ok, other=0.0)[:, None]
         if WITH_COLS:
             coef += tl.load(COL_COEF + cols, mask=col_ok, other=0.0)[None, :]
@@ -234,14 +446,35 @@ def backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS,
 
 
 @triton.jit
-def kl_backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS, KL_ROWS, KL_LSE, KL_DOT, KL_GRAD,
-                       R, Nc, D, G, HAS_BIAS: tl.constexpr, TO_MEAN: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+def kl_backward_kernel(
+    V,
+    T,
+    scale,
+    bias,
+    GRAD_V,
+    GRAD_T,
+    GRAD_BIAS,
+    KL_ROWS,
+    KL_LSE,
+    KL_DOT,
+    KL_GRAD,
+    R,
+    Nc,
+    D,
+    G,
+    HAS_BIAS: tl.constexpr,
+    TO_MEAN: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """The smooth KL's gradient on every level's tile, sent to the features."""
     rows, cols, row_ok, col_ok = _tile(R, Nc, BM, BN)
     valid = row_ok[:, None] & col_ok[None, :]
-    log_mean, mean_log = _level_mean(V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G,
-                                     HAS_BIAS, BM, BN, BK, ACC)
+    log_mean, mean_log = _level_mean(
+        V, T, scale, bias, KL_ROWS, KL_LSE, rows, cols, row_ok, col_ok, R, Nc, D, G, HAS_BIAS, BM, BN, BK, ACC
+    )
     contrast = log_mean - mean_log
     upstream = tl.load(KL_GRAD)
     for g in range(0, G):
@@ -255,5 +488,6 @@ def kl_backward_kernel(V, T, scale, bias, GRAD_V, GRAD_T, GRAD_BIAS, KL_ROWS, KL
         else:
             dz = p * (contrast - dot) + p - _exp(log_mean, valid)
         dz = tl.where(valid, dz * upstream, 0.0)
-        _scatter_gradient(dz, V, T, GRAD_V, GRAD_T, GRAD_BIAS, scale, rows, text_rows, row_ok, col_ok, D,
-                          BM, BN, BK, ACC)
+        _scatter_gradient(
+            dz, V, T, GRAD_V, GRAD_T, GRAD_BIAS, scale, rows, text_rows, row_ok, col_ok, D, BM, BN, BK, ACC
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,7 +43,7 @@ def check_triton_device(device: torch.device) -> None:
     )
 
 
-def triton_level_sums(problem: LossProblem, request: LossRequest, chunk_size: Optional[int] = None) -> LevelSums:
+def triton_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
     """The sums of ``problem`` from the Triton kernels (``chunk_size`` is ignored: tiles are fixed)."""
     check_triton_device(problem.image_features.device)
 
@@ -64,7 +64,7 @@ class _Tiles:
     block_k: int
     acc: Any
 
-    def grid(self, columns: int) -> Tuple[int, int]:
+    def grid(self, columns: int) -> tuple[int, int]:
         return (-(-self.rows // self.block_m), -(-columns // self.block_n))
 
     def constants(self) -> dict:
@@ -77,10 +77,10 @@ class _Positives:
 
     mode: int
     match: int
-    tensors: Tuple[Tensor, ...]  # keys rows, keys cols, labels rows, labels cols, counts rows, counts cols, dense
+    tensors: tuple[Tensor, ...]  # keys rows, keys cols, labels rows, labels cols, counts rows, counts cols, dense
     classes: int
 
-    def arguments(self) -> Tuple[Tensor, ...]:
+    def arguments(self) -> tuple[Tensor, ...]:
         return self.tensors
 
 
@@ -89,7 +89,9 @@ def _positives(level: SweepLevel, num_rows: int, dtype: torch.dtype, device: tor
     placeholder = torch.zeros(1, dtype=dtype, device=device)
     if level.keys is not None:
         keys = level.keys
-        return _Positives(0, 0, (keys.rows, keys.cols, placeholder, placeholder, placeholder, placeholder, placeholder), 1)
+        return _Positives(
+            0, 0, (keys.rows, keys.cols, placeholder, placeholder, placeholder, placeholder, placeholder), 1
+        )
     view = level.targets
     source = view.source
     if source.multi_hot is not None:
@@ -114,8 +116,8 @@ class _TritonSweep(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Optional[Tensor], sweep: Sweep
-    ) -> Tuple[Tensor, ...]:
+        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, sweep: Sweep
+    ) -> tuple[Tensor, ...]:
         from . import triton_kernels as kernels
 
         dtype, device = sweep.compute_dtype, images.device
@@ -135,8 +137,19 @@ class _TritonSweep(torch.autograd.Function):
             if level.size == 0:
                 continue
             positives = _positives(level, rows, dtype, device)
-            stats = _level_statistics(kernels, features, scalars, tiles, level.offset, level.size, None, sweep.col_ce,
-                                      positives, sweep.pointwise, common)
+            stats = _level_statistics(
+                kernels,
+                features,
+                scalars,
+                tiles,
+                level.offset,
+                level.size,
+                None,
+                sweep.col_ce,
+                positives,
+                sweep.pointwise,
+                common,
+            )
             lse_r, lse_c, mass, pz, mass_c, pz_c, softplus = stats
             row_lse[g], row_mass[g] = lse_r, mass
             if sweep.row_ce:
@@ -156,7 +169,7 @@ class _TritonSweep(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         from . import triton_kernels as kernels
 
         images, texts, scale, bias = ctx.saved_tensors
@@ -177,25 +190,54 @@ class _TritonSweep(torch.autograd.Function):
                 continue
             columns = level.columns
             mass = row_mass[g]
-            row_coef, col_coef = positive_coefficients(sweep, g, mass, col_mass[columns] if sweep.col_ce else None,
-                                                       upstream)
+            row_coef, col_coef = positive_coefficients(
+                sweep, g, mass, col_mass[columns] if sweep.col_ce else None, upstream
+            )
             row_weight = upstream.row_ce[g] * (mass > 0)
             col_weight = upstream.col_ce[g] * (col_mass[columns] > 0)
             positives = _positives(level, sweep.num_rows, dtype, device)
             kernels.backward_kernel[tiles.grid(level.size)](
-                *features, *scalars, *outputs, row_lse[g], row_weight, row_coef, col_lse[columns].contiguous(),
-                col_weight.contiguous(), (col_coef if col_coef is not None else col_weight).contiguous(),
-                upstream.pointwise[g].reshape(1), *positives.arguments(),
-                sweep.num_rows, level.size, tiles.dim, positives.classes, level.offset,
-                WITH_ROWS=sweep.row_ce, WITH_COLS=sweep.col_ce, WITH_SIGMOID=sweep.pointwise,
-                WITH_POSITIVES=sweep.row_ce or sweep.col_ce or sweep.pointwise, MODE=positives.mode,
-                MATCH=positives.match, BC=16, **common,
+                *features,
+                *scalars,
+                *outputs,
+                row_lse[g],
+                row_weight,
+                row_coef,
+                col_lse[columns].contiguous(),
+                col_weight.contiguous(),
+                (col_coef if col_coef is not None else col_weight).contiguous(),
+                upstream.pointwise[g].reshape(1),
+                *positives.arguments(),
+                sweep.num_rows,
+                level.size,
+                tiles.dim,
+                positives.classes,
+                level.offset,
+                WITH_ROWS=sweep.row_ce,
+                WITH_COLS=sweep.col_ce,
+                WITH_SIGMOID=sweep.pointwise,
+                WITH_POSITIVES=sweep.row_ce or sweep.col_ce or sweep.pointwise,
+                MODE=positives.mode,
+                MATCH=positives.match,
+                BC=16,
+                **common,
             )
         if ctx.kl is not None and ctx.kl[0].shape[1]:
             text_rows, kl_lse, kl_dot, _ = ctx.kl
             kernels.kl_backward_kernel[tiles.grid(text_rows.shape[1])](
-                *features, *scalars, *outputs, text_rows, kl_lse, kl_dot, upstream.smooth_kl.reshape(1),
-                sweep.num_rows, text_rows.shape[1], tiles.dim, levels, TO_MEAN=sweep.kl_direction == "to_mean", **common,
+                *features,
+                *scalars,
+                *outputs,
+                text_rows,
+                kl_lse,
+                kl_dot,
+                upstream.smooth_kl.reshape(1),
+                sweep.num_rows,
+                text_rows.shape[1],
+                tiles.dim,
+                levels,
+                TO_MEAN=sweep.kl_direction == "to_mean",
+                **common,
             )
         scale_c = scalars[0][0]
         grad_scale = (features[0] * grad_images).sum() / scale_c
@@ -209,10 +251,18 @@ class _TritonSweep(torch.autograd.Function):
 
 
 def _level_statistics(
-    kernels: Any, features: Tuple[Tensor, Tensor], scalars: Tuple[Tensor, Tensor], tiles: _Tiles, offset: int,
-    size: int, column_index: Optional[Tensor], with_cols: bool, positives: Optional[_Positives], with_softplus: bool,
+    kernels: Any,
+    features: tuple[Tensor, Tensor],
+    scalars: tuple[Tensor, Tensor],
+    tiles: _Tiles,
+    offset: int,
+    size: int,
+    column_index: Tensor | None,
+    with_cols: bool,
+    positives: _Positives | None,
+    with_softplus: bool,
     common: dict,
-) -> Tuple[Tensor, ...]:
+) -> tuple[Tensor, ...]:
     """Row lse, column lse, row mass / positive sums, column mass / positive sums and row softplus sums of one level.
 
     ``column_index``: the texts of the columns (else ``offset + column``).
@@ -229,10 +279,30 @@ def _level_statistics(
     col_vectors = [torch.zeros(size, dtype=dtype, device=device) for _ in range(3)]  # sumexp, mass, pz
     operands = positives if positives is not None else _Positives(0, 0, (index,) * 2 + (row_max,) * 5, 1)
     kernels.sums_kernel[grid](
-        *features, *scalars, index, row_max, col_max, row_vectors[0], col_vectors[0], row_vectors[1], row_vectors[2],
-        col_vectors[1], col_vectors[2], row_vectors[3], *operands.arguments(), rows, size, tiles.dim,
-        operands.classes, offset, WITH_POSITIVES=positives is not None, WITH_SOFTPLUS=with_softplus,
-        MODE=operands.mode, MATCH=operands.match, BC=16, **flags,
+        *features,
+        *scalars,
+        index,
+        row_max,
+        col_max,
+        row_vectors[0],
+        col_vectors[0],
+        row_vectors[1],
+        row_vectors[2],
+        col_vectors[1],
+        col_vectors[2],
+        row_vectors[3],
+        *operands.arguments(),
+        rows,
+        size,
+        tiles.dim,
+        operands.classes,
+        offset,
+        WITH_POSITIVES=positives is not None,
+        WITH_SOFTPLUS=with_softplus,
+        MODE=operands.mode,
+        MATCH=operands.match,
+        BC=16,
+        **flags,
     )
     row_lse = row_max + row_vectors[0].log()
     col_lse = col_max + col_vectors[0].log()
@@ -240,9 +310,14 @@ def _level_statistics(
 
 
 def _kl_forward(
-    kernels: Any, features: Tuple[Tensor, Tensor], scalars: Tuple[Tensor, Tensor], tiles: _Tiles, sweep: Sweep,
-    row_lse: Tensor, common: dict,
-) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+    kernels: Any,
+    features: tuple[Tensor, Tensor],
+    scalars: tuple[Tensor, Tensor],
+    tiles: _Tiles,
+    sweep: Sweep,
+    row_lse: Tensor,
+    common: dict,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """(text rows [G, Nc], lse [G, R], per-row dots [G, R], total): the smooth KL over the columns every level has."""
     device = features[0].device
     if sweep.kl_columns is None:
@@ -250,18 +325,45 @@ def _kl_forward(
         kl_lse = row_lse
     else:
         text_rows = torch.stack([lv.offset + positions for lv, positions in zip(sweep.levels, sweep.kl_columns)])
-        kl_lse = torch.stack([
-            _level_statistics(kernels, features, scalars, tiles, 0, text_rows.shape[1], text_rows[g].contiguous(),
-                              False, None, False, common)[0]
-            for g in range(sweep.num_levels)
-        ]) if text_rows.shape[1] else row_lse
+        kl_lse = (
+            torch.stack(
+                [
+                    _level_statistics(
+                        kernels,
+                        features,
+                        scalars,
+                        tiles,
+                        0,
+                        text_rows.shape[1],
+                        text_rows[g].contiguous(),
+                        False,
+                        None,
+                        False,
+                        common,
+                    )[0]
+                    for g in range(sweep.num_levels)
+                ]
+            )
+            if text_rows.shape[1]
+            else row_lse
+        )
     text_rows = text_rows.contiguous()
     kl_dot = torch.zeros_like(kl_lse)
     kl_total = torch.zeros(sweep.num_rows, dtype=kl_lse.dtype, device=device)
     if text_rows.shape[1]:
         kernels.kl_kernel[tiles.grid(text_rows.shape[1])](
-            *features, *scalars, text_rows, kl_lse.contiguous(), kl_dot, kl_total, sweep.num_rows, text_rows.shape[1],
-            tiles.dim, sweep.num_levels, TO_MEAN=sweep.kl_direction == "to_mean", **common,
+            *features,
+            *scalars,
+            text_rows,
+            kl_lse.contiguous(),
+            kl_dot,
+            kl_total,
+            sweep.num_rows,
+            text_rows.shape[1],
+            tiles.dim,
+            sweep.num_levels,
+            TO_MEAN=sweep.kl_direction == "to_mean",
+            **common,
         )
     total = kl_dot.sum() if sweep.kl_direction == "to_mean" else kl_total.sum()
     return text_rows, kl_lse.contiguous(), kl_dot, total

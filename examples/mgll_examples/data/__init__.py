@@ -13,8 +13,21 @@ from .records import Dataset, Level, Sample
 from .synthetic import ensure_synthetic, write_synthetic_fundus, write_synthetic_xray
 
 __all__ = [
-    "Level", "Sample", "Dataset", "FUNDUS_LEVELS", "XRAY_LEVELS", "load_fundus", "load_xray", "load_table",
+    "Level",
+    "Sample",
+    "Dataset",
+    "FUNDUS_LEVELS",
+    "XRAY_LEVELS",
+    "load_fundus",
+    "load_xray",
+    "load_table",
     "load_json_lists",
-    "read_image", "check_image_files", "ImageTextDataset", "Batch", "collate",
-    "write_synthetic_fundus", "write_synthetic_xray", "ensure_synthetic",
+    "read_image",
+    "check_image_files",
+    "ImageTextDataset",
+    "Batch",
+    "collate",
+    "write_synthetic_fundus",
+    "write_synthetic_xray",
+    "ensure_synthetic",
 ]

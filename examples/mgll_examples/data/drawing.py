@@ -10,7 +10,7 @@ its bounding box, so small shapes cost little however large the image.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class Grid:
         self.x = (self._cos * dx + self._sin * dy) / scale
         self.y = (self._cos * dy - self._sin * dx) / scale
 
-    def to_pixels(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def to_pixels(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frame points -> (column, row) pixel coordinates, pixel centres at integers."""
         image_x = self._shift[0] + self._scale * (self._cos * x - self._sin * y)
         image_y = self._shift[1] + self._scale * (self._sin * x + self._cos * y)
@@ -57,7 +57,9 @@ def _rasterise(grid: Grid, lows: np.ndarray, highs: np.ndarray, signed_distance:
         distance = signed_distance(grid.x[None], grid.y[None])
         return np.clip(0.5 - distance.min(axis=0) / grid.pixel, 0.0, 1.0)
     steps, last = np.arange(width), grid.size - 1
-    column_index = np.clip(np.clip(first_column, 0, last)[:, None, None] + steps[None, None, :], 0, last).astype(np.intp)
+    column_index = np.clip(np.clip(first_column, 0, last)[:, None, None] + steps[None, None, :], 0, last).astype(
+        np.intp
+    )
     row_index = np.clip(np.clip(first_row, 0, last)[:, None, None] + steps[None, :, None], 0, last).astype(np.intp)
     row_index, column_index = np.broadcast_arrays(row_index, column_index)
     distance = signed_distance(grid.x[row_index, column_index], grid.y[row_index, column_index])
@@ -82,8 +84,14 @@ def rings(grid: Grid, centres: np.ndarray, radii: np.ndarray, width) -> np.ndarr
     n = len(centres)
     radius, half_width = _column(radii, n), _column(width, n) / 2
     reach = (radius + half_width)[:, :, 0]
-    return _rasterise(grid, centres - reach, centres + reach, lambda x, y: np.abs(
-        np.hypot(x - centres[:, 0, None, None], y - centres[:, 1, None, None]) - radius) - half_width)
+    return _rasterise(
+        grid,
+        centres - reach,
+        centres + reach,
+        lambda x, y: (
+            np.abs(np.hypot(x - centres[:, 0, None, None], y - centres[:, 1, None, None]) - radius) - half_width
+        ),
+    )
 
 
 def ellipses(grid: Grid, centres: np.ndarray, radii: np.ndarray, angles: np.ndarray) -> np.ndarray:
@@ -98,7 +106,9 @@ def ellipses(grid: Grid, centres: np.ndarray, radii: np.ndarray, angles: np.ndar
     def signed_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dx, dy = x - centres[:, 0, None, None], y - centres[:, 1, None, None]
         # Distance from the unit circle in the ellipse's own frame, scaled back by the short semi-axis.
-        return (np.hypot((cos * dx + sin * dy) / semi_x, (cos * dy - sin * dx) / semi_y) - 1.0) * np.minimum(semi_x, semi_y)
+        return (np.hypot((cos * dx + sin * dy) / semi_x, (cos * dy - sin * dx) / semi_y) - 1.0) * np.minimum(
+            semi_x, semi_y
+        )
 
     return _rasterise(grid, centres - reach, centres + reach, signed_distance)
 
@@ -110,7 +120,7 @@ def polylines(grid: Grid, points: np.ndarray, widths: np.ndarray) -> np.ndarray:
     n = len(starts)
     half_width = _column(np.repeat(np.asarray(widths, dtype=np.float64) / 2, points.shape[1] - 1), n)
     step_x, step_y = _column(ends[:, 0] - starts[:, 0], n), _column(ends[:, 1] - starts[:, 1], n)
-    length2 = np.maximum(step_x ** 2 + step_y ** 2, 1e-12)
+    length2 = np.maximum(step_x**2 + step_y**2, 1e-12)
 
     def signed_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dx, dy = x - starts[:, 0, None, None], y - starts[:, 1, None, None]

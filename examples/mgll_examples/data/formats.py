@@ -8,9 +8,9 @@ relative to the file's folder; its ``class_prompts.json``, if any, lies beside t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ExampleError
 from .record_files import Record, read_prompts, read_records, require_fields, string_field
@@ -23,7 +23,7 @@ def _stripped(value: str) -> str:
     return value.strip()
 
 
-def _disease_parts(disease: str) -> List[str]:
+def _disease_parts(disease: str) -> list[str]:
     parts = [part.strip() for part in disease.split(",") if part.strip()]
     if not parts:
         raise ValueError(f"{disease!r} has no comma-separated parts")
@@ -37,7 +37,9 @@ def _normality(disease: str) -> str:
 def _category(disease: str) -> str:
     parts = _disease_parts(disease)
     if len(parts) < 2:
-        raise ValueError(f"{disease!r} has no category after {parts[0]!r} (expected '<Normal|Abnormal>, <category>[, ...]')")
+        raise ValueError(
+            f"{disease!r} has no category after {parts[0]!r} (expected '<Normal|Abnormal>, <category>[, ...]')"
+        )
     return ", ".join(parts[1:])
 
 
@@ -50,18 +52,18 @@ class _LevelSpec:
     extract: Callable[[str], str] = field(default=_stripped)  # raises ValueError for a bad value
 
 
-_FUNDUS_SPECS: Dict[str, _LevelSpec] = {
+_FUNDUS_SPECS: dict[str, _LevelSpec] = {
     "normality": _LevelSpec(Level("normality", None), "Disease", _normality),
     "category": _LevelSpec(Level("category", ","), "Disease", _category),
     "description": _LevelSpec(Level("description", None), "Description"),
 }
-_XRAY_SPECS: Dict[str, _LevelSpec] = {
+_XRAY_SPECS: dict[str, _LevelSpec] = {
     "modality": _LevelSpec(Level("modality", None), "modality"),
     "study": _LevelSpec(Level("study", None), "study_description_0"),
     "series": _LevelSpec(Level("series", None), "series_description"),
 }
-FUNDUS_LEVELS: Tuple[str, ...] = tuple(_FUNDUS_SPECS)
-XRAY_LEVELS: Tuple[str, ...] = tuple(_XRAY_SPECS)
+FUNDUS_LEVELS: tuple[str, ...] = tuple(_FUNDUS_SPECS)
+XRAY_LEVELS: tuple[str, ...] = tuple(_XRAY_SPECS)
 
 
 def resolve_image(image_id: str, folders: Sequence[Path]) -> Path:
@@ -79,7 +81,7 @@ def resolve_image(image_id: str, folders: Sequence[Path]) -> Path:
     return folders[0] / image_id
 
 
-def _select(specs: Mapping[str, _LevelSpec], names: Sequence[str], kind: str) -> Tuple[_LevelSpec, ...]:
+def _select(specs: Mapping[str, _LevelSpec], names: Sequence[str], kind: str) -> tuple[_LevelSpec, ...]:
     valid = ", ".join(specs)
     if not names:
         raise ExampleError(f"no {kind} levels given; valid levels: {valid}")
@@ -98,7 +100,9 @@ def _caption(record: Record, spec: _LevelSpec, where: str) -> str:
     except ValueError as error:
         raise ExampleError(f"{where}: field {spec.field!r}: {error}") from None
     if not spec.level.labels(caption):
-        raise ExampleError(f"{where}: field {spec.field!r} has no class names between the {spec.level.separator!r} separators")
+        raise ExampleError(
+            f"{where}: field {spec.field!r} has no class names between the {spec.level.separator!r} separators"
+        )
     return caption
 
 
@@ -106,8 +110,14 @@ def _caption(record: Record, spec: _LevelSpec, where: str) -> str:
 ImageLocator = Callable[[str, str], Path]
 
 
-def _samples(records: Sequence[Record], path: Path, name: str, specs: Sequence[_LevelSpec], image_field: str,
-             locate: ImageLocator) -> List[Sample]:
+def _samples(
+    records: Sequence[Record],
+    path: Path,
+    name: str,
+    specs: Sequence[_LevelSpec],
+    image_field: str,
+    locate: ImageLocator,
+) -> list[Sample]:
     """The samples of ``records`` read from ``path``; record ``i`` is called ``name[i]`` in ``Sample.source``."""
     samples = []
     for index, record in enumerate(records):
@@ -118,15 +128,20 @@ def _samples(records: Sequence[Record], path: Path, name: str, specs: Sequence[_
     return samples
 
 
-def _read_samples(path: Path, specs: Sequence[_LevelSpec], image_field: str, folders: Sequence[Path],
-                  flags: Optional[Mapping[str, str]] = None) -> List[Sample]:
+def _read_samples(
+    path: Path,
+    specs: Sequence[_LevelSpec],
+    image_field: str,
+    folders: Sequence[Path],
+    flags: Mapping[str, str] | None = None,
+) -> list[Sample]:
     """The samples of one record file; a field no record has is named with the file's fields (and ``flags[field]``)."""
     records = read_records(path)
     require_fields(path, records, [image_field, *(spec.field for spec in specs)], flags or {})
     return _samples(records, path, path.name, specs, image_field, lambda image_id, _: resolve_image(image_id, folders))
 
 
-def _dataset(specs: Sequence[_LevelSpec], train: List[Sample], test: List[Sample], prompts_file: Path) -> Dataset:
+def _dataset(specs: Sequence[_LevelSpec], train: list[Sample], test: list[Sample], prompts_file: Path) -> Dataset:
     """The split pair, with a prompt for every class: the file's, else the class name itself."""
     dataset = Dataset(levels=tuple(spec.level for spec in specs), train=train, test=test, prompts={})
     given = read_prompts(prompts_file)
@@ -173,7 +188,7 @@ def load_xray(data_dir: Path, levels: Sequence[str] = XRAY_LEVELS) -> Dataset:
     return _load_dir(data_dir, _XRAY_SPECS, levels, "xray")
 
 
-def _table_spec(column: str, separator: Optional[str]) -> _LevelSpec:
+def _table_spec(column: str, separator: str | None) -> _LevelSpec:
     """A table column's level; a multi-label cell becomes its label set in a canonical form (the class
     names with whitespace runs made single spaces, de-duplicated, sorted, joined by ``separator``), so
     ``"Effusion|Cardiomegaly"`` and ``"Cardiomegaly| Effusion"`` are one caption and one label set."""
@@ -192,7 +207,7 @@ def load_table(
     test_file: Path,
     image_column: str,
     text_columns: Sequence[str],
-    separators: Optional[Dict[str, str]] = None,
+    separators: dict[str, str] | None = None,
 ) -> Dataset:
     """A generic table: one level per text column, named after it; ``separators[column]`` makes that
     column multi-label (e.g. ``{"Finding Labels": "|"}`` for NIH ChestX-ray14's ``Data_Entry_2017.csv``),

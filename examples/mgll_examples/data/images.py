@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .records import IMAGE_SUFFIXES, Dataset, Sample
 
 __all__ = ["read_image", "check_image_files", "ImageTextDataset", "Batch", "collate"]
 
-Item = Tuple[int, Optional[Tensor], Optional[str]]
+Item = tuple[int, Tensor | None, str | None]
 
 
 def _one_line(error: BaseException) -> str:
@@ -40,7 +40,9 @@ def _read_npz(path: Path) -> np.ndarray:
             raise ExampleError(f"{path}: not an .npz archive (it holds a single array)")
         with archive:
             if "image" not in archive.files:
-                raise ExampleError(f"{path}: no 'image' array in the .npz (it has: {', '.join(archive.files) or 'nothing'})")
+                raise ExampleError(
+                    f"{path}: no 'image' array in the .npz (it has: {', '.join(archive.files) or 'nothing'})"
+                )
             return archive["image"]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ExampleError(f"{path}: cannot read .npz ({_one_line(error)})") from None
@@ -66,7 +68,9 @@ def _as_rgb(pixels: np.ndarray, path: Path) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
-        raise ExampleError(f"{path}: image has shape {list(pixels.shape)}, expected [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]")
+        raise ExampleError(
+            f"{path}: image has shape {list(pixels.shape)}, expected [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]"
+        )
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ExampleError(f"{path}: image is empty (shape {list(pixels.shape)})")
     rgb = np.broadcast_to(pixels, pixels.shape[:2] + (3,)) if pixels.shape[2] == 1 else pixels[:, :, :3]
@@ -81,7 +85,9 @@ def read_image(path: Path) -> np.ndarray:
         raise ExampleError(f"{path}: no such image file")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise ExampleError(f"{path}: unsupported image type {suffix or '(none)'!r}, expected one of {', '.join(IMAGE_SUFFIXES)}")
+        raise ExampleError(
+            f"{path}: unsupported image type {suffix or '(none)'!r}, expected one of {', '.join(IMAGE_SUFFIXES)}"
+        )
     pixels = _read_npz(path) if suffix == ".npz" else _read_pil(path)
     return _as_rgb(pixels, path)
 
@@ -100,8 +106,9 @@ def check_image_files(dataset: Dataset, skip_missing: bool, shown: int = 3) -> D
         total = len(dataset.train) + len(dataset.test)
         first = ", ".join(f"{sample.source}: {sample.image}" for sample in missing[:shown])
         more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
-        raise ExampleError(f"{len(missing)} of {total} image files do not exist: {first}{more} "
-                           "(--skip-bad-samples leaves them out)")
+        raise ExampleError(
+            f"{len(missing)} of {total} image files do not exist: {first}{more} (--skip-bad-samples leaves them out)"
+        )
     absent = {id(sample) for sample in missing}
     train = [sample for sample in dataset.train if id(sample) not in absent]
     test = [sample for sample in dataset.test if id(sample) not in absent]
@@ -146,7 +153,11 @@ class ImageTextDataset(torch.utils.data.Dataset):
         except ExampleError as error:
             return index, None, f"{sample.source}: {error}"
         except Exception as error:  # anything else must not become a traceback in a worker process
-            return index, None, f"{sample.source}: {sample.image}: cannot load image ({type(error).__name__}: {_one_line(error)})"
+            return (
+                index,
+                None,
+                f"{sample.source}: {sample.image}: cannot load image ({type(error).__name__}: {_one_line(error)})",
+            )
 
 
 @dataclass
@@ -159,7 +170,7 @@ class Batch:
 
     indices: Tensor
     images: Tensor
-    errors: List[str]
+    errors: list[str]
 
     def pin_memory(self) -> Batch:
         """Page-locked copy, called by ``DataLoader(pin_memory=True)``."""

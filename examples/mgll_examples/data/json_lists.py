@@ -15,8 +15,8 @@ The records and levels are those of :func:`~.formats.load_fundus` / :func:`~.for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from ..errors import ExampleError
 from .formats import _FUNDUS_SPECS, _XRAY_SPECS, ImageLocator, _dataset, _samples, _select, resolve_image
@@ -46,7 +46,7 @@ def _list_names(root: Path) -> str:
     return ", ".join(names) or "none"
 
 
-def _record_files(root: Path, name: str, split: str) -> List[Path]:
+def _record_files(root: Path, name: str, split: str) -> list[Path]:
     """The JSON files that ``ROOT/<name>_train.txt`` (or ``_val.txt``) lists."""
     list_file = root / f"{name}{SPLIT_LISTS[split]}"
     if not list_file.is_file():
@@ -63,7 +63,7 @@ def _record_files(root: Path, name: str, split: str) -> List[Path]:
     return files
 
 
-def load_json_lists(root: Path, name: str, kind: str, levels: Optional[Sequence[str]] = None) -> Dataset:
+def load_json_lists(root: Path, name: str, kind: str, levels: Sequence[str] | None = None) -> Dataset:
     """The authors' layout under ``root`` for the list name ``name`` (e.g. ``2level_multi_disease_list``
     or ``MIDRC_list``); ``kind`` is "fundus" or "xray"; ``levels`` as for the simple layout (default: all)."""
     root = Path(root)
@@ -83,7 +83,7 @@ def load_json_lists(root: Path, name: str, kind: str, levels: Optional[Sequence[
 
     splits = {}
     for split in SPLIT_LISTS:
-        samples: List[Sample] = []
+        samples: list[Sample] = []
         for path in _record_files(root, name, split):
             records = read_records(path)
             require_fields(path, records, ["ImageID", *(spec.field for spec in selected)], {})

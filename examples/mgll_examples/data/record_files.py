@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any
 
 from ..errors import ExampleError
 
@@ -18,7 +19,7 @@ __all__ = ["RECORD_SUFFIXES", "read_records", "require_fields", "string_field", 
 
 RECORD_SUFFIXES = (".json", ".jsonl", ".csv")
 
-Record = Dict[str, Any]
+Record = dict[str, Any]
 
 
 def _read_text(path: Path) -> str:
@@ -40,14 +41,14 @@ def _parse_json(path: Path, text: str, where: str = "") -> Any:
         raise ExampleError(f"{path}: invalid JSON at {position}: {error.msg}") from None
 
 
-def _json_list(path: Path, text: str) -> List[Any]:
+def _json_list(path: Path, text: str) -> list[Any]:
     data = _parse_json(path, text)
     if not isinstance(data, list):
         raise ExampleError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
 
 
-def _json_lines(path: Path, text: str) -> List[Any]:
+def _json_lines(path: Path, text: str) -> list[Any]:
     return [
         _parse_json(path, line, where=f"line {number}")
         for number, line in enumerate(text.splitlines(), start=1)
@@ -55,7 +56,7 @@ def _json_lines(path: Path, text: str) -> List[Any]:
     ]
 
 
-def _csv_rows(path: Path, text: str) -> List[Record]:
+def _csv_rows(path: Path, text: str) -> list[Record]:
     try:
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except csv.Error as error:
@@ -64,7 +65,7 @@ def _csv_rows(path: Path, text: str) -> List[Record]:
     return [{key: value for key, value in row.items() if key is not None and value is not None} for row in rows]
 
 
-def read_records(path: Path) -> List[Record]:
+def read_records(path: Path) -> list[Record]:
     """The records of a ``.json`` (list of objects), ``.jsonl`` or ``.csv`` file; at least one."""
     readers = {".json": _json_list, ".jsonl": _json_lines, ".csv": _csv_rows}
     suffix = path.suffix.lower()
@@ -103,7 +104,7 @@ def string_field(record: Record, field: str, where: str) -> str:
     return value
 
 
-def read_prompts(path: Path) -> Dict[str, Dict[str, str]]:
+def read_prompts(path: Path) -> dict[str, dict[str, str]]:
     """A ``class_prompts.json`` file, ``{level name: {class name: prompt}}``; empty if there is none."""
     if not path.exists():
         return {}
@@ -112,7 +113,9 @@ def read_prompts(path: Path) -> Dict[str, Dict[str, str]]:
         raise ExampleError(f"{path}: expected an object {{level: {{class: prompt}}}}, got {type(data).__name__}")
     for level, prompts in data.items():
         if not isinstance(prompts, dict):
-            raise ExampleError(f"{path}: level {level!r}: expected an object {{class: prompt}}, got {type(prompts).__name__}")
+            raise ExampleError(
+                f"{path}: level {level!r}: expected an object {{class: prompt}}, got {type(prompts).__name__}"
+            )
         for name, prompt in prompts.items():
             if not isinstance(prompt, str):
                 kind = type(prompt).__name__

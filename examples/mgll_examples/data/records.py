@@ -7,9 +7,9 @@ class names in one caption, e.g. ``"Glaucoma, Mild Non-Proliferative Diabetic Re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,9 +26,9 @@ class Level:
     """One text granularity: its ``name`` and, for a multi-label level, the class ``separator``."""
 
     name: str
-    separator: Optional[str]
+    separator: str | None
 
-    def labels(self, text: str) -> List[str]:
+    def labels(self, text: str) -> list[str]:
         """The class names in one caption of this level (split on the separator, stripped, no empties)."""
         if self.separator is None:
             return [text.strip()]
@@ -40,7 +40,7 @@ class Sample:
     """One image with its captions; ``source`` (e.g. ``"train.json[12]"``) locates it for messages."""
 
     image: Path
-    texts: Tuple[str, ...]
+    texts: tuple[str, ...]
     source: str
 
 
@@ -49,13 +49,13 @@ class Dataset:
     """A loaded train/test pair; ``prompts`` maps level name -> class name -> zero-shot prompt text;
     ``missing_images`` counts the samples left out because their image file does not exist."""
 
-    levels: Tuple[Level, ...]
-    train: List[Sample]
-    test: List[Sample]
-    prompts: Dict[str, Dict[str, str]]
+    levels: tuple[Level, ...]
+    train: list[Sample]
+    test: list[Sample]
+    prompts: dict[str, dict[str, str]]
     missing_images: int = 0
 
-    def classes(self, level: int) -> List[str]:
+    def classes(self, level: int) -> list[str]:
         """The sorted class names of level ``level`` over the train and test samples."""
         spec = self.levels[level]
         return sorted({label for sample in self.train + self.test for label in spec.labels(sample.texts[level])})
@@ -68,6 +68,8 @@ class Dataset:
         for i, sample in enumerate(samples):
             for label in spec.labels(sample.texts[level]):
                 if label not in column:
-                    raise ExampleError(f"{sample.source}: class {label!r} of level {spec.name!r} is not in this data set")
+                    raise ExampleError(
+                        f"{sample.source}: class {label!r} of level {spec.name!r} is not in this data set"
+                    )
                 matrix[i, column[label]] = True
         return matrix

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,13 +35,13 @@ _MIN_IMAGE_SIZE = 32
 class _Kind:
     """How one kind of synthetic data set is drawn, stored and read back."""
 
-    sample: Callable[[np.random.Generator, int], Tuple[Dict[str, str], np.ndarray]]
+    sample: Callable[[np.random.Generator, int], tuple[dict[str, str], np.ndarray]]
     suffix: str  # image file type
     image_id: Callable[[str], str]  # file stem -> the record's ImageID
     load: Callable[[Path], Dataset]
 
 
-_KINDS: Dict[str, _Kind] = {
+_KINDS: dict[str, _Kind] = {
     "fundus": _Kind(fundus_sample, ".npz", lambda stem: stem, load_fundus),
     "xray": _Kind(xray_sample, ".png", lambda stem: f"images/{stem}.png", load_xray),
 }
@@ -94,7 +95,7 @@ def write_synthetic_xray(
     return _write("xray", data_dir, num_train, num_test, image_size, seed)
 
 
-_WRITERS: Dict[str, Callable[..., Path]] = {"fundus": write_synthetic_fundus, "xray": write_synthetic_xray}
+_WRITERS: dict[str, Callable[..., Path]] = {"fundus": write_synthetic_fundus, "xray": write_synthetic_xray}
 
 
 def ensure_synthetic(kind: str, data_dir: Path, **kwargs: Any) -> Path:
@@ -107,7 +108,9 @@ def ensure_synthetic(kind: str, data_dir: Path, **kwargs: Any) -> Path:
     if (data_dir / "train.json").exists():
         return data_dir
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise ExampleError(f"--data-dir {data_dir}: has no train.json and is not an empty directory; not writing into it")
+        raise ExampleError(
+            f"--data-dir {data_dir}: has no train.json and is not an empty directory; not writing into it"
+        )
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.partial-", dir=data_dir.parent))
     try:

@@ -9,8 +9,6 @@ written from the lesions drawn.
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Tuple
-
 import numpy as np
 
 from .drawing import Grid, blur, discs, ellipses, paint, polylines, to_uint8
@@ -47,7 +45,7 @@ _OPTIC_DISC = (0.97, 0.78, 0.45)
 _OPTIC_CUP = (1.0, 0.96, 0.86)
 
 
-def _diseases(rng: np.random.Generator) -> Tuple[str, ...]:
+def _diseases(rng: np.random.Generator) -> tuple[str, ...]:
     """No disease (normal), one, or a pair, in sorted order."""
     if rng.random() < _NORMAL_FRACTION:
         return ()
@@ -56,15 +54,21 @@ def _diseases(rng: np.random.Generator) -> Tuple[str, ...]:
     return (FUNDUS_CATEGORIES[rng.integers(len(FUNDUS_CATEGORIES))],)
 
 
-def _fields(diseases: Tuple[str, ...]) -> Dict[str, str]:
+def _fields(diseases: tuple[str, ...]) -> dict[str, str]:
     if not diseases:
         return {"Disease": f"Normal, {HEALTHY}", "Description": "No abnormality observed"}
     description = "; ".join(_FINDINGS[disease] for disease in diseases)
     return {"Disease": ", ".join(("Abnormal",) + diseases), "Description": description[0].upper() + description[1:]}
 
 
-def _scatter(rng: np.random.Generator, n: int, around: np.ndarray, spread: float, retina: Tuple[np.ndarray, float],
-             avoid: Tuple[np.ndarray, float]) -> np.ndarray:
+def _scatter(
+    rng: np.random.Generator,
+    n: int,
+    around: np.ndarray,
+    spread: float,
+    retina: tuple[np.ndarray, float],
+    avoid: tuple[np.ndarray, float],
+) -> np.ndarray:
     """Up to ``n`` points [n, 2], Gaussian around ``around``, inside the retina and off the optic disc."""
     points = around + rng.normal(0.0, spread, (6 * n, 2))
     inside = np.hypot(*(points - retina[0]).T) < 0.85 * retina[1]
@@ -75,7 +79,9 @@ def _scatter(rng: np.random.Generator, n: int, around: np.ndarray, spread: float
 def _vessels(rng: np.random.Generator, grid: Grid, disc: np.ndarray, radius: float) -> np.ndarray:
     """Coverage of 5-7 gently curving vessels radiating from the optic disc."""
     count, steps = int(rng.integers(5, 8)), 8
-    starts = np.linspace(0.0, 2 * np.pi, count, endpoint=False) + rng.uniform(0.0, 2 * np.pi) + rng.normal(0.0, 0.2, count)
+    starts = (
+        np.linspace(0.0, 2 * np.pi, count, endpoint=False) + rng.uniform(0.0, 2 * np.pi) + rng.normal(0.0, 0.2, count)
+    )
     headings = starts[:, None] + rng.normal(0.0, 0.12, (count, 1)) * np.arange(steps)
     moves = 0.11 * radius * np.stack([np.cos(headings), np.sin(headings)], axis=-1)
     points = disc + np.concatenate([np.zeros((count, 1, 2)), np.cumsum(moves, axis=1)], axis=1)
@@ -87,7 +93,7 @@ def _dots(grid: Grid, points: np.ndarray, radii: np.ndarray) -> np.ndarray:
     return discs(grid, points, np.maximum(radii, 0.7 * grid.pixel))
 
 
-def _draw(rng: np.random.Generator, size: int, diseases: FrozenSet[str]) -> np.ndarray:
+def _draw(rng: np.random.Generator, size: int, diseases: frozenset[str]) -> np.ndarray:
     """The image, float [size, size, 3] in about [0, 1]."""
     grid = Grid(size)
     centre, radius = rng.normal(0.0, 0.03, 2), rng.uniform(0.86, 0.95)
@@ -98,8 +104,8 @@ def _draw(rng: np.random.Generator, size: int, diseases: FrozenSet[str]) -> np.n
     retina, optic = (centre, radius), (disc, disc_radius)
 
     colour = np.array([0.80, 0.32, 0.14]) + rng.normal(0.0, 0.02, 3)
-    falloff = 1.0 - 0.3 * ((grid.x - centre[0]) ** 2 + (grid.y - centre[1]) ** 2) / radius ** 2
-    macula_shadow = 1.0 - 0.35 * np.exp(-((grid.x - macula[0]) ** 2 + (grid.y - macula[1]) ** 2) / (2 * 0.1 ** 2))
+    falloff = 1.0 - 0.3 * ((grid.x - centre[0]) ** 2 + (grid.y - centre[1]) ** 2) / radius**2
+    macula_shadow = 1.0 - 0.35 * np.exp(-((grid.x - macula[0]) ** 2 + (grid.y - macula[1]) ** 2) / (2 * 0.1**2))
     texture = 1.0 + 0.04 * blur(rng.normal(0.0, 1.0, (size, size)), passes=2)
     canvas = colour * (falloff * macula_shadow * texture)[:, :, None]
 
@@ -116,7 +122,9 @@ def _draw(rng: np.random.Generator, size: int, diseases: FrozenSet[str]) -> np.n
         points = _scatter(rng, count, centre, 0.35 * radius, retina, optic)
         semi_major = rng.uniform(0.045, 0.085, len(points))
         semi_axes = np.stack([semi_major, semi_major * rng.uniform(0.5, 1.0, len(points))], axis=1)
-        paint(canvas, ellipses(grid, points, semi_axes, rng.uniform(0.0, np.pi, len(points))), _HAEMORRHAGE, opacity=0.9)
+        paint(
+            canvas, ellipses(grid, points, semi_axes, rng.uniform(0.0, np.pi, len(points))), _HAEMORRHAGE, opacity=0.9
+        )
     if SEVERE in diseases:
         clusters = _scatter(rng, 2, centre, 0.3 * radius, retina, optic)
         points = np.concatenate([_scatter(rng, int(rng.integers(3, 7)), c, 0.07, retina, optic) for c in clusters])
@@ -129,7 +137,7 @@ def _draw(rng: np.random.Generator, size: int, diseases: FrozenSet[str]) -> np.n
     return canvas + rng.normal(0.0, 0.01, canvas.shape)
 
 
-def fundus_sample(rng: np.random.Generator, size: int) -> Tuple[Dict[str, str], np.ndarray]:
+def fundus_sample(rng: np.random.Generator, size: int) -> tuple[dict[str, str], np.ndarray]:
     """One random sample: its ``Disease`` and ``Description`` fields, and the uint8 [size, size, 3] image."""
     diseases = _diseases(rng)
     return _fields(diseases), to_uint8(_draw(rng, size, frozenset(diseases)))

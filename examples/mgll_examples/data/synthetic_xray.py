@@ -14,8 +14,6 @@ AUC of about 0.9), and devices show on 85% of the portable views and on 15% of t
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
-
 import numpy as np
 
 from .drawing import Grid, blur, ellipses, paint, polylines, rings, to_uint8
@@ -55,7 +53,7 @@ def _frontal(grid: Grid, rng: np.random.Generator, ap: float) -> np.ndarray:
     lung_axes = [rng.uniform(0.25, 0.29), rng.uniform(0.48, 0.56)]
     lungs = ellipses(grid, [[-0.36, -0.03], [0.36, -0.03]], [lung_axes, lung_axes], [0.12, -0.12])
     paint(canvas, lungs, _LUNG)
-    ribs = np.sin(2 * np.pi * (5.5 * grid.y + 0.9 * grid.x ** 2) + rng.uniform(0.0, 2 * np.pi)) > 0.55
+    ribs = np.sin(2 * np.pi * (5.5 * grid.y + 0.9 * grid.x**2) + rng.uniform(0.0, 2 * np.pi)) > 0.55
     paint(canvas, lungs * ribs, 0.3, opacity=0.6)
     heart_width = 0.2 + 0.14 * ap + rng.uniform(0.0, 0.03)
     mediastinum = ellipses(grid, [[0.0, -0.25], [0.08, 0.3]], [[0.13, 0.55], [heart_width, 0.22]], [0.0, -0.3])
@@ -105,7 +103,7 @@ def _expose(rng: np.random.Generator, attenuation: np.ndarray, dx: float) -> np.
     return to_uint8(blurred * blur(image) + (1.0 - blurred) * image)
 
 
-def xray_sample(rng: np.random.Generator, size: int) -> Tuple[Dict[str, str], np.ndarray]:
+def xray_sample(rng: np.random.Generator, size: int) -> tuple[dict[str, str], np.ndarray]:
     """One random sample: its ``modality``, ``study_description_0`` and ``series_description`` fields,
     and the uint8 [size, size] grayscale image."""
     series = list(XRAY_STUDIES)[rng.integers(len(XRAY_STUDIES))]
