@@ -93,7 +93,7 @@ def effective_step(
 ) -> Callable[[], None]:
     """One effective step of ``method`` on the whole batch, as a closure."""
     size = -(-images.shape[0] // micro_batches)
-    chunks = [dict(images=i, texts=t) for i, t in zip(images.split(size), texts.split(size, dim=1))]
+    chunks = [dict(images=i, texts=t) for i, t in zip(images.split(size), texts.split(size, dim=1), strict=True)]
 
     def full() -> None:
         loss_fn(**model(images, texts), labels=labels).backward()
@@ -184,8 +184,8 @@ def plot(rows: list[dict], path: Path) -> None:
         spread = None  # time: p20..p80 as error bars
         if key == "median_ms":
             spread = [
-                [v - float(r["p20_ms"]) for v, r in zip(values, rows)],
-                [float(r["p80_ms"]) - v for v, r in zip(values, rows)],
+                [v - float(r["p20_ms"]) for v, r in zip(values, rows, strict=True)],
+                [float(r["p80_ms"]) - v for v, r in zip(values, rows, strict=True)],
             ]
         axis.bar(names, values, yerr=spread, capsize=3, color=[colours[r["method"]] for r in rows])
         axis.set(ylabel=label)

@@ -163,7 +163,7 @@ def _parity_case(
     torch.testing.assert_close(out.detach().cpu().double(), want.detach(), rtol=tol["loss_rtol"], atol=tol["loss_atol"])
     out.backward()
     want.backward()
-    for got, expected in zip(_flat(lib), _flat(ref)):
+    for got, expected in zip(_flat(lib), _flat(ref), strict=True):
         if got is None:
             continue
         want_grad = torch.zeros_like(expected) if expected.grad is None else expected.grad  # leaf unused
@@ -265,7 +265,7 @@ def compile_check(device: str) -> str:
     def check() -> None:
         torch._dynamo.reset()  # a fresh cache of compiled graphs (at most 8 per code object)
         loss = MGLLLoss(match="jaccard")
-        for got, want in zip(run(torch.compile(loss, fullgraph=True)), run(loss)):
+        for got, want in zip(run(torch.compile(loss, fullgraph=True)), run(loss), strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
     result = _attempt(check)

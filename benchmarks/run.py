@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -347,17 +348,21 @@ def summary(rows: list[dict]) -> str:
         if "auto" not in ms:
             continue
         auto = float(ms["auto"]["median_ms"])
-
-        def cell(name: str, value: Callable[[float], float] = lambda x: x, digits: int = 3) -> str:
-            return _number(value(float(ms[name]["median_ms"])), digits) if name in ms else "-"
-
         ops = f"{ms['auto']['ops']}, {ms['clip']['ops'] if 'clip' in ms else '-'}"
         lines.append(
-            f"| {point[0]}, {point[1]} | {point[2]} | {_number(auto)} ms | {cell('compiled')} ms | {cell('clip')} ms | "
-            f"{cell('naive')} ms | {cell('clip', lambda c: auto / c, 2)} | {cell('naive', lambda n: n / auto, 2)} | "
-            f"{cell('compiled', lambda c: c / auto, 2)} | {ops} |"
+            f"| {point[0]}, {point[1]} | {point[2]} | {_number(auto)} ms | {_cell(ms, 'compiled')} ms | "
+            f"{_cell(ms, 'clip')} ms | {_cell(ms, 'naive')} ms | {_cell(ms, 'clip', lambda c, a=auto: a / c, 2)} | "
+            f"{_cell(ms, 'naive', lambda n, a=auto: n / a, 2)} | {_cell(ms, 'compiled', lambda c, a=auto: c / a, 2)} | "
+            f"{ops} |"
         )
     return "\n".join(lines)
+
+
+def _cell(
+    rows: dict[str, dict[str, Any]], name: str, value: Callable[[float], float] = lambda x: x, digits: int = 3
+) -> str:
+    """``value`` of the median time of backend ``name`` in ``rows``, or ``-`` where it was not measured."""
+    return _number(value(float(rows[name]["median_ms"])), digits) if name in rows else "-"
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -408,7 +413,7 @@ def plot(rows: list[dict], out: Path) -> None:
             )
             if xy:  # log axes: a peak of 0 MB (too small to see) is left out
                 suffix = f" (D={config[0]}, G={config[1]}, {config[2]})" if len(configs) > 1 else ""
-                axes.plot(*zip(*xy), marker="o", label=name + suffix)
+                axes.plot(*zip(*xy, strict=True), marker="o", label=name + suffix)
         first = chosen[0]
         title = f"G={first['G']}, D={first['D']}, {first['dtype']}, " if len(configs) == 1 else ""
         axes.set(xscale="log", yscale="log", xlabel="batch size B", ylabel=label, title=title + first["device"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ __all__ = ["accumulate_step"]
 #: Model outputs with one row per example (concatenated over micro-batches along dim -2).
 ROW_KEYS = ("image_features", "text_features")
 
-LossOutput = Union[Tensor, dict[str, Tensor]]
+LossOutput = Tensor | dict[str, Tensor]
 
 
 @dataclass

@@ -70,7 +70,10 @@ def _collective_device() -> torch.device:
 
 
 def all_gather_ints(values: list[int]) -> Tensor:
-    """Gather a short list of ints (the same length on every rank): returns int64 [world_size, len(values)] on the CPU."""
+    """Gather a short list of ints, the same length on every rank.
+
+    Returns int64 [world_size, len(values)] on the CPU.
+    """
     local = torch.tensor(values, dtype=torch.int64, device=_collective_device())
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
@@ -120,7 +123,7 @@ def gather_rows(tensor: Tensor, sizes: list[int], world: World, *, with_grad: bo
         dist.all_gather(pieces, wire)
         pieces = [p.to(padded.dtype) for p in pieces]
         pieces[world.rank] = padded
-    return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
+    return torch.cat([piece[:size] for piece, size in zip(pieces, sizes, strict=True)])
 
 
 def _autograd_all_gather(tensor: Tensor) -> Tensor:

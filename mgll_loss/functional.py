@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,8 +41,8 @@ from .validation import (
 
 __all__ = ["soft_clip_loss", "pointwise_loss", "smooth_kl_loss", "mgll_loss"]
 
-TextFeatures = Union[Tensor, Sequence[Tensor]]
-PerLevel = Optional[Sequence[Tensor | None]]
+TextFeatures = Tensor | Sequence[Tensor]
+PerLevel = Sequence[Tensor | None] | None
 
 
 def soft_clip_loss(
@@ -67,7 +67,8 @@ def soft_clip_loss(
     .. math::
         \\mathcal{L}_{sCLIP} = \\tfrac12 \\Big[\\operatorname{mean}_{i: \\sum_j P_{ij} > 0}
         \\operatorname{CE}(z_{i\\cdot}, P_{i\\cdot} / \\textstyle\\sum_j P_{ij})
-        + \\operatorname{mean}_{j: \\sum_i P_{ij} > 0} \\operatorname{CE}(z_{\\cdot j}, P_{\\cdot j} / \\textstyle\\sum_i P_{ij})\\Big]
+        + \\operatorname{mean}_{j: \\sum_i P_{ij} > 0}
+        \\operatorname{CE}(z_{\\cdot j}, P_{\\cdot j} / \\textstyle\\sum_i P_{ij})\\Big]
 
     with :math:`\\operatorname{CE}(z, w) = -\\sum_k w_k \\log \\operatorname{softmax}(z)_k`. Rows or
     columns with no positive are left out of their mean. With no labels this equals open_clip's
@@ -516,7 +517,7 @@ def _weighted_terms(
             return None
         if len(set(per_level)) == 1:  # Python weights: no host-to-device copy of a weight tensor
             return _times(per_level[0], per_level_means.sum())
-        return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0))), zero)
+        return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0), strict=True)), zero)
 
     values = {
         "soft_clip_loss": weighted_sum(means.soft_clip),

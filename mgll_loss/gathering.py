@@ -137,7 +137,7 @@ def build_problem(
         logit_bias=inputs.logit_bias,
         targets=tuple(
             inputs.validated_targets(g, y, t, n)
-            for g, (y, t, n) in enumerate(zip(inputs.labels, inputs.targets, inputs.level_sizes))
+            for g, (y, t, n) in enumerate(zip(inputs.labels, inputs.targets, inputs.level_sizes, strict=True))
         ),
         text_masks=inputs.text_masks,
         compute_dtype=inputs.compute_dtype,
@@ -169,7 +169,7 @@ def _gathered_problem(
     local_levels = text_features.split(level_sizes)
     texts = torch.cat([gather(t, sizes_per_rank[:, g].tolist(), grad_gather) for g, t in enumerate(local_levels)])
     positives = []
-    for g, (labels, targets) in enumerate(zip(inputs.labels, inputs.targets)):
+    for g, (labels, targets) in enumerate(zip(inputs.labels, inputs.targets, strict=True)):
         if kinds[g] == _KIND_TARGETS and widths[g] != global_sizes[g]:  # the same verdict on every rank
             raise ValueError(
                 f"{_targets_name(inputs.names[g])}: across ranks, expected shape [B_local, N_global] = "
@@ -200,7 +200,7 @@ def _gathered_problem(
         row_range=slice(row_start, row_start + batch) if local else slice(0, sum(batch_sizes)),
         column_ranges=tuple(
             slice(start, start + n) if local else slice(0, total)
-            for start, n, total in zip(column_starts, level_sizes, global_sizes)
+            for start, n, total in zip(column_starts, level_sizes, global_sizes, strict=True)
         ),
     )
 
@@ -216,7 +216,7 @@ def describe_levels(inputs: LocalInputs) -> LevelKinds:
     :func:`~mgll_loss.distributed.raise_on_every_rank`).
     """
     kinds, widths = [], []
-    for g, (y, t) in enumerate(zip(inputs.labels, inputs.targets)):
+    for g, (y, t) in enumerate(zip(inputs.labels, inputs.targets, strict=True)):
         if t is not None:
             if y is not None:
                 raise ValueError(f"{inputs.names[g]}: give labels or an explicit targets matrix for a level, not both")
@@ -252,7 +252,7 @@ def _check_same_layout(layout: Tensor, levels: int, kinds: Sequence[int], names:
     found = [
         [
             _KIND_NAMES[int(k)] + (f" (width {int(w)})" if k in (_KIND_MULTI_HOT, _KIND_TARGETS) else "")
-            for k, w in zip(row[:levels], row[levels : 2 * levels])
+            for k, w in zip(row[:levels], row[levels : 2 * levels], strict=True)
         ]
         for row in layout[:, 1 + levels :]
     ]
@@ -312,7 +312,9 @@ def level_means(
             pairs = num_images * sizes[0]  # every text present: known on the host
         elif request.normalization == "pairs":  # counted on the device, without a host-to-device copy
             like = sums.pointwise
-            present = [like.new_full((), n) if m is None else m.sum() for m, n in zip(problem.text_masks, sizes)]
+            present = [
+                like.new_full((), n) if m is None else m.sum() for m, n in zip(problem.text_masks, sizes, strict=True)
+            ]
             pairs = (num_images * torch.stack([p.to(like.dtype) for p in present])).clamp_min(1)
         pointwise = sums.pointwise * (factor / pairs) if isinstance(pairs, int) else factor * sums.pointwise / pairs
     if sums.smooth_kl is not None:

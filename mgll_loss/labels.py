@@ -232,4 +232,7 @@ def level_labels_from_strings(
     sizes = {len(level) for level in levels}
     if len(sizes) > 1:
         raise ValueError(f"levels: expected the same batch size B in every level, got sizes {[len(v) for v in levels]}")
-    return [labels_from_strings(level, sep, case_sensitive=case_sensitive) for level, sep in zip(levels, separators)]
+    return [
+        labels_from_strings(level, sep, case_sensitive=case_sensitive)
+        for level, sep in zip(levels, separators, strict=True)
+    ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ from .validation import (
 
 __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
 
-LossOutput = Union[Tensor, dict[str, Tensor]]
+LossOutput = Tensor | dict[str, Tensor]
 
 
 def _is_compiling() -> bool:
@@ -82,7 +82,8 @@ class _GatheringLoss(nn.Module):
     def _common_repr(self) -> str:
         options = self.distributed
         chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
-        return f"backend={self.backend!r}{chunk}, local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
+        distributed = f"local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
+        return f"backend={self.backend!r}{chunk}, {distributed}"
 
 
 class SoftCLIPLoss(_GatheringLoss):

@@ -21,8 +21,6 @@ Labels from strings (:func:`labels_from_strings`, :func:`level_labels_from_strin
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import Tensor
 
@@ -37,7 +35,7 @@ from .validation import (
     reject_label_strings,
 )
 
-Index = Union[slice, Tensor]
+Index = slice | Tensor
 """Rows or columns of a mask: a slice with explicit start and stop, or an int64 index tensor."""
 
 __all__ = [

@@ -227,7 +227,8 @@ def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_
     if labels.dim() == 2:
         if labels.shape[0] != num_images or labels.shape[1] == 0:
             raise ValueError(
-                f"{name}: expected multi-hot labels of shape [B, C] with B={num_images} and C >= 1, got {shape_of(labels)}"
+                f"{name}: expected multi-hot labels of shape [B, C] with B={num_images} and C >= 1, "
+                f"got {shape_of(labels)}"
             )
         if labels.dtype != torch.bool:
             binary = (labels == 0) | (labels == 1)

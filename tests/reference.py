@@ -216,7 +216,7 @@ def ref_smooth_kl(image, texts_list, scale, bias=None, text_mask=None, kl_direct
     for m in masks:
         if m is not None:
             present = m.detach().cpu().tolist()
-            keep = [k and bool(p) for k, p in zip(keep, present)]
+            keep = [k and bool(p) for k, p in zip(keep, present, strict=True)]
     cols = torch.tensor([j for j in range(N) if keep[j]], dtype=torch.long)
 
     V = image.to(DTYPE)

@@ -389,7 +389,7 @@ def test_examples_train_with_accum_steps_record_it_and_resume_exactly(tmp_path, 
     expected = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["history"]
     resumed = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["history"]
     assert [r["step"] for r in resumed] == [1, 2]
-    for a, b in zip(resumed, expected):
+    for a, b in zip(resumed, expected, strict=True):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7), (a, b)
 
     capsys.readouterr()

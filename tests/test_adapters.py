@@ -340,4 +340,4 @@ def test_mgll_trainer_trains_the_wrapped_model(tmp_path):
     assert wrapper.model.logit_scale.exp().item() <= 100.0 + 1e-3
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 6 and losses[-1] < losses[0], losses
-    assert any(not torch.equal(a, b) for a, b in zip(before, wrapper.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, wrapper.parameters(), strict=True))

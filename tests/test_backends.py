@@ -175,7 +175,7 @@ def test_local_problem_matches_dense(backend, dtype, direction):
     (want, want_grads), (got, got_grads) = results
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, want, **tol)
-    for g, w in zip(got_grads, want_grads):
+    for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, **tol)
 
 

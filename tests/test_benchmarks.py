@@ -1,4 +1,7 @@
-"""The benchmark entry point runs end to end (tiny sizes) and writes its CSV and plots; its baselines compute the loss."""
+"""The benchmark entry point runs end to end (tiny sizes) and writes its CSV and plots.
+
+Its baselines compute the loss.
+"""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def _assert_compiled_equals_eager(match: str, seed: int, variants: tuple[bool, .
         got, got_grads = _run(compiled, images, texts, scale, call_bias, **call)
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
-        for g, w in zip(got_grads, want_grads):
+        for g, w in zip(got_grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     # the value checks stay on in the graph, as asynchronous asserts (no host read, no graph break)
     with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number"):

@@ -63,7 +63,7 @@ def test_distributed_data_parallel_gradients_match_single_process(tmp_path):
     for grads in per_rank:  # DDP has already averaged: every rank holds the same gradients
         assert grads.keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_open_clip_adapter_in_ddp_with_open_clip_flags_matches_single_process(tmp_path):
@@ -75,7 +75,7 @@ def test_open_clip_adapter_in_ddp_with_open_clip_flags_matches_single_process(tm
         grads = torch.load(tmp_path / f"adapter_rank{rank}.pt")
         assert grads.keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_options_are_no_ops_without_a_process_group():

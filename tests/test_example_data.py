@@ -312,7 +312,8 @@ def test_missing_data_dir_and_split_files(tmp_path: Path):
         ('{"ImageID": "a"}', r"train\.json: expected a JSON list of records, got dict"),
         ('["a"]', r"train\.json\[0\]: expected an object, got str"),
         (
-            '[{"ImageID": "a", "Disease": "Normal, Healthy", "Description": "x"}, {"ImageID": "b", "Description": "y"}]',
+            '[{"ImageID": "a", "Disease": "Normal, Healthy", "Description": "x"}, '
+            '{"ImageID": "b", "Description": "y"}]',
             r"train\.json\[1\]: missing field 'Disease'",
         ),
         (
@@ -435,7 +436,7 @@ def test_image_dataset_returns_errors_and_collate_drops_bad_samples(tmp_path: Pa
     samples = [Sample(image=tmp_path / name, texts=("t",), source=f"train.json[{i}]") for i, name in enumerate(names)]
     dataset = ImageTextDataset(samples, image_size=8, mean=(0, 0, 0), std=(1, 1, 1))
     items = [dataset[i] for i in range(len(dataset))]
-    for i, (name, match) in enumerate(bad.items(), start=1):
+    for i, match in enumerate(bad.values(), start=1):
         assert items[i][:2] == (i, None)
         assert items[i][2].startswith(f"train.json[{i}]: ") and re.search(match, items[i][2]), items[i][2]
     loader = torch.utils.data.DataLoader(dataset, batch_size=len(dataset), collate_fn=collate, num_workers=1)
@@ -507,7 +508,7 @@ def test_synthetic_sets_use_the_real_layouts(synthetic: dict):
 def _images_with(data, samples, level: int, name: str, present: bool = True) -> np.ndarray:
     """Float images [n, H, W, 3] of the samples whose level ``level`` has (or lacks) class ``name``."""
     column = data.class_matrix(samples, level)[:, data.classes(level).index(name)]
-    chosen = [sample for sample, has in zip(samples, column) if has == present]
+    chosen = [sample for sample, has in zip(samples, column, strict=True) if has == present]
     assert len(chosen) >= 5, f"too few samples with {name}={present}"
     return np.stack([read_image(sample.image) for sample in chosen]).astype(np.float64)
 
@@ -561,7 +562,7 @@ def test_synthetic_xray_views_modalities_and_devices_are_visible(synthetic: dict
     assert np.median(cr_black) > np.median(dx_black) + 10  # a lifted black level, as a rule...
     assert dx_black.max() > cr_black.min() + 10  # ...not always: the modalities overlap, the set does not saturate
 
-    dx_samples = [sample for sample, is_dx in zip(samples, data.class_matrix(samples, 0)[:, 1]) if is_dx]
+    dx_samples = [sample for sample, is_dx in zip(samples, data.class_matrix(samples, 0)[:, 1], strict=True) if is_dx]
 
     def with_devices(series: str) -> float:
         """Fraction of the DX images of ``series`` with tubes or ECG leads (brighter than DX bone)."""
@@ -578,7 +579,7 @@ def test_synthetic_sets_are_deterministic_for_a_seed(tmp_path: Path):
             for k, seed in enumerate((5, 5, 6))
         )
         assert [s.texts for s in first.train + first.test] == [s.texts for s in second.train + second.test]
-        for a, b, c in zip(first.train + first.test, second.train + second.test, other.train + other.test):
+        for a, b, c in zip(first.train + first.test, second.train + second.test, other.train + other.test, strict=True):
             np.testing.assert_array_equal(read_image(a.image), read_image(b.image))
             assert not np.array_equal(read_image(a.image), read_image(c.image))
 

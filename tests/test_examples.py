@@ -93,7 +93,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, fundus_dir
     expected = json.loads((tmp_path / "whole" / "history.json").read_text())
     got = json.loads((tmp_path / "parts" / "history.json").read_text())
     assert [r["step"] for r in got] == list(range(1, 7))
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7), (a, b)
     for level, values in whole["levels"].items():
         assert resumed["levels"][level] == pytest.approx(values, rel=1e-5, abs=1e-6), level
@@ -414,7 +414,8 @@ def _missing_images(p: Path):
         ),
         (
             lambda p: ["--data-dir", str(write_authors_fundus(p, per_file=2)), "--json-list", "MIDRC_list"],
-            r"--json-list MIDRC_list: .*MIDRC_list_train\.txt: no such file \(list names in .*: 2level_multi_disease_list",
+            r"--json-list MIDRC_list: .*MIDRC_list_train\.txt: no such file "
+            r"\(list names in .*: 2level_multi_disease_list",
         ),
         (
             lambda p: ["--synthetic", "--data-dir", str(p / "synthetic"), "--json-list", "x"],

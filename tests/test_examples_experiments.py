@@ -1,4 +1,7 @@
-"""The paper's experiments as example commands: loss flags, missing texts, logit bias, downstream evaluation, ablation."""
+"""The paper's experiments as example commands.
+
+Loss flags, missing texts, logit bias, downstream evaluation, ablation.
+"""
 
 from __future__ import annotations
 
@@ -136,8 +139,8 @@ def test_the_clip_baseline_drops_the_same_parts_of_its_joined_caption():
     tokens, present = dropper(5, index, torch.zeros(3, 3, 4), rank=0)
     mask = text_mask(0.5, 3, 5, 3, 3, 0)
     assert tokens.shape == (1, 3, 4) and torch.equal(present, mask.any(dim=0))
-    for caption, i, column in zip(seen, index.tolist(), mask.T.tolist()):
-        assert caption == ". ".join(text for text, keep in zip(samples[i].texts, column) if keep)
+    for caption, i, column in zip(seen, index.tolist(), mask.T.tolist(), strict=True):
+        assert caption == ". ".join(text for text, keep in zip(samples[i].texts, column, strict=True) if keep)
     per_level = TextDropper(0.5, 3, samples, lambda texts: torch.zeros(len(texts), 4), False, ". ")
     unchanged, level_mask = per_level(5, index, tokens.new_ones(3, 3, 4), rank=0)
     assert torch.equal(level_mask, mask) and torch.equal(unchanged, tokens.new_ones(3, 3, 4))

@@ -1,4 +1,7 @@
-"""``make gpu-check`` runs end to end in its CPU dry run (tiny sizes, triton through the interpreter), so it cannot rot."""
+"""``make gpu-check`` runs end to end in its CPU dry run, so it cannot rot.
+
+Tiny sizes, triton through the interpreter.
+"""
 
 from __future__ import annotations
 

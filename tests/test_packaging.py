@@ -26,7 +26,8 @@ SoftCLIPLoss()(images, texts[0], 10.0).item()
 PointwiseLoss()(images, texts[0], 10.0, -5.0).item()
 SmoothKLLoss()(images, texts, 10.0).item()
 from mgll_loss.adapters import hf, open_clip as open_clip_adapter  # the adapters import their framework lazily
-for build, extra in ((lambda: open_clip_adapter.MultiGranularOpenCLIP(None), "open_clip"), (lambda: hf.MGLLTrainer, "hf")):
+builds = ((lambda: open_clip_adapter.MultiGranularOpenCLIP(None), "open_clip"), (lambda: hf.MGLLTrainer, "hf"))
+for build, extra in builds:
     try:
         build()
     except ImportError as error:

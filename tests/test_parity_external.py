@@ -54,7 +54,7 @@ def _assert_same(a, b, dtype, names):
     (va, ga), (vb, gb) = a, b
     tol = TOL[dtype]
     torch.testing.assert_close(va.double(), vb.double(), **tol, msg=lambda m: f"loss: {m}")
-    for name, x, y in zip(names, ga, gb):
+    for name, x, y in zip(names, ga, gb, strict=True):
         if x is None and y is None:
             continue
         assert x is not None and y is not None, f"grad {name}: one side has no gradient"

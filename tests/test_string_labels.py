@@ -92,7 +92,7 @@ def test_label_sets_equal_multi_hot_over_a_vocabulary_and_the_reference(options,
         match=match,
     )
     torch.testing.assert_close(results[0][0], expected, rtol=1e-9, atol=1e-9)
-    for got, want in zip(results[0], results[1]):
+    for got, want in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
@@ -125,7 +125,7 @@ def test_negative_class_ids_mean_unlabelled_at_that_level(options):
         text_mask=[text_mask, None],
     )
     torch.testing.assert_close(grads[0][0], expected, rtol=1e-9, atol=1e-9)
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 

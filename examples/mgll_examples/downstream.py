@@ -124,7 +124,7 @@ def parse_config(argv: Sequence[str] | None = None) -> DownstreamConfig:
     if any(generic):
         if not all(generic) or args.synthetic or args.name:
             raise ExampleError("--train-file, --val-file and --test-file go together, without --name or --synthetic")
-        files = dict(zip(SPLITS, generic))
+        files = dict(zip(SPLITS, generic, strict=True))
     elif not args.synthetic and not (args.data_dir and args.name):
         raise ExampleError(
             "--data-dir and --name (the authors' layout), --train-file/--val-file/--test-file, or --synthetic"
@@ -232,9 +232,10 @@ def train_head(
     labels = {split: torch.from_numpy(data.labels[split]).to(device) for split in SPLITS}
     finetune = config.mode == "finetune"
     if finetune:
-        encode: Callable[[str], Tensor] = lambda split: _features(
-            model, _loader(data.samples[split], pretrained, fixed[split], 0), device
-        )
+
+        def encode(split: str) -> Tensor:
+            return _features(model, _loader(data.samples[split], pretrained, fixed[split], 0), device)
+
     else:
         cached = {
             split: _features(model, _loader(data.samples[split], pretrained, fixed[split], config.workers), device)
@@ -332,7 +333,7 @@ def run(config: DownstreamConfig) -> dict[str, dict[str, Any]]:
         flush=True,
     )
     runs: dict[str, dict[str, Any]] = {}
-    for name, path in zip(_run_names(config.checkpoints), config.checkpoints):
+    for name, path in zip(_run_names(config.checkpoints), config.checkpoints, strict=True):
         pretrained = load_pretrained(path, config.model)
         report = {"checkpoint": str(path), **train_head(config, data, pretrained, device)}
         (config.output_dir / name).mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,10 @@ def _cell(value: float | None) -> str:
 
 
 def downstream_table(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown lines: one row per run (checkpoint, mode, best epoch, macro test AUC / ACC / mAP, then per-class AUC)."""
+    """Markdown lines: one row per run.
+
+    Columns: checkpoint, mode, best epoch, macro test AUC / ACC / mAP, then the AUC of every class.
+    """
     first = next(iter(runs.values()))
     classes = list(first["test"]["per_class"])
     head = ["run", "mode", "epoch", *(f"{_HEADERS[s]}" for s in SCORES), *(f"AUC {name}" for name in classes)]

@@ -79,7 +79,10 @@ def macro_auc(truth: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def linear_probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed: int) -> np.ndarray:
-    """Per class a logistic regression on frozen features; decision values [n_test, C] (NaN where a class cannot be fit)."""
+    """Per class a logistic regression on frozen features.
+
+    Returns the decision values [n_test, C], NaN in the column of a class that cannot be fit.
+    """
     scores = np.full((len(test_x), train_y.shape[1]), np.nan)
     for c in range(train_y.shape[1]):
         if 0 < train_y[:, c].sum() < len(train_y):

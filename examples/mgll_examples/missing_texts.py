@@ -42,7 +42,7 @@ def joined_tokens(
 ) -> Tensor:
     """Token ids [1, B, L] of each sample's present texts joined by ``separator`` (an empty caption if none is)."""
     joined = [
-        separator.join(text for text, present in zip(sample.texts, mask[:, i].tolist()) if present)
+        separator.join(text for text, present in zip(sample.texts, mask[:, i].tolist(), strict=True) if present)
         for i, sample in enumerate(samples)
     ]
     return tokenizer(joined).unsqueeze(0)

@@ -36,7 +36,7 @@ def own_form_scores(
     spec, classes = dataset.levels[level], dataset.classes(level)
     forms = captions(dataset.train, joined)[0 if joined else level]
     members: dict[str, set] = {}
-    for sample, caption in zip(dataset.train, forms):
+    for sample, caption in zip(dataset.train, forms, strict=True):
         members.setdefault(caption, set()).update(spec.labels(sample.texts[level]))
     unique: list[str] = sorted(members)
     similarity = (image_x @ encode_texts(model, tokenizer, unique, device).T).numpy()  # [n, captions]

@@ -45,7 +45,9 @@ def side_by_side(tables: Sequence[list[str]], gap: int = 4) -> str:
         return "\n\n".join("\n".join(table) for table in tables)
     rows = max(len(table) for table in tables)
     padded = [table + [""] * (rows - len(table)) for table in tables]
-    return "\n".join((" " * gap).join(t[i].ljust(w) for t, w in zip(padded, widths)).rstrip() for i in range(rows))
+    return "\n".join(
+        (" " * gap).join(t[i].ljust(w) for t, w in zip(padded, widths, strict=True)).rstrip() for i in range(rows)
+    )
 
 
 def _loss_axis(axis, history: list[dict[str, float]], label: str = "") -> None:
@@ -78,7 +80,7 @@ def plot_runs(histories: dict[str, list[dict[str, float]]], runs: dict[str, Metr
     for name, history in histories.items():
         _loss_axis(axes[0], history, f"{name}: " if len(histories) > 1 else "")
     axes[0].set_title("training loss", fontsize=9)
-    for axis, metric in zip(axes[1:], ("zero_shot_auc", "linear_probe_auc", "i2t_r1")):
+    for axis, metric in zip(axes[1:], ("zero_shot_auc", "linear_probe_auc", "i2t_r1"), strict=True):
         _metric_bars(axis, runs, metric)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,8 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     skipped, began = 0, time.perf_counter()
     progress = tqdm(total=stop - start, desc=f"{config.loss} {config.kind}", disable=not world.is_main, leave=False)
     try:
-        for step, batch in zip(range(start, stop), loader):
+        # strict=False: the schedule ends the run; the loader may hold more batches than steps are left
+        for step, batch in zip(range(start, stop), loader, strict=False):
             skipped += _check_batch(batch.errors, config, world)
             if world.any(batch.indices.numel() == 0):
                 continue
@@ -247,7 +248,8 @@ def _accumulated_terms(
 ) -> dict[str, Tensor]:
     """The loss of all K x --batch-size images, encoded --batch-size at a time; gradients into ``.grad``."""
     micro_batches = [
-        dict(images=p, texts=t) for p, t in zip(pixels.split(config.batch_size), texts.split(config.batch_size, dim=1))
+        dict(images=p, texts=t)
+        for p, t in zip(pixels.split(config.batch_size), texts.split(config.batch_size, dim=1), strict=True)
     ]
 
     def loss(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from ..utils import clamp_logit_scale
 
 __all__ = ["MultiGranularCLIP", "require", "check_images", "stack_levels", "flatten_level_texts"]
 
-LevelTokens = Union[Tensor, Sequence[Tensor]]
+LevelTokens = Tensor | Sequence[Tensor]
 
 
 def require(module: str, extra: str, user: str) -> ModuleType:

@@ -104,9 +104,11 @@ def tokenize_levels(tokenizer: Any, levels: Sequence[Sequence[str]], **tokenizer
     Example:
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
         >>> from transformers import PreTrainedTokenizerFast
-        >>> backend = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "normal": 2, "abnormal": 3}, unk_token="[UNK]"))
+        >>> vocab = {"[PAD]": 0, "[UNK]": 1, "normal": 2, "abnormal": 3}
+        >>> backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
         >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")  # or AutoTokenizer.from_pretrained(...)
+        >>> # in practice: tokenizer = AutoTokenizer.from_pretrained(...)
+        >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")
         >>> batch = tokenize_levels(tokenizer, [["normal", "abnormal"], ["normal normal", "abnormal"]])
         >>> tuple(batch["input_ids"].shape), batch["attention_mask"][1].tolist()
         ((2, 2, 2), [[1, 1], [1, 0]])
@@ -150,7 +152,7 @@ def collate_levels(features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         counts = {len(labels) for labels in examples}
         if len(counts) > 1:
             raise ValueError(f"labels: expected G per-level labels in every example, got {[len(y) for y in examples]}")
-        batch["labels"] = [_collate_level(g, level) for g, level in enumerate(zip(*examples))]
+        batch["labels"] = [_collate_level(g, level) for g, level in enumerate(zip(*examples, strict=True))]
     return batch
 
 

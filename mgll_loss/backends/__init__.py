@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Dict, Optional
 
 from ..validation import check_choice
 from .base import LevelSums, LossProblem, LossRequest

@@ -76,7 +76,7 @@ class LossProblem:
     def is_local(self) -> bool:
         """True when the row or column ranges are not the whole matrix."""
         full_rows = self.row_range == slice(0, self.image_features.shape[0])
-        return not full_rows or any(r != slice(0, n) for r, n in zip(self.column_ranges, self.level_sizes))
+        return not full_rows or any(r != slice(0, n) for r, n in zip(self.column_ranges, self.level_sizes, strict=True))
 
 
 @dataclass(frozen=True)

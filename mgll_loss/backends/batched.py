@@ -90,7 +90,7 @@ def _valid_columns(problem: LossProblem, width: int) -> Tensor | None:
         return None
     device = problem.image_features.device
     columns = []
-    for mask, size in zip(problem.text_masks, problem.level_sizes):
+    for mask, size in zip(problem.text_masks, problem.level_sizes, strict=True):
         present = torch.ones(size, dtype=torch.bool, device=device) if mask is None else mask
         columns.append(_pad(present, width))
     return torch.stack(columns)

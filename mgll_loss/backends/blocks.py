@@ -7,9 +7,10 @@ For a level with logits z [r, n], positives P and row / column log-sum-exps ``ls
 - point-wise: ``softplus(z_ij) - y_ij z_ij`` with y = P or P / mass (row-normalised);
   gradient ``sigmoid(z_ij) - y_ij``;
 - smooth KL over the columns present in every level, ``l^g = log softmax(z^g)``,
-  ``m = mean_g p^g`` (``log m`` by a log-sum-exp over levels): KL(p^g || m) per row ``k^g_i = sum_j p^g (l^g - log m)``, gradient
-  ``p^g (l^g - log m - k^g_i)``; KL(m || p^g) summed over g is ``G sum_j m (log m - mean_g l^g)``,
-  gradient ``p^g (c - <p^g, c>) + p^g - m`` with ``c = log m - mean_g l^g``.
+  ``m = mean_g p^g`` (``log m`` by a log-sum-exp over levels): KL(p^g || m) per row
+  ``k^g_i = sum_j p^g (l^g - log m)``, gradient ``p^g (l^g - log m - k^g_i)``; KL(m || p^g) summed
+  over g is ``G sum_j m (log m - mean_g l^g)``, gradient ``p^g (c - <p^g, c>) + p^g - m`` with
+  ``c = log m - mean_g l^g``.
 
 Only per-row statistics ([G, R]) and per-column ones ([sum_g n_g]) outlive a block, which is
 what makes the chunked backend memory-linear. Levels whose positives have keys get their
@@ -31,7 +32,10 @@ from .plan import Sweep, SweepLevel
 
 @dataclass
 class RowStats:
-    """Per level and row of the sweep, [G, R]: log-sum-exp, positive mass and sum of positive logits, and the smooth KL's lse and dot."""
+    """Per level and row of the sweep, [G, R].
+
+    Log-sum-exp, positive mass and sum of positive logits, and the smooth KL's lse and dot.
+    """
 
     lse: Tensor
     mass: Tensor
@@ -42,7 +46,10 @@ class RowStats:
 
 @dataclass
 class ColumnStats:
-    """Per column of the sweep, [sum_g n_g]: running max and sum of exp (online log-sum-exp), mass, sum of positive logits."""
+    """Per column of the sweep, [sum_g n_g].
+
+    Running max and sum of exp (online log-sum-exp), positive mass, sum of positive logits.
+    """
 
     max: Tensor
     sumexp: Tensor
@@ -87,7 +94,7 @@ class SweepSums:
     ) -> SweepSums:
         """The gradients a backward receives for the sums, zeros where a sum was unused (None)."""
         zeros = cls.zeros(levels, dtype, device).as_tuple()
-        return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros)))
+        return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros, strict=True)))
 
 
 class SweepState:
@@ -255,7 +262,7 @@ def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad
 def _kl_softmax(z: Tensor, sweep: Sweep) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Per level, on the columns present in every level: lse, log-softmax and softmax."""
     inputs = []
-    for level, positions in zip(sweep.levels, sweep.kl_columns):
+    for level, positions in zip(sweep.levels, sweep.kl_columns, strict=True):
         logits = z[:, level.offset + positions]
         if logits.shape[1] == 0:
             return []
@@ -288,16 +295,16 @@ def _mean_log(log_probs: list[Tensor]) -> Tensor:
 def _kl_forward(inputs: list[tuple[Tensor, Tensor, Tensor]], rows: slice, sweep: Sweep, state: SweepState) -> None:
     if not inputs:
         return
-    lses, log_probs, probs = zip(*inputs)
+    lses, log_probs, probs = zip(*inputs, strict=True)
     mean, log_mean = _log_mean(list(log_probs), list(probs))
     if sweep.kl_direction == "to_mean":
-        dots = [torch.linalg.vecdot(p, lp - log_mean) for p, lp in zip(probs, log_probs)]
+        dots = [torch.linalg.vecdot(p, lp - log_mean) for p, lp in zip(probs, log_probs, strict=True)]
         total = sum(d.sum() for d in dots)
     else:
         contrast = log_mean.sub_(_mean_log(list(log_probs)))
         dots = [torch.linalg.vecdot(p, contrast) for p in probs]
         total = len(probs) * torch.linalg.vecdot(mean, contrast).sum()
-    for g, (lse, dot) in enumerate(zip(lses, dots)):
+    for g, (lse, dot) in enumerate(zip(lses, dots, strict=True)):
         state.rows.kl_lse[g, rows] = lse
         state.rows.kl_dot[g, rows] = dot
     state.sums.smooth_kl += total
@@ -311,7 +318,9 @@ def _kl_backward(
     if sweep.kl_columns is None:
         logits = [z[:, level.columns] for level in sweep.levels]
     else:
-        logits = [z[:, level.offset + positions] for level, positions in zip(sweep.levels, sweep.kl_columns)]
+        logits = [
+            z[:, level.offset + positions] for level, positions in zip(sweep.levels, sweep.kl_columns, strict=True)
+        ]
     if logits[0].shape[1] == 0:
         return
     log_probs = [x - stats.kl_lse[g, rows, None] for g, x in enumerate(logits)]
@@ -319,7 +328,7 @@ def _kl_backward(
         probs = [lp.exp() for lp in log_probs]
     mean, log_mean = _log_mean(log_probs, probs)
     contrast = None if sweep.kl_direction == "to_mean" else log_mean.sub_(_mean_log(log_probs))
-    for g, (level, p, lp) in enumerate(zip(sweep.levels, probs, log_probs)):
+    for g, (level, p, lp) in enumerate(zip(sweep.levels, probs, log_probs, strict=True)):
         dot = stats.kl_dot[g, rows, None]
         if contrast is None:
             grad_g = lp.sub_(log_mean).sub_(dot).mul_(p)

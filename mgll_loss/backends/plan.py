@@ -194,7 +194,7 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
     device = problem.image_features.device
     present = [None if m is None else torch.nonzero(m).flatten() for m in problem.text_masks]
     level_texts = problem.text_features.split(problem.level_sizes)
-    kept = [t if index is None else t.index_select(0, index) for t, index in zip(level_texts, present)]
+    kept = [t if index is None else t.index_select(0, index) for t, index in zip(level_texts, present, strict=True)]
     sizes = [t.shape[0] for t in kept]
     offsets = [sum(sizes[:g]) for g in range(len(sizes))]
     local = problem.is_local
@@ -206,7 +206,7 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
         bias=problem.logit_bias,
         levels=tuple(
             _level(offset, size, TargetView(targets, problem.row_range, index), rows, device)
-            for offset, size, targets, index in zip(offsets, sizes, problem.targets, present)
+            for offset, size, targets, index in zip(offsets, sizes, problem.targets, present, strict=True)
         ),
         kl_columns=_kl_columns(problem.text_masks, device) if request.smooth_kl else None,
         row_ce=request.soft_clip,

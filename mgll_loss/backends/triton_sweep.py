@@ -324,7 +324,9 @@ def _kl_forward(
         text_rows = torch.stack([torch.arange(lv.offset, lv.offset + lv.size, device=device) for lv in sweep.levels])
         kl_lse = row_lse
     else:
-        text_rows = torch.stack([lv.offset + positions for lv, positions in zip(sweep.levels, sweep.kl_columns)])
+        text_rows = torch.stack(
+            [lv.offset + positions for lv, positions in zip(sweep.levels, sweep.kl_columns, strict=True)]
+        )
         kl_lse = (
             torch.stack(
                 [
