@@ -7,6 +7,7 @@ handled; the autograd-aware gather sums the gradients of every rank back to the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -131,10 +132,13 @@ def _autograd_all_gather(tensor: Tensor) -> Tensor:
     from torch.distributed import _functional_collectives as collectives
 
     tensor = tensor.contiguous()
+    group = dist.group.WORLD
+    if group is None:
+        raise RuntimeError("gather_with_grad: torch.distributed has no default process group (call init_process_group)")
     if hasattr(collectives, "all_gather_single_autograd"):
-        gathered = collectives.all_gather_single_autograd(tensor, 0, dist.group.WORLD)
+        gathered = collectives.all_gather_single_autograd(tensor, 0, group)
     elif hasattr(collectives, "all_gather_tensor_autograd"):
-        gathered = collectives.all_gather_tensor_autograd(tensor, 0, dist.group.WORLD)
+        gathered = collectives.all_gather_tensor_autograd(tensor, 0, group)
     else:  # torch < 2.3
         from torch.distributed.nn.functional import all_gather
 
@@ -144,12 +148,12 @@ def _autograd_all_gather(tensor: Tensor) -> Tensor:
 
 class _ScaleGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: Tensor, factor: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, factor: float) -> Tensor:
         ctx.factor = factor
         return tensor.view_as(tensor)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return grad * ctx.factor, None
 
 

@@ -121,7 +121,7 @@ def soft_clip_loss(
         chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
-    return means.soft_clip[0]
+    return _requested(means.soft_clip, "soft_clip_loss")[0]
 
 
 def pointwise_loss(
@@ -198,7 +198,7 @@ def pointwise_loss(
         chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
-    return means.pointwise[0]
+    return _requested(means.pointwise, "pointwise_loss")[0]
 
 
 def smooth_kl_loss(
@@ -271,7 +271,7 @@ def smooth_kl_loss(
         chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
-    return means.smooth_kl
+    return _requested(means.smooth_kl, "smooth_kl_loss")
 
 
 def mgll_loss(
@@ -381,11 +381,18 @@ def mgll_loss(
     return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
 
 
+def _requested(value: Tensor | None, term: str) -> Tensor:
+    """A term the request asked for; a backend that returned None for it is a bug, reported as one."""
+    if value is None:
+        raise RuntimeError(f"{term}: the backend returned no value for a requested term")
+    return value
+
+
 class _Prepared(NamedTuple):
     problem: LossProblem
     request: LossRequest
     world: World
-    level_weights: tuple[float, ...] | None
+    level_weights: tuple[float, ...]
 
 
 def _prepare(
@@ -454,14 +461,17 @@ def _validate(
     request: LossRequest,
     kl_hint: str | None,
     level_weights: Sequence[float] | None,
-) -> tuple[LocalInputs, LossRequest, tuple[float, ...] | None]:
+) -> tuple[LocalInputs, LossRequest, tuple[float, ...]]:
     """Local checks only (no collective): the inputs, the request adjusted to G, the level weights."""
     image_features = check_image_features(image_features)
     if single_level:
         stacked = check_single_level_text(text_features, image_features)
-        sizes = (stacked.shape[0],)
-        masks = (None if text_mask is None else check_text_mask("text_mask", text_mask, sizes[0], image_features),)
-        labels, targets, names = (labels,), (targets,), ("labels",)
+        sizes: tuple[int, ...] = (stacked.shape[0],)
+        masks: tuple[Tensor | None, ...] = (
+            None if text_mask is None else check_text_mask("text_mask", text_mask, sizes[0], image_features),
+        )
+        labels, targets = (labels,), (targets,)
+        names: tuple[str, ...] = ("labels",)
     else:
         stacked, sizes = check_multi_level_text(text_features, image_features)
         check_level_first(text_features, image_features, targets, request.soft_clip or request.pointwise)
@@ -469,7 +479,7 @@ def _validate(
         labels = check_per_level("labels", labels, len(sizes))
         targets = check_per_level("targets", targets, len(sizes))
         names = tuple(f"labels[{g}]" for g in range(len(sizes)))
-    per_level = None if single_level else check_level_weights(level_weights, len(sizes))
+    per_level = (1.0,) if single_level else check_level_weights(level_weights, len(sizes))
     if request.smooth_kl:
         if len(sizes) == 1 and kl_hint is not None:
             request = replace(request, smooth_kl=False)

@@ -301,10 +301,12 @@ def level_means(
     factor = float(world.world_size) if split else 1.0
     num_images = problem.image_features.shape[0]
     soft_clip = pointwise = smooth_kl = None
-    if sums.soft_clip_rows is not None:
-        counts = torch.stack([sums.soft_clip_row_count, sums.soft_clip_col_count])
+    soft_clip_sums = sums.soft_clip()
+    if soft_clip_sums is not None:
+        rows, row_count, cols, col_count = soft_clip_sums
+        counts = torch.stack([row_count, col_count])
         counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
-        soft_clip = factor * 0.5 * (sums.soft_clip_rows / counts[0] + sums.soft_clip_cols / counts[1])
+        soft_clip = factor * 0.5 * (rows / counts[0] + cols / counts[1])
     if sums.pointwise is not None:
         pairs: int | Tensor = num_images
         sizes = problem.level_sizes

@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -70,7 +70,13 @@ def check_weight(name: str, value: Any) -> float:
     return value
 
 
-def check_level_weights(level_weights: Sequence[Any] | None, num_levels: int | None) -> tuple[float, ...] | None:
+@overload
+def check_level_weights(level_weights: Sequence[Any] | Tensor | None, num_levels: int) -> tuple[float, ...]: ...
+@overload
+def check_level_weights(level_weights: Sequence[Any] | Tensor | None, num_levels: None) -> tuple[float, ...] | None: ...
+def check_level_weights(
+    level_weights: Sequence[Any] | Tensor | None, num_levels: int | None
+) -> tuple[float, ...] | None:
     """Return one non-negative weight per level (all 1 when ``level_weights`` is None).
 
     With ``num_levels`` None (G not known yet) only the values are checked, and None stays None.
@@ -156,9 +162,9 @@ def check_multi_level_text(text_features: Any, image_features: Tensor) -> tuple[
         )
     if len(text_features) == 0:
         raise ValueError("text_features: expected at least one level, got an empty sequence")
-    levels = [_check_text_tensor(f"text_features[{g}]", t, image_features) for g, t in enumerate(text_features)]
-    sizes = tuple(t.shape[0] for t in levels)
-    stacked = levels[0] if len(levels) == 1 else torch.cat(levels)
+    per_level = [_check_text_tensor(f"text_features[{g}]", t, image_features) for g, t in enumerate(text_features)]
+    sizes = tuple(t.shape[0] for t in per_level)
+    stacked = per_level[0] if len(per_level) == 1 else torch.cat(per_level)
     return stacked, sizes
 
 

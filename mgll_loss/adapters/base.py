@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +35,13 @@ def check_images(name: str, images: Tensor, dims: int = 4) -> int:
     return images.shape[0]
 
 
-def stack_levels(name: str, value: LevelTokens, batch_size: int) -> Tensor:
+def stack_levels(name: str, value: object, batch_size: int) -> Tensor:
     """Token ids (or masks) of G levels as one tensor [G, B, L].
 
     Args:
         name: the argument name used in error messages.
-        value: a [G, B, L] tensor or a sequence of G [B, L] tensors.
+        value: a [G, B, L] tensor or a sequence of G [B, L] tensors (``LevelTokens``); anything
+            else raises a TypeError.
         batch_size: B, the number of images.
     """
     if isinstance(value, Tensor):
@@ -92,6 +94,10 @@ class MultiGranularCLIP(nn.Module):
     [G*B, L], optional mask [G*B, L] -> [G*B, D]); the wrapped model keeps ``logit_scale``
     (:math:`\\log s`) and, if it has one, ``logit_bias`` as parameters.
     """
+
+    #: The wrapped framework model (open_clip or transformers, which ship no type information); its
+    #: methods and ``logit_scale`` parameter are checked when the adapter is built.
+    model: Any
 
     def __init__(self, model: nn.Module, *, framework: str, extra: str, kind: str, methods: Sequence[str]) -> None:
         super().__init__()

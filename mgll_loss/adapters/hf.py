@@ -213,7 +213,7 @@ def compute_mgll_loss(
 
 @functools.cache
 def _trainer_class() -> type:
-    transformers = require("transformers", _EXTRA, "MGLLTrainer")
+    transformers: Any = require("transformers", _EXTRA, "MGLLTrainer")  # untyped: its classes are bases below
 
     class ClampLogitScale(transformers.TrainerCallback):
         """Clamp the wrapped model's logit scale after every optimiser step."""

@@ -100,3 +100,13 @@ class LevelSums:
     soft_clip_col_count: Tensor | None = None
     pointwise: Tensor | None = None
     smooth_kl: Tensor | None = None
+
+    def soft_clip(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The soft CLIP fields (rows, row count, columns, column count), or None when the term is off."""
+        rows, row_count = self.soft_clip_rows, self.soft_clip_row_count
+        cols, col_count = self.soft_clip_cols, self.soft_clip_col_count
+        if rows is None and row_count is None and cols is None and col_count is None:
+            return None
+        if rows is None or row_count is None or cols is None or col_count is None:
+            raise ValueError("LevelSums: the four soft_clip_* fields are set together or not at all")
+        return rows, row_count, cols, col_count

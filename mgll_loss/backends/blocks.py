@@ -20,6 +20,7 @@ other levels build each block's tile of P.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,12 @@ class SweepState:
                 )
         return self.sums
 
+    def finished_column_lse(self) -> Tensor:
+        """The column log-sum-exps [sum_g n_g] computed by :meth:`finish`, which the backward needs."""
+        if self.column_lse is None:
+            raise RuntimeError("SweepState.finish() must run (with the column term on) before the backward blocks")
+        return self.column_lse
+
     def positive_coefficients(
         self, sweep: Sweep, g: int, rows: slice, grads: SweepSums
     ) -> tuple[Tensor, Tensor | None]:
@@ -221,7 +228,8 @@ def forward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> No
         if sweep.pointwise:
             sums.pointwise[g] += pointwise_sum(F.softplus(zg).sum(), row_pz, mass, sweep.pointwise_target)
     if sweep.smooth_kl:
-        _kl_forward(kl_inputs if shared_kl else _kl_softmax(z, sweep), rows, sweep, state)
+        inputs = kl_inputs if sweep.kl_columns is None else _kl_softmax(z, sweep.levels, sweep.kl_columns)
+        _kl_forward(inputs, rows, sweep, state)
 
 
 def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grads: SweepSums) -> Tensor:
@@ -246,7 +254,7 @@ def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad
                 dzg.addcmul_(probs, (grads.row_ce[g] * (stats.mass[g, rows] > 0))[:, None])
         if sweep.col_ce:
             col_mass = state.columns.mass[level.columns]
-            shifted = torch.sub(zg, state.column_lse[None, level.columns]).exp_()
+            shifted = torch.sub(zg, state.finished_column_lse()[None, level.columns]).exp_()
             dzg.addcmul_(shifted, grads.col_ce[g] * (col_mass > 0))
         if sweep.pointwise:
             dzg.addcmul_(torch.sigmoid(zg), grads.pointwise[g])
@@ -259,10 +267,12 @@ def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad
     return dz
 
 
-def _kl_softmax(z: Tensor, sweep: Sweep) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Per level, on the columns present in every level: lse, log-softmax and softmax."""
+def _kl_softmax(
+    z: Tensor, levels: Sequence[SweepLevel], kl_columns: Sequence[Tensor]
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per level, on the columns present in every level (``kl_columns``): lse, log-softmax and softmax."""
     inputs = []
-    for level, positions in zip(sweep.levels, sweep.kl_columns, strict=True):
+    for level, positions in zip(levels, kl_columns, strict=True):
         logits = z[:, level.offset + positions]
         if logits.shape[1] == 0:
             return []

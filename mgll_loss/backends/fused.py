@@ -72,7 +72,7 @@ class _SweepFunction(torch.autograd.Function):
     """Sums of a sweep from (images, texts, scale, bias); hand-written backward (see the module docstring)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         images: Tensor,
         texts: Tensor,
@@ -104,7 +104,7 @@ class _SweepFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         images, texts, scale, bias = ctx.saved_tensors
         sweep, state = ctx.sweep, ctx.state
         dtype = sweep.compute_dtype

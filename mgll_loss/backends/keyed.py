@@ -19,7 +19,7 @@ def _key_sums(keys: Tensor, count: int, values: Tensor) -> Tensor:
     return values.new_zeros(count, values.shape[1]).index_add_(0, keys, values)
 
 
-def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> tuple[Tensor, Tensor]:
     """Sums of the positive logits of a block ``z`` [r, n] (sweep rows ``rows``): per row [r], and per column [n].
 
     Gathered from the logits themselves, so a row whose only positive dominates gets a cross-entropy

@@ -219,7 +219,7 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
     )
     columns: list[Sweep | None] = [None] * problem.num_levels
     if request.soft_clip and local:
-        columns = [_column_sweep(problem, g, level_texts[g], present[g], device) for g in range(problem.num_levels)]
+        columns = [_column_sweep(problem, g, level_texts[g], device) for g in range(problem.num_levels)]
     return SweepPlan(main, tuple(columns))
 
 
@@ -241,14 +241,13 @@ def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], Swe
     )
 
 
-def _column_sweep(
-    problem: LossProblem, level: int, texts: Tensor, present: Tensor | None, device: torch.device
-) -> Sweep:
+def _column_sweep(problem: LossProblem, level: int, texts: Tensor, device: torch.device) -> Sweep:
     """This rank's present texts of ``level`` against every image: the soft CLIP column term."""
     columns = problem.column_ranges[level]
     local = torch.arange(columns.start, columns.stop, device=device)
-    if present is not None:
-        local = local[problem.text_masks[level][columns]]
+    mask = problem.text_masks[level]
+    if mask is not None:
+        local = local[mask[columns]]
     return Sweep(
         images=texts.index_select(0, local),
         texts=problem.image_features,

@@ -115,7 +115,7 @@ class _TritonSweep(torch.autograd.Function):
     """Sums of a sweep from (images, texts, scale, bias) by the Triton kernels; backward by the kernels too."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, sweep: Sweep
     ) -> tuple[Tensor, ...]:
         from . import triton_kernels as kernels
@@ -169,7 +169,7 @@ class _TritonSweep(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         from . import triton_kernels as kernels
 
         images, texts, scale, bias = ctx.saved_tensors
