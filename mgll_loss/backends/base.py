@@ -110,3 +110,31 @@ class LevelSums:
         if rows is None or row_count is None or cols is None or col_count is None:
             raise ValueError("LevelSums: the four soft_clip_* fields are set together or not at all")
         return rows, row_count, cols, col_count
+
+
+@dataclass
+class SweepSums:
+    """A sweep's sums: soft CLIP rows / columns with their counts and point-wise per level [G], smooth KL 0-dim."""
+
+    row_ce: Tensor
+    row_count: Tensor
+    col_ce: Tensor
+    col_count: Tensor
+    pointwise: Tensor
+    smooth_kl: Tensor
+
+    def as_tuple(self) -> tuple[Tensor, ...]:
+        return self.row_ce, self.row_count, self.col_ce, self.col_count, self.pointwise, self.smooth_kl
+
+    @classmethod
+    def zeros(cls, levels: int, dtype: torch.dtype, device: torch.device) -> SweepSums:
+        """All sums zero ([G] each, smooth KL 0-dim)."""
+        return cls(*(torch.zeros(shape, dtype=dtype, device=device) for shape in ((levels,),) * 5 + ((),)))
+
+    @classmethod
+    def upstream(
+        cls, grads: tuple[Tensor | None, ...], levels: int, dtype: torch.dtype, device: torch.device
+    ) -> SweepSums:
+        """The gradients a backward receives for the sums, zeros where a sum was unused (None)."""
+        zeros = cls.zeros(levels, dtype, device).as_tuple()
+        return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros, strict=True)))

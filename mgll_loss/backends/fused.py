@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LevelSums, LossProblem, LossRequest
-from .blocks import SweepState, SweepSums, backward_block, forward_block
+from .base import LevelSums, LossProblem, LossRequest, SweepSums
+from .blocks import SweepState, backward_block, forward_block
 from .keyed import positive_gradients
 from .plan import Sweep, plan_sweeps, run_sweeps
 

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..targets import Index, LevelTargets
-from .base import LevelSums, LossProblem, LossRequest
-
-if TYPE_CHECKING:
-    from .blocks import SweepSums
+from .base import LevelSums, LossProblem, LossRequest, SweepSums
+from .keyed import Keys
 
 
 def compose(outer: Index | None, inner: Index) -> Index:
@@ -72,49 +69,6 @@ class TargetView:
         row_keys, col_keys = keys[::-1] if self.transposed else keys
         unique, dense = torch.unique(torch.cat([row_keys, col_keys]), return_inverse=True)
         return Keys.build(dense[:num_rows], dense[num_rows:], unique.shape[0])
-
-
-@dataclass(frozen=True)
-class Keys:
-    """``P_ij = [rows_i == cols_j]``: row keys [R] and column keys [n] in ``range(count)``.
-
-    Attributes:
-        rows, cols: the keys.
-        count: K, the number of distinct keys.
-        row_counts, col_counts: how many rows / columns have each key, [K].
-        col_order: the columns sorted by key; key k's columns are ``col_order[col_starts[k] :][: col_counts[k]]``.
-        col_starts: [K].
-    """
-
-    rows: Tensor
-    cols: Tensor
-    count: int
-    row_counts: Tensor
-    col_counts: Tensor
-    col_order: Tensor
-    col_starts: Tensor
-
-    @classmethod
-    def build(cls, rows: Tensor, cols: Tensor, count: int) -> Keys:
-        col_counts = torch.bincount(cols, minlength=count)
-        return cls(
-            rows,
-            cols,
-            count,
-            torch.bincount(rows, minlength=count),
-            col_counts,
-            torch.argsort(cols, stable=True),
-            torch.cumsum(col_counts, 0) - col_counts,
-        )
-
-    def pairs(self, rows: slice) -> tuple[Tensor, Tensor]:
-        """Every positive (row, column) of ``rows``: row positions within ``rows`` and column indices."""
-        keys = self.rows[rows]
-        per_row = self.col_counts[keys]
-        local_rows = torch.repeat_interleave(torch.arange(keys.shape[0], device=keys.device), per_row)
-        first = torch.cumsum(per_row, 0) - per_row
-        rank = torch.arange(local_rows.shape[0], device=keys.device) - first[local_rows]
-        return local_rows, self.col_order[self.col_starts[keys][local_rows] + rank]
 
 
 @dataclass(frozen=True)

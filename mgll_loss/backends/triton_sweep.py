@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LevelSums, LossProblem, LossRequest
-from .blocks import SweepSums, cross_entropy_sums, pointwise_sum, positive_coefficients
+from .base import LevelSums, LossProblem, LossRequest, SweepSums
+from .blocks import cross_entropy_sums, pointwise_sum, positive_coefficients
 from .plan import Sweep, SweepLevel, compose, plan_sweeps, run_sweeps
 
 __all__ = ["triton_level_sums", "interpreting", "check_triton_device"]
