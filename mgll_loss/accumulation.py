@@ -115,12 +115,14 @@ def accumulate_step(
         dict of detached terms.
 
     Raises:
-        TypeError: ``micro_batches`` is not a sequence of mappings, the model's output is not a
-            mapping of the expected tensors, or ``output_dict`` and the loss's output disagree.
+        TypeError: ``model`` or ``loss_fn`` is not callable, ``micro_batches`` is not a sequence
+            of mappings, the model's output is not a mapping of the expected tensors, or
+            ``output_dict`` and the loss's output disagree.
         ValueError: no micro-batches; micro-batches whose features differ in shape other than
             the rows (e.g. in G or D); ``labels``/``targets``/``text_mask`` whose rows do not
             match the effective batch; a ``logit_scale``/``logit_bias`` that differs between
-            micro-batches.
+            micro-batches; model outputs that carry no gradient (encoded under ``torch.no_grad()``
+            or detached), which would leave every ``.grad`` untouched.
 
     Example:
         >>> import torch.nn.functional as F
@@ -149,6 +151,9 @@ def accumulate_step(
         Memory Limited Setup" (GradCache), RepL4NLP 2021, arXiv:2101.06983; open_clip's
         ``--accum-freq`` training option.
     """
+    for name, value in (("model", model), ("loss_fn", loss_fn)):
+        if not callable(value):
+            raise TypeError(f"{name}: expected a callable (a module or a function), got {type(value).__name__}")
     batches = _check_micro_batches(micro_batches)
     encoder = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -178,6 +183,7 @@ def accumulate_step(
     del cached, inputs, leaves
 
     no_sync = getattr(model, "no_sync", None)
+    backpropagated = not grads  # nothing to backpropagate when the loss depends on no model output
     try:
         for k, batch in enumerate(batches):
             states[k].restore()
@@ -186,11 +192,17 @@ def accumulate_step(
                 outputs = _check_outputs(k, model(**batch))
                 tensors, vectors = _micro_batch_gradients(k, outputs, grads, row_sizes)
                 if tensors:
+                    backpropagated = True
                     with _autocast_off():
                         torch.autograd.backward(tensors, vectors)
     finally:
         after_first_pass.restore()
         _restore_buffers(encoder, buffers)
+    if not backpropagated:
+        raise ValueError(
+            "model: its outputs carry no gradient (encoded under torch.no_grad(), detached, or every parameter "
+            "frozen), so no parameter would receive a gradient; a plain loss.backward() would fail the same way"
+        )
     if output_dict:
         return {name: value.detach() for name, value in result.items()}  # type: ignore[union-attr]
     return total.detach()

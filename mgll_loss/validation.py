@@ -108,7 +108,13 @@ def check_image_features(image_features: Any) -> Tensor:
         raise ValueError(
             f"image_features: expected a non-empty batch [B, D] with B >= 1 and D >= 1, got {shape_of(image_features)}"
         )
+    _check_finite("image_features", image_features)
     return image_features
+
+
+def _check_finite(name: str, features: Tensor) -> None:
+    """Features must be finite: a NaN or inf feature would make the whole loss NaN (checked like the scale)."""
+    require(torch.isfinite(features.detach()).all(), f"{name}: expected finite values, got NaN or inf")
 
 
 def _check_text_tensor(name: str, text: Any, image_features: Tensor) -> Tensor:
@@ -123,6 +129,7 @@ def _check_text_tensor(name: str, text: Any, image_features: Tensor) -> Tensor:
             f"(image_features is {shape_of(image_features)}), got {shape_of(text)}"
         )
     _check_device(name, text, image_features)
+    _check_finite(name, text)
     return text
 
 
@@ -153,6 +160,7 @@ def check_multi_level_text(text_features: Any, image_features: Tensor) -> tuple[
                 f"(image_features is {shape_of(image_features)}), got {shape_of(text_features)}"
             )
         _check_device("text_features", text_features, image_features)
+        _check_finite("text_features", text_features)
         levels, count, _ = text_features.shape
         return text_features.reshape(levels * count, dim), (count,) * levels
     if not isinstance(text_features, (list, tuple)):
@@ -171,6 +179,7 @@ def check_multi_level_text(text_features: Any, image_features: Tensor) -> tuple[
 def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool = False) -> Tensor:
     """Return ``value`` (a finite number or one-element tensor, > 0 if ``positive``) as a 0-dim tensor."""
     expected = "a finite positive" if positive else "a finite"
+    hint = " (the logit scale is already exponentiated)" if positive else ""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(
@@ -183,7 +192,7 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
         detached = value.detach()
         if not _reads_on_host(detached):
             ok = torch.isfinite(detached) & (detached > 0) if positive else torch.isfinite(detached)
-            require(ok, f"{name}: expected {expected} number (the logit scale is already exponentiated)")
+            require(ok, f"{name}: expected {expected} number{hint}")
             return value
         number = float(detached)  # eager, CPU: one read, checked below
     elif isinstance(value, bool) or not isinstance(value, Real):
@@ -191,7 +200,7 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
     else:
         number = float(value)
     if not math.isfinite(number) or (positive and number <= 0):
-        raise ValueError(f"{name}: expected {expected} number (the logit scale is already exponentiated), got {number}")
+        raise ValueError(f"{name}: expected {expected} number{hint}, got {number}")
     if isinstance(value, Tensor):
         return value
     return torch.full((), number, dtype=torch.float64, device=image_features.device)  # a fill: no host-to-device copy

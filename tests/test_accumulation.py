@@ -434,3 +434,24 @@ def test_benchmark_writes_csv_and_plot(tmp_path):
     assert list(saved[0]) == bench.FIELDS and len(saved) == 3
     assert all(float(r["peak_mb"]) >= 0 and float(r["median_ms"]) > 0 for r in saved)
     assert (tmp_path / "accumulation.png").stat().st_size > 10_000
+
+
+def test_a_model_whose_outputs_carry_no_gradient_is_rejected():
+    # a plain loss.backward() raises here; accumulate_step must not return a loss and leave every .grad None
+    model, loss_fn, inputs = _setup()
+
+    def frozen(**batch: Any) -> dict[str, Any]:
+        with torch.no_grad():
+            return {key: value.detach() for key, value in model(**batch).items()}  # the bias is a Parameter
+
+    with pytest.raises(ValueError, match="model: its outputs carry no gradient"):
+        accumulate_step(frozen, loss_fn, micro_batches(inputs, [3, 3]))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["model", "loss_fn"])
+def test_a_model_or_loss_that_is_not_callable_is_rejected(name):
+    model, loss_fn, inputs = _setup()
+    arguments = {"model": model, "loss_fn": loss_fn, name: None}
+    with pytest.raises(TypeError, match=f"{name}: expected a callable"):
+        accumulate_step(arguments["model"], arguments["loss_fn"], micro_batches(inputs, [6]))

@@ -489,3 +489,49 @@ def test_a_finished_run_is_extended_never_overwritten_or_silently_rewritten(tmp_
     assert main("fundus", [*flags, "--max-steps", "1", "--overwrite"]) == 0  # replaced, on purpose
     assert torch.load(checkpoint, weights_only=True)["step"] == 1
     assert json.loads((out / "metrics.json").read_text())["steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--lr", "-1", "finite positive"),
+        ("--lr", "nan", "finite number"),
+        ("--weight-decay", "-1", "non-negative"),
+        ("--warmup-steps", "-5", "non-negative whole number"),
+        ("--grad-clip", "-1", "non-negative"),
+        ("--init-logit-bias", "nan", "finite number"),
+        ("--level-weights", "1,x,2", "expected a number, got 'x'"),
+    ],
+)
+def test_bad_flag_values_are_refused_by_the_parser(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as stop:
+        main("fundus", ["--synthetic", flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: expected" in err and message in err, err
+    assert "invalid _" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda: ["--backend", "triton", "--device", "cpu"], r"--backend triton: runs on CUDA devices only"),
+        (lambda: ["--device", "cuda"], r"--device cuda: no CUDA device is available here"),
+        (lambda: ["--device", "gpu0"], r"--device gpu0: not a device name"),
+    ],
+    ids=["triton-on-cpu", "cuda-missing", "bad-device"],
+)
+def test_a_device_or_backend_this_machine_lacks_is_one_clear_line(tmp_path, capsys, monkeypatch, make_args, message):
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # conftest sets it for the kernel tests
+    data = _fundus_records(tmp_path, _records(16))
+    code = main(
+        "fundus",
+        [
+            *("--data-dir", str(data), "--batch-size", "8", "--workers", "0"),
+            *("--output-dir", str(tmp_path / "out"), "--max-steps", "1", *make_args()),
+        ],
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err

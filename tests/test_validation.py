@@ -748,3 +748,35 @@ def test_clamp_logit_scale_elementwise_and_default_max():
     param = torch.nn.Parameter(torch.tensor([-2.0, 1.0, 10.0]))
     clamp_logit_scale(param)
     torch.testing.assert_close(param.detach(), torch.tensor([0.0, 1.0, math.log(100.0)]))
+
+
+# --- non-finite features: an error, never a NaN loss ------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    "where, name",
+    [("image", "image_features"), ("stacked", "text_features"), ("list", "text_features[1]")],
+)
+def test_non_finite_features(value, where, name):
+    images, levels = _images(), _levels()
+    if where == "image":
+        images[2, 1] = value
+    else:
+        levels[1, 3, 0] = value
+    text = list(levels) if where == "list" else levels
+    with pytest.raises(ValueError, match=_esc(name, "finite", "NaN or inf")):
+        MGLLLoss()(images, text, 10.0)
+
+
+def test_non_finite_single_level_text_features():
+    texts = _texts()
+    texts[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=_esc("text_features", "finite")):
+        SoftCLIPLoss()(_images(), texts, 10.0)
+
+
+def test_bias_error_does_not_mention_the_logit_scale():
+    with pytest.raises(ValueError) as error:
+        SoftCLIPLoss()(_images(), _texts(), 10.0, logit_bias=float("nan"))
+    assert "logit_bias" in str(error.value) and "logit scale" not in str(error.value)

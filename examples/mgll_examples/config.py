@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -144,10 +145,37 @@ def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
 def _weight(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
+    value = _finite(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite non-negative number, got {text}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative whole number, got {text}")
     return value
 
 
@@ -220,7 +248,7 @@ def add_loss_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> No
     )
     group.add_argument(
         "--init-logit-bias",
-        type=float,
+        type=_finite,
         metavar="B",
         help="give the model a learnable logit bias starting at B (SigLIP: -10); it reaches L_P",
     )
@@ -309,10 +337,10 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         type=_positive,
         help="stop this run after N steps and checkpoint (the schedule keeps its full length); resume later",
     )
-    optim.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
-    optim.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    optim.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    optim.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="gradient norm clip (0: off)")
+    optim.add_argument("--lr", type=_positive_number, default=defaults.lr, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=_weight, default=defaults.weight_decay)
+    optim.add_argument("--warmup-steps", type=_count, default=defaults.warmup_steps)
+    optim.add_argument("--grad-clip", type=_weight, default=defaults.grad_clip, help="gradient norm clip (0: off)")
     optim.add_argument(
         "--precision", choices=PRECISIONS, default=defaults.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU"
     )

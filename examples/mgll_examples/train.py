@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,16 @@ def _loss_function(config: TrainConfig, world: World) -> nn.Module:
     distributed = dict(
         local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size
     )
-    if config.loss == "clip" and config.drop_texts:  # == ClipLoss, and drops the samples left without text
-        return SoftCLIPLoss(backend=config.backend, **distributed)
-    if config.loss == "clip":
-        return open_clip.ClipLoss(cache_labels=True, **distributed)
-    return MGLLLoss(backend=config.backend, **config.loss_options(), **distributed)
+    if config.backend == "triton" and world.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ExampleError(f"--backend triton: runs on CUDA devices only, this run is on {world.device}")
+    try:
+        if config.loss == "clip" and config.drop_texts:  # == ClipLoss, and drops the samples left without text
+            return SoftCLIPLoss(backend=config.backend, **distributed)
+        if config.loss == "clip":
+            return open_clip.ClipLoss(cache_labels=True, **distributed)
+        return MGLLLoss(backend=config.backend, **config.loss_options(), **distributed)
+    except ValueError as error:  # e.g. the triton backend without the triton package
+        raise ExampleError(f"--backend {config.backend}: {error}") from None
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:

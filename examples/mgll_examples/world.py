@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import ExampleError
+
 
 @dataclass
 class World:
@@ -54,7 +56,12 @@ class World:
 def init_world(device: str | None) -> World:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; pick the device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError as error:
+        raise ExampleError(f"--device {device}: not a device name (cpu, cuda, cuda:1, ...): {error}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ExampleError(f"--device {device}: no CUDA device is available here (torch.cuda.is_available() is False)")
     if size == 1:
         return World(0, 1, chosen)
     if chosen.type == "cuda":
