@@ -130,6 +130,12 @@ def labels_from_strings(
     - With ``separator`` each string is split into labels (empty parts dropped): a
       :class:`LabelSets` [B, K], or with ``vocabulary`` a bool multi-hot tensor [B, len(vocabulary)].
 
+    Keep the hashed ids int64: they use all 63 bits, so ``.int()`` or any narrower dtype wraps
+    them, possibly to negative numbers, which the losses read as "unlabelled". An empty string is
+    a class (or an empty label set) of its own, so every blank cell is a positive of every other
+    blank cell; to mark a missing label instead, set its id to -1 (only the image's own text is
+    then its positive), e.g. ``ids[blank] = -1``.
+
     Args:
         texts: B strings, e.g. ``"Abnormal, Mild Non-Proliferative Diabetic Retinopathy"``.
         separator: splits multi-label strings, e.g. ``","``; None for one class per string.
