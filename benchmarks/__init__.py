@@ -1,1 +1,1 @@
-"""Benchmarks of the mgll-loss backends against the baselines of DESIGN.md section 4 (``python -m benchmarks.run``)."""
+"""Benchmarks of the mgll-loss backends against their baselines (docs/backends.md; ``python -m benchmarks.run``)."""

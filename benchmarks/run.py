@@ -1,4 +1,4 @@
-"""Forward+backward time and peak memory of the mgll-loss backends and the DESIGN.md baselines.
+"""Forward+backward time and peak memory of the mgll-loss backends and the baselines of docs/backends.md.
 
     python -m benchmarks.run --preset small   # the batch sizes people train with (B=32..2048), eager and compiled
     python -m benchmarks.run                  # CPU presets: time sweep + memory sweep (tens of minutes)

@@ -86,7 +86,7 @@ def soft_clip_loss(
         targets: explicit positives [B, N] in [0, 1] (instead of ``labels``).
         text_mask: bool [N], False for absent texts (their columns are dropped).
         match: multi-hot comparison, "exact" | "overlap" | "jaccard".
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
@@ -159,7 +159,7 @@ def pointwise_loss(
             as in :func:`soft_clip_loss`.
         normalization: "pairs" | "rows".
         pointwise_target: "mask" | "row_normalized".
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
@@ -236,7 +236,7 @@ def smooth_kl_loss(
             does not depend on them.
         text_mask: bool [G, N] or a list of G masks (None or bool [N]).
         kl_direction: "to_mean" | "from_mean".
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
@@ -322,7 +322,7 @@ def mgll_loss(
         kl_direction: as in :func:`smooth_kl_loss`.
         output_dict: return ``{"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}``, already
             weighted (their sum is the total), instead of the total.
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss: with torch.distributed, compute this rank's rows and columns against the
             gathered global batch instead of the whole global loss (needs ``gather_with_grad``).

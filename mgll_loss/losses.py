@@ -93,7 +93,7 @@ class SoftCLIPLoss(_GatheringLoss):
 
     Args:
         match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
@@ -165,7 +165,7 @@ class PointwiseLoss(_GatheringLoss):
         match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
         normalization: "pairs" (mean over pairs, default) | "rows" (sum / B, SigLIP).
         pointwise_target: "mask" (P) | "row_normalized" (P / rowsum P, the released code).
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
@@ -244,7 +244,7 @@ class SmoothKLLoss(_GatheringLoss):
 
     Args:
         kl_direction: "to_mean" (KL(p^g || m), default) | "from_mean" (KL(m || p^g), the released code).
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
@@ -325,7 +325,7 @@ class MGLLLoss(_GatheringLoss):
         normalization: point-wise reduction, "pairs" | "rows".
         pointwise_target: point-wise target, "mask" | "row_normalized".
         kl_direction: "to_mean" | "from_mean".
-        backend: "auto" | "dense" | "chunked" (see :mod:`mgll_loss.backends`).
+        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
         chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
         local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
             :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.

@@ -1,4 +1,4 @@
-"""Plain, slow reference of the MGLL loss (DESIGN.md section 1, API.md "Shapes and semantics").
+"""Plain, slow reference of the MGLL loss (docs/math.md; shapes as in the ``mgll_loss.functional`` docstrings).
 
 Written independently of ``mgll_loss`` for readability, not speed:
 

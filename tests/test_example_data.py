@@ -152,7 +152,7 @@ def test_generic_csv_and_jsonl_tables_with_a_separator_column(tmp_path: Path):
     assert data.prompts["finding"]["normal"] == "normal"
 
 
-# --- the field's public layouts (issue 13) -------------------------------------------------------
+# --- the field's public layouts ----------------------------------------------------------------
 
 
 def test_nih_table_with_a_multi_label_column_reads_label_sets(tmp_path: Path):

@@ -289,7 +289,7 @@ def test_compare_prints_runs_side_by_side(tmp_path, fundus_dir, monkeypatch, cap
     assert twice.startswith("MGLL (1 steps") and f"MGLL {tmp_path / 'mgll'} (1 steps" in twice
 
 
-# --- the data people have, and runs that are extended, not overwritten (issue 13) -----------------
+# --- the data people have, and runs that are extended, not overwritten ----------------------------
 
 NIH_FLAGS = [
     "--image-column",

@@ -2,7 +2,7 @@
 
 With identity positives (no labels) the soft CLIP loss is plain CLIP (open_clip ``ClipLoss``,
 HF ``image_text_contrastive_loss`` / ``clip_loss``) and the point-wise loss with
-``normalization="rows"`` and a bias is SigLIP (open_clip ``SigLipLoss``), DESIGN.md section 1.
+``normalization="rows"`` and a bias is SigLIP (open_clip ``SigLipLoss``), as docs/math.md states.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mgll_loss import functional as MF  # noqa: E402
 # Both sides compute in the same dtype; only reduction order differs.
 TOL = {
     torch.float64: dict(rtol=1e-10, atol=1e-10),
-    torch.float32: dict(rtol=1e-5, atol=1e-5),  # DESIGN.md section 3
+    torch.float32: dict(rtol=1e-5, atol=1e-5),  # docs/backends.md, "Correctness: the tolerance table"
 }
 DTYPES = [torch.float64, torch.float32]
 DTYPE_IDS = ["f64", "f32"]

@@ -34,11 +34,11 @@ from mgll_loss import functional as MF  # noqa: E402
 TOL = {
     # float64 in, float64 compute: only summation order differs.
     torch.float64: dict(loss_rtol=1e-10, loss_atol=1e-10, grad_rtol=1e-10, grad_atol=1e-10),
-    # float32 compute: DESIGN.md section 3 (loss rtol 1e-5, grads atol 1e-5).  Grads also get rtol 1e-5,
+    # float32 compute: loss rtol 1e-5, grads atol 1e-5 (docs/backends.md, "Correctness").  Grads also get rtol 1e-5,
     # and the atol is scaled by max(1, max|g_ref|) (see _check_grads): at logit scale 100 gradient
     # entries are O(10), and even open_clip's ClipLoss in fp32 is off by 1.3e-5 on such a gradient.
     torch.float32: dict(loss_rtol=1e-5, loss_atol=1e-6, grad_rtol=1e-5, grad_atol=1e-5),
-    # bfloat16 in: the reference sees the same (exactly upcast) values and API.md requires fp32 compute
+    # bfloat16 in: the reference sees the same (exactly upcast) values and docs/math.md requires fp32 compute
     # with an fp32 loss (checked by _check_dtype), so the loss is as accurate as in fp32 -> rtol 1e-5
     # (measured ~2e-8).  Gradients w.r.t. bf16 leaves are rounded once to bf16 (<= 2^-9 = 2e-3
     # relative per entry; measured max |err| / max |g| ~2e-3) -> rtol 1e-2, atol 1e-3 (scaled by the
@@ -238,7 +238,7 @@ def _check_grads(lib, ref, dtype):
 
 
 def _check_dtype(out, dtype):
-    """API.md: float64 in -> float64; fp32/fp16/bf16 in -> computed in fp32 (DESIGN.md: fp32 out)."""
+    """docs/math.md, "Numerics": float64 in -> float64; fp32/fp16/bf16 in -> computed in fp32, fp32 out."""
     expected = torch.float64 if dtype == torch.float64 else torch.float32
     assert out.dtype == expected, f"loss dtype {out.dtype}, expected {expected} for {dtype} inputs"
 

@@ -1,4 +1,4 @@
-"""Hypothesis properties of the losses (DESIGN.md section 6)."""
+"""Hypothesis properties of the losses (the property list in CONTRIBUTING.md, "Tests")."""
 
 from __future__ import annotations
 

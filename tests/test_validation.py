@@ -2,7 +2,7 @@
 (and, where the message has them, the expected and received shapes), before any heavy work.
 
 One test per bad input, each run on the functional API and on the nn.Modules
-(API.md "Errors"; DESIGN.md section 2, last bullet).
+(the error contract in CONTRIBUTING.md, "Errors").
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ SINGLE = {
     "SoftCLIPLoss": lambda *a, **k: SoftCLIPLoss()(*a, **k),
     "PointwiseLoss": lambda *a, **k: PointwiseLoss()(*a, **k),
 }
-# multi-level APIs that take labels / targets (SmoothKLLoss validates them, API.md)
+# multi-level APIs that take labels / targets (SmoothKLLoss validates them too)
 MULTI_LABELLED = {
     "functional.mgll_loss": MF.mgll_loss,
     "MGLLLoss": lambda *a, **k: MGLLLoss()(*a, **k),
@@ -337,7 +337,7 @@ def test_smooth_kl_single_level(api, as_list):
 
 @pytest.mark.parametrize("api", ["functional.mgll_loss", "MGLLLoss"])
 def test_mgll_single_level_is_accepted(api):
-    # API.md: for G == 1 the smooth KL term is 0 (MGLLLoss works with one level)
+    # docs/math.md, "The total": for G == 1 the smooth KL term is 0 (MGLLLoss works with one level)
     terms = _call(api, text_features=_levels(g=1), labels=[torch.tensor([0, 0, 1, 2])], output_dict=True)
     assert float(terms["smooth_kl_loss"]) == 0.0
     assert torch.isfinite(terms["soft_clip_loss"]) and torch.isfinite(terms["pointwise_loss"])
@@ -352,7 +352,7 @@ def test_smooth_kl_levels_with_different_n(api):
 
 @pytest.mark.parametrize("api", ["functional.smooth_kl_loss", "SmoothKLLoss", "SmoothKLLoss+targets"])
 def test_smooth_kl_accepts_equal_n_different_from_b(api):
-    # DESIGN.md 1 / API.md: the smooth KL needs G >= 2 and the same N in every level, not N == B
+    # docs/math.md, "Smooth KL loss": it needs G >= 2 and the same N in every level, not N == B
     texts = _levels(g=2, n=B - 1)
     if api == "SmoothKLLoss+targets":
         out = SmoothKLLoss()(_images(), texts, SCALE, targets=[torch.full((B, B - 1), 0.5)] * 2)
