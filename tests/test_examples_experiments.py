@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,18 @@ def test_drop_texts_reaches_the_mgll_loss(tmp_path, fundus_dir):
         losses[drop] = json.loads((tmp_path / drop / "history.json").read_text())[0]
     # same model, batch and augmentation: only the missing texts differ
     assert losses["0"]["soft_clip_loss"] != pytest.approx(losses["0.5"]["soft_clip_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("loss", ["mgll", "clip"])
+def test_drop_texts_reaches_the_loss_through_feature_cached_accumulation(tmp_path, fundus_dir, loss):
+    # --accum-steps encodes 2 micro-batches of 8 and computes the loss of all 16 from cached features:
+    # the text mask of the whole step must still reach it
+    flags = ["--data-dir", str(fundus_dir), *TINY_RUN[:-1], "1", "--batch-size", "8", "--accum-steps", "2"]
+    flags += ["--loss", loss]
+    first = {}
+    for drop in ("0", "0.5"):
+        report = run(parse_config("fundus", [*flags, "--drop-texts", drop, "--output-dir", str(tmp_path / drop)]))
+        assert report is not None and report["config"]["accum_steps"] == 2
+        first[drop] = json.loads((tmp_path / drop / "history.json").read_text())[0]["loss"]
+    assert all(math.isfinite(value) for value in first.values())
+    assert first["0"] != pytest.approx(first["0.5"], rel=1e-3)
