@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import LOSS_OPTIONS, TrainConfig
 from .errors import ExampleError
 
 #: Flags that change what a step computes: a resumed run must use the same ones (``--epochs`` and
@@ -28,14 +28,7 @@ MUST_MATCH = (
     "seed",
     "backend",
     "synthetic_size",
-    "match",
-    "soft_clip_weight",
-    "pointwise_weight",
-    "smooth_kl_weight",
-    "level_weights",
-    "normalization",
-    "pointwise_target",
-    "kl_direction",
+    *LOSS_OPTIONS,
     "drop_texts",
     "init_logit_scale",
     "init_logit_bias",
