@@ -513,8 +513,11 @@ def _evaluate(
 
 def _compute(prepared: _Prepared, backend: str, chunk_size: int | None, local_loss: bool) -> LevelMeans:
     problem, request = prepared.problem, prepared.request
-    sums = resolve_backend(backend, problem)(problem, request, chunk_size)
-    return level_means(sums, problem, request, prepared.world, local_loss)
+    # The backends pick their compute dtype (fp32 for fp16/bf16 inputs); autocast would run their
+    # matmuls in low precision again (and mix dtypes in a hand-written backward), so it is off here.
+    with torch.autocast(problem.image_features.device.type, enabled=False):
+        sums = resolve_backend(backend, problem)(problem, request, chunk_size)
+        return level_means(sums, problem, request, prepared.world, local_loss)
 
 
 def _weighted_terms(

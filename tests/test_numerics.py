@@ -83,3 +83,25 @@ def test_non_finite_logit_bias_is_rejected(bias):
     images = unit_features(B, D, seed=15)
     with pytest.raises(ValueError, match="logit_bias: expected a finite number"):
         MGLLLoss()(images, unit_features(G, B, D, seed=16), 10.0, bias)
+
+
+@pytest.mark.parametrize("backend", ["batched", "dense", "chunked"])
+def test_autocast_changes_nothing_inside_the_loss(backend):
+    # Under torch.autocast the loss still computes in fp32 (the backends' compute dtype): the same
+    # value and gradients as outside autocast, and a backward that works (the dense backend's
+    # hand-written backward used to mix bf16 kept logits with fp32 features).
+    torch.manual_seed(0)
+    images = unit_features(10, 16).to(torch.bfloat16)
+    texts = torch.stack([unit_features(10, 16) for _ in range(3)]).to(torch.bfloat16)
+    labels = [torch.tensor([0, 1] * 5), None, torch.tensor([2] * 5 + [3] * 5)]
+    results = []
+    for autocast in (True, False):
+        leaves = images.clone().requires_grad_(), texts.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = MGLLLoss(backend=backend)(*leaves, 10.0, -2.0, labels=labels)
+        loss.backward()
+        results.append((loss, leaves[0].grad, leaves[1].grad))
+    (loss_on, *grads_on), (loss_off, *grads_off) = results
+    assert loss_on.dtype == torch.float32 and torch.equal(loss_on, loss_off)
+    for on, off in zip(grads_on, grads_off, strict=True):
+        torch.testing.assert_close(on, off, rtol=0, atol=0)
