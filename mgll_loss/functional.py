@@ -27,6 +27,7 @@ from .validation import (
     NORMALIZATIONS,
     POINTWISE_TARGETS,
     check_choice,
+    check_finite_features,
     check_image_features,
     check_level_first,
     check_level_weights,
@@ -479,6 +480,7 @@ def _validate(
         labels = check_per_level("labels", labels, len(sizes))
         targets = check_per_level("targets", targets, len(sizes))
         names = tuple(f"labels[{g}]" for g in range(len(sizes)))
+    check_finite_features(image_features, text_features, stacked)
     per_level = (1.0,) if single_level else check_level_weights(level_weights, len(sizes))
     if request.smooth_kl:
         if len(sizes) == 1 and kl_hint is not None:

@@ -108,13 +108,28 @@ def check_image_features(image_features: Any) -> Tensor:
         raise ValueError(
             f"image_features: expected a non-empty batch [B, D] with B >= 1 and D >= 1, got {shape_of(image_features)}"
         )
-    _check_finite("image_features", image_features)
     return image_features
 
 
-def _check_finite(name: str, features: Tensor) -> None:
-    """Features must be finite: a NaN or inf feature would make the whole loss NaN (checked like the scale)."""
-    require(torch.isfinite(features.detach()).all(), f"{name}: expected finite values, got NaN or inf")
+def check_finite_features(image_features: Tensor, text_features: Any, stacked_text: Tensor) -> None:
+    """Raise unless every feature is finite (a NaN or inf feature makes the whole loss NaN).
+
+    One reduction and one check (:func:`require`) for all features: the sum of every image and
+    text feature is finite exactly when they all are (short of sums beyond the float range). Only
+    when it is not are the arguments searched for the culprit, to name it.
+    """
+
+    def culprit() -> str:
+        if not bool(torch.isfinite(image_features).all()):
+            name = "image_features"
+        elif isinstance(text_features, (list, tuple)):
+            name = next(f"text_features[{g}]" for g, t in enumerate(text_features) if not bool(torch.isfinite(t).all()))
+        else:
+            name = "text_features"
+        return f"{name}: expected finite values, got NaN or inf"
+
+    total = image_features.detach().sum() + stacked_text.detach().sum()
+    require(torch.isfinite(total), "image_features, text_features: expected finite values, got NaN or inf", culprit)
 
 
 def _check_text_tensor(name: str, text: Any, image_features: Tensor) -> Tensor:
@@ -129,7 +144,6 @@ def _check_text_tensor(name: str, text: Any, image_features: Tensor) -> Tensor:
             f"(image_features is {shape_of(image_features)}), got {shape_of(text)}"
         )
     _check_device(name, text, image_features)
-    _check_finite(name, text)
     return text
 
 
@@ -160,7 +174,6 @@ def check_multi_level_text(text_features: Any, image_features: Tensor) -> tuple[
                 f"(image_features is {shape_of(image_features)}), got {shape_of(text_features)}"
             )
         _check_device("text_features", text_features, image_features)
-        _check_finite("text_features", text_features)
         levels, count, _ = text_features.shape
         return text_features.reshape(levels * count, dim), (count,) * levels
     if not isinstance(text_features, (list, tuple)):
