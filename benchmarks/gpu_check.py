@@ -218,27 +218,13 @@ def syncs(device: str) -> dict[str, str]:
             for bias, mask in ((data["bias"], data["mask"]), (None, None)):
                 for leaf in (data["images"], data["texts"], data["scale"], data["bias"]):
                     leaf.grad = None
-                loss(
-                    data["images"],
-                    data["texts"],
-                    data["scale"],
-                    bias,
-                    labels=data["labels"],
-                    targets=data["targets"],
-                    text_mask=mask,
-                )  # warm-up: allocations, kernel compilation
+                args = (data["images"], data["texts"], data["scale"], bias)
+                options = dict(labels=data["labels"], targets=data["targets"], text_mask=mask)
+                loss(*args, **options)  # warm-up: allocations, kernel compilation
                 torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("error")
                 try:
-                    loss(
-                        data["images"],
-                        data["texts"],
-                        data["scale"],
-                        bias,
-                        labels=data["labels"],
-                        targets=data["targets"],
-                        text_mask=mask,
-                    ).backward()
+                    loss(*args, **options).backward()
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
                 torch.cuda.synchronize()
