@@ -1,15 +1,27 @@
-"""The batched backend: every level in one tensor of logits [B, G, N], static shapes, plain autograd.
+"""The batched backend: every level in one tensor of logits [B, G, N], static shapes, one autograd node.
 
 The logits of all G levels come from one matmul, ``s * V @ [T^1; ...; T^G]^T + b``, viewed as
-[B, G, N]; the positives of every level are stacked the same way from
-:meth:`~mgll_loss.targets.LevelTargets.full`. One row log-sum-exp per (image, level) serves the
-soft CLIP rows and the smooth KL, one column log-sum-exp per (level, text) the soft CLIP columns,
-and the sums of positive logits serve the soft CLIP and the point-wise terms:
+[B, G, N]; the positives of every level are stacked the same way (class ids and plain CLIP levels
+from one comparison of label keys). One row log-sum-exp per (image, level) serves the soft CLIP
+rows and the smooth KL, one column log-sum-exp per (level, text) the soft CLIP columns, and the
+sums of positive logits serve the soft CLIP and the point-wise terms:
 
 - soft CLIP row i of level g (``mass_i = sum_j P_ij > 0``): ``lse_i - sum_j P_ij z_ij / mass_i``;
   columns likewise;
 - point-wise: ``sum_ij softplus(z_ij) - sum_ij y_ij z_ij``, y = P or P / mass (row-normalised);
 - smooth KL: ``log p^g = z^g - lse^g``, ``log m = logsumexp_g log p^g - log G``.
+
+The backward is written out (:class:`_BatchedSums`): one ``dL/dz`` for every level from the
+softmaxes the forward already has, then two matmuls. Per row and level, with upstream gradients
+``a`` (soft CLIP rows), ``c`` (columns), ``w`` (point-wise) and ``k`` (smooth KL):
+
+- soft CLIP rows: ``a * (softmax(z_i.) - P_i. / mass_i)`` on rows with a positive; columns alike;
+- point-wise: ``w * (sigmoid(z) - y)``;
+- smooth KL towards the mean: ``k * p * (u - sum_j p_j u_j)`` with ``u = log p - log m``; from the
+  mean: ``k * (p * (d - sum_j p_j d_j + 1) - m)`` with ``d = log m - mean_g log p^g``.
+
+That is about half the operators of autograd's backward of the same forward, which is what a
+step costs at training batch sizes (32 to a few hundred images), on a CPU and in GPU launches.
 
 Absent texts (``text_mask``) and the padding of levels with fewer texts are masked, never
 removed, so every shape depends only on the input shapes: no host reads, no data-dependent
@@ -17,18 +29,18 @@ shapes, one graph under ``torch.compile(fullgraph=True)``. Masked logits are rep
 most negative finite number of the compute dtype (not ``-inf``), so a row with every text
 absent stays finite and drops out of the means. Memory O(B * G * N): for small and medium
 problems, where the per-block bookkeeping of the fused backends costs more than the arithmetic.
-The backward is autograd's: a hand-written one (one ``dL/dz`` for every level, two matmuls)
-showed no clear gain on CPU (docs/backends.md), and autograd lets ``torch.compile`` fuse both passes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..positives import LevelTargets
 from .base import LevelSums, LossProblem, LossRequest
 
 __all__ = ["batched_level_sums"]
@@ -39,49 +51,184 @@ _SOFTPLUS_THRESHOLD = 40.0  # softplus(z) = z above it: exact to exp(-40) ~ 4e-1
 def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
     """The sums of ``problem`` from one [B, G, N] tensor of logits (``chunk_size`` is ignored)."""
     width = max(problem.level_sizes)
-    logits = _logits(problem, width)
-    valid = _valid_columns(problem, width)
-    every_row = problem.row_range == slice(0, logits.shape[0])
-
-    def row_part(tensor: Tensor) -> Tensor:  # this process's rows (a full slice would add an operator and its backward)
-        return tensor if every_row else tensor[problem.row_range]
-
-    row_logits = row_part(logits)
-    masked = _masked(row_logits, valid)
-    row_lse = torch.logsumexp(masked, -1)  # [R, G], shared by the soft CLIP rows and the smooth KL
-    sums: dict[str, Tensor] = {}
-    if request.soft_clip or request.pointwise:
-        positives = _positives(problem, width, valid)  # [B, G, N], zero on absent texts
-        weighted = positives * logits
-        row_pz = row_part(weighted).sum(-1)  # [R, G]
-        row_inverse = _inverse_mass(row_part(positives).sum(-1))
-        if request.soft_clip:
-            has_row = row_inverse > 0
-            sums["soft_clip_rows"] = (row_lse * has_row - row_pz * row_inverse).sum(0)
-            sums["soft_clip_row_count"] = has_row.sum(0)
-            sums["soft_clip_cols"], sums["soft_clip_col_count"] = _column_sums(problem, logits, positives, weighted)
-        if request.pointwise:
-            softplus = F.softplus(masked, threshold=_SOFTPLUS_THRESHOLD)  # 0 on absent columns
-            target_z = row_pz if request.pointwise_target == "mask" else row_pz * row_inverse
-            sums["pointwise"] = softplus.sum((0, 2)) - target_z.sum(0)
-    if request.smooth_kl:
-        sums["smooth_kl"] = _smooth_kl(row_logits, row_lse, valid, request.kl_direction)
-    return LevelSums(**sums)
-
-
-def _logits(problem: LossProblem, width: int) -> Tensor:
-    """``s * V @ T^T + b`` for every level, [B, G, width], in the compute dtype (padded levels: zero texts)."""
     dtype = problem.compute_dtype
-    images, texts = _as(problem.image_features, dtype), _as(problem.text_features, dtype)
-    if any(n != width for n in problem.level_sizes):
-        texts = torch.cat([_pad(t, width, rows=True) for t in texts.split(problem.level_sizes)])
-    products = images @ texts.t()
-    scale = _as(problem.logit_scale, dtype)
-    if problem.logit_bias is None:
-        logits = products * scale
-    else:
-        logits = torch.addcmul(_as(problem.logit_bias, dtype), products, scale)
-    return logits.view(images.shape[0], problem.num_levels, width)
+    valid = _valid_columns(problem, width)
+    positives = _positives(problem, width, valid) if request.soft_clip or request.pointwise else None
+    columns = _column_range_mask(problem, width) if request.soft_clip and problem.is_local else None
+    bias = None if problem.logit_bias is None else _as(problem.logit_bias, dtype)
+    outputs = _BatchedSums.apply(
+        _as(problem.image_features, dtype),
+        _padded_texts(problem, width),
+        _as(problem.logit_scale, dtype),
+        bias,
+        positives,
+        valid,
+        columns,
+        (problem.row_range.start, problem.row_range.stop),
+        request,
+        problem.num_levels,
+    )
+    names = _output_names(request)
+    return LevelSums(**dict(zip(names, outputs, strict=True)))
+
+
+def _output_names(request: LossRequest) -> list[str]:
+    """The :class:`LevelSums` fields :class:`_BatchedSums` returns for ``request``, in order."""
+    names = []
+    if request.soft_clip:
+        names += ["soft_clip_rows", "soft_clip_row_count", "soft_clip_cols", "soft_clip_col_count"]
+    if request.pointwise:
+        names.append("pointwise")
+    if request.smooth_kl:
+        names.append("smooth_kl")
+    return names
+
+
+class _BatchedSums(torch.autograd.Function):
+    """The per-level sums of a [B, G, N] problem, with the backward written out (see the module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        images: Tensor,
+        texts: Tensor,
+        scale: Tensor,
+        bias: Tensor | None,
+        positives: Tensor | None,
+        valid: Tensor | None,
+        columns: Tensor | None,
+        rows: tuple[int, int],
+        request: LossRequest,
+        levels: int,
+    ) -> tuple[Tensor, ...]:
+        products = images @ texts.t()
+        logits = products * scale if bias is None else torch.addcmul(bias, products, scale)
+        z = logits.view(images.shape[0], levels, -1)
+        every_row = rows == (0, z.shape[0])
+        z_rows = _masked(z if every_row else z[rows[0] : rows[1]], valid)
+        row_lse = torch.logsumexp(z_rows, -1)  # [R, G], shared by the soft CLIP rows and the smooth KL
+        log_probs = z_rows - row_lse[..., None]
+        outputs: list[Tensor] = []
+        p_rows = pointwise_y = ctx.soft_clip = None
+        if positives is not None:  # the soft CLIP and point-wise terms
+            weighted = positives * z
+            p_rows = positives if every_row else positives[rows[0] : rows[1]]
+            row_pz = (weighted if every_row else weighted[rows[0] : rows[1]]).sum(-1)  # [R, G]
+            has_row, row_inverse = _inverse_mass(p_rows.sum(-1))
+            if request.soft_clip:
+                col_lse = torch.logsumexp(z, 0)  # [G, N]; padding and absent columns have no positive
+                has_col, col_inverse = _inverse_mass(positives.sum(0))
+                if columns is not None:  # only this process's columns (local loss)
+                    has_col, col_inverse = has_col & columns, col_inverse * columns
+                outputs += [
+                    (row_lse * has_row - row_pz * row_inverse).sum(0),
+                    has_row.sum(0),
+                    (col_lse * has_col - weighted.sum(0) * col_inverse).sum(1),
+                    has_col.sum(1),
+                ]
+                ctx.mark_non_differentiable(outputs[1], outputs[3])
+                ctx.soft_clip = (has_row, row_inverse, has_col, col_inverse, col_lse)
+            if request.pointwise:
+                normalized = request.pointwise_target != "mask"
+                pointwise_y = p_rows * row_inverse[..., None] if normalized else p_rows
+                target_z = row_pz * row_inverse if normalized else row_pz
+                outputs.append(F.softplus(z_rows, threshold=_SOFTPLUS_THRESHOLD).sum((0, 2)) - target_z.sum(0))
+        kl = _SmoothKL(z_rows, log_probs, valid, request.kl_direction) if request.smooth_kl else None
+        if kl is not None:
+            outputs.append(kl.total)
+        ctx.request, ctx.rows, ctx.every_row, ctx.kl = request, rows, every_row, kl
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(images, texts, scale, z, z_rows, log_probs, positives, p_rows, pointwise_y)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        images, texts, scale, z, z_rows, log_probs, positives, p_rows, pointwise_y = ctx.saved_tensors
+        request, (start, stop) = ctx.request, ctx.rows
+        upstream = iter(grads)
+        d_rows: Tensor | None = None  # dL/dz of this process's rows, [R, G, N]
+        d_all: Tensor | None = None  # dL/dz of every row, [B, G, N]
+        if ctx.soft_clip is not None:
+            has_row, row_inverse, has_col, col_inverse, col_lse = ctx.soft_clip
+            grad_rows, _, grad_cols, _ = (next(upstream) for _ in range(4))
+            if grad_rows is not None:
+                weight = grad_rows * has_row  # [R, G]
+                probs = ctx.kl.probs if ctx.kl is not None and ctx.kl.common is None else log_probs.exp()
+                d_rows = _plus(d_rows, weight[..., None] * probs - (weight * row_inverse)[..., None] * p_rows)
+            if grad_cols is not None:
+                weight = grad_cols[:, None] * has_col  # [G, N]
+                d_all = weight * (z - col_lse).exp() - (weight * col_inverse) * positives
+        if request.pointwise:
+            grad = next(upstream)
+            if grad is not None:
+                d_rows = _plus(d_rows, grad[:, None] * (torch.sigmoid(z_rows) - pointwise_y))
+        if request.smooth_kl:
+            grad = next(upstream)
+            if grad is not None:
+                d_rows = _plus(d_rows, ctx.kl.backward(grad))
+        if d_rows is not None:
+            if ctx.every_row:
+                d_all = _plus(d_all, d_rows)
+            else:
+                d_all = torch.zeros_like(z) if d_all is None else d_all
+                d_all[start:stop] += d_rows
+        if d_all is None:
+            return (None,) * 10
+        d_logits = d_all.view(images.shape[0], -1)
+        needs = ctx.needs_input_grad
+        to_images = d_logits @ texts if needs[0] or needs[2] else None
+        return (
+            to_images * scale if needs[0] else None,
+            (d_logits.t() @ images) * scale if needs[1] else None,
+            (to_images * images).sum() if needs[2] else None,
+            d_logits.sum() if needs[3] else None,
+        ) + (None,) * 6
+
+
+class _SmoothKL:
+    """The smooth KL of rows of logits (sum over rows and levels), and its gradient."""
+
+    def __init__(self, z_rows: Tensor, log_probs: Tensor, valid: Tensor | None, direction: str) -> None:
+        if valid is None:
+            self.common = None
+        else:  # on the columns present in every level; absent ones: log p = 0 and p = 0, adding nothing
+            self.common = valid.all(0)
+            masked = _masked(z_rows, self.common)
+            log_probs = (masked - torch.logsumexp(masked, -1, keepdim=True)).masked_fill(~self.common, 0.0)
+        levels = z_rows.shape[1]
+        self.direction, self.log_probs = direction, log_probs
+        self.probs = log_probs.exp() if self.common is None else log_probs.exp() * self.common
+        self.log_mean = torch.logsumexp(log_probs, 1, keepdim=True) - math.log(levels)
+        if direction == "to_mean":
+            total = (self.probs * (log_probs - self.log_mean)).sum()
+        else:
+            self.mean = self.probs.mean(1, keepdim=True)
+            self.gap = self.log_mean - log_probs.mean(1, keepdim=True)  # log m - mean_g log p^g
+            total = levels * (self.mean * self.gap).sum()
+        self.total = total if self.common is None else total * self.common.any()  # no common column: no KL
+
+    def backward(self, grad: Tensor) -> Tensor:
+        """dL/dz of the rows, [R, G, N], for an upstream gradient ``grad`` of the total."""
+        if self.common is not None:
+            grad = grad * self.common.any()
+        probs = self.probs
+        if self.direction == "to_mean":
+            excess = self.log_probs - self.log_mean
+            return grad * probs * (excess - (probs * excess).sum(-1, keepdim=True))
+        shifted = self.gap - (probs * self.gap).sum(-1, keepdim=True) + 1.0
+        return grad * (probs * shifted - self.mean)
+
+
+def _plus(total: Tensor | None, term: Tensor) -> Tensor:
+    return term if total is None else total + term
+
+
+def _padded_texts(problem: LossProblem, width: int) -> Tensor:
+    """The texts of every level, each padded with zero rows to ``width``, [G * width, D], in the compute dtype."""
+    texts = _as(problem.text_features, problem.compute_dtype)
+    if all(n == width for n in problem.level_sizes):
+        return texts
+    return torch.cat([_pad(t, width, rows=True) for t in texts.split(problem.level_sizes)])
 
 
 def _valid_columns(problem: LossProblem, width: int) -> Tensor | None:
@@ -96,12 +243,37 @@ def _valid_columns(problem: LossProblem, width: int) -> Tensor | None:
     return torch.stack(columns)
 
 
+def _column_range_mask(problem: LossProblem, width: int) -> Tensor:
+    """bool [G, width]: the columns of each level in ``problem.column_ranges`` (a local loss's own texts)."""
+    positions = torch.arange(width, device=problem.image_features.device)
+    starts = positions.new_tensor([r.start for r in problem.column_ranges])[:, None]
+    stops = positions.new_tensor([r.stop for r in problem.column_ranges])[:, None]
+    return (positions >= starts) & (positions < stops)
+
+
 def _positives(problem: LossProblem, width: int, valid: Tensor | None) -> Tensor:
     """P of every level, [B, G, width], zero on absent and padding columns."""
     dtype, device = problem.compute_dtype, problem.image_features.device
-    levels = [t.full(dtype, device) for t in problem.targets]
-    positives = torch.stack([_pad(p, width) for p in levels], 1)
+    batch = problem.image_features.shape[0]
+    if width == batch and all(_is_keyed(t) for t in problem.targets):
+        # class ids and plain CLIP levels: one comparison of keys for every level (plain CLIP = all unlabelled)
+        ids = torch.stack([_class_ids(t, batch, device) for t in problem.targets])  # [G, B]
+        keys = torch.where(ids >= 0, ids, -1 - torch.arange(batch, device=device))  # unlabelled: a key of its own
+        positives = (keys.t()[:, :, None] == keys).to(dtype)
+    else:
+        positives = torch.stack([_pad(t.full(dtype, device), width) for t in problem.targets], 1)
     return positives if valid is None else positives * valid
+
+
+def _is_keyed(targets: LevelTargets) -> bool:
+    """Whether a level's mask is ``[key_i == key_j]`` of class ids (plain CLIP: every image unlabelled)."""
+    return targets.multi_hot is None and targets.dense is None and targets.num_texts == targets.num_images
+
+
+def _class_ids(targets: LevelTargets, batch: int, device: torch.device) -> Tensor:
+    if targets.class_ids is None:
+        return torch.full((batch,), -1, dtype=torch.long, device=device)
+    return _as(targets.class_ids, torch.long)
 
 
 def _as(tensor: Tensor, dtype: torch.dtype) -> Tensor:
@@ -122,43 +294,7 @@ def _masked(logits: Tensor, valid: Tensor | None) -> Tensor:
     return logits if valid is None else logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
 
 
-def _inverse_mass(mass: Tensor) -> Tensor:
-    """1 / mass where mass > 0, else 0."""
+def _inverse_mass(mass: Tensor) -> tuple[Tensor, Tensor]:
+    """``mass > 0`` and ``1 / mass`` where mass > 0, else 0."""
     has = mass > 0
-    return has / torch.where(has, mass, 1.0)
-
-
-def _column_sums(problem: LossProblem, logits: Tensor, positives: Tensor, weighted: Tensor) -> tuple[Tensor, Tensor]:
-    """Soft CLIP column sums and counts [G] over every image, for each level's columns in ``column_ranges``."""
-    column_lse = torch.logsumexp(logits, 0)  # [G, width]; padding and absent columns have no positive
-    inverse = _inverse_mass(positives.sum(0))
-    has = inverse > 0
-    terms = column_lse * has - weighted.sum(0) * inverse
-    if not problem.is_local:
-        return terms.sum(1), has.sum(1)
-    ranges = problem.column_ranges
-    return (
-        torch.stack([terms[g, r].sum() for g, r in enumerate(ranges)]),
-        torch.stack([has[g, r].sum() for g, r in enumerate(ranges)]),
-    )
-
-
-def _smooth_kl(logits: Tensor, lse: Tensor, valid: Tensor | None, direction: str) -> Tensor:
-    """Sum over rows and levels of the smooth KL, on the columns present in every level."""
-    if valid is None:
-        log_probs = logits - lse[..., None]
-        probs = log_probs.exp()
-        common = None
-    else:  # absent columns: log p = 0 and p = 0, so that they add exactly nothing
-        common = valid.all(0)
-        masked = _masked(logits, common)
-        log_probs = (masked - torch.logsumexp(masked, -1, keepdim=True)).masked_fill(~common, 0.0)
-        probs = log_probs.exp() * common
-    levels = logits.shape[1]
-    log_mean = torch.logsumexp(log_probs, 1, keepdim=True) - math.log(levels)
-    if direction == "to_mean":
-        total = (probs * (log_probs - log_mean)).sum()
-    else:
-        mean = probs.mean(1, keepdim=True)
-        total = levels * (mean * (log_mean - log_probs.mean(1, keepdim=True))).sum()
-    return total if common is None else total * common.any()  # no column in every level: no smooth KL
+    return has, has / torch.where(has, mass, 1.0)
