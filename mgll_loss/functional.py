@@ -12,6 +12,7 @@ tensor of that dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from .backends import LossProblem, LossRequest, check_backend, check_chunk_size, resolve_backend
 from .distributed import World, raise_on_every_rank
+from .docstrings import shared_args
 from .gathering import DistributedOptions, LevelMeans, LocalInputs, build_problem, describe_levels, level_means
 from .validation import (
     KL_DIRECTIONS,
@@ -46,6 +48,7 @@ TextFeatures = Tensor | Sequence[Tensor]
 PerLevel = Sequence[Tensor | None] | None
 
 
+@shared_args
 def soft_clip_loss(
     image_features: Tensor,
     text_features: Tensor,
@@ -86,14 +89,8 @@ def soft_clip_loss(
             CLIP positives.
         targets: explicit positives [B, N] in [0, 1] (instead of ``labels``).
         text_mask: bool [N], False for absent texts (their columns are dropped).
-        match: multi-hot comparison, "exact" | "overlap" | "jaccard".
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss: with torch.distributed, compute this rank's rows and columns against the
-            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
-        gather_with_grad: gather features through the autograd-aware all-gather.
-        rank, world_size: this process's rank and the number of ranks; None reads them from the
-            initialised process group. All four are no-ops in a single process.
+        %(match)s
+        %(backend_options)s
 
     Shape:
         image_features [B, D], text_features [N, D]; returns a 0-dim tensor.
@@ -125,6 +122,7 @@ def soft_clip_loss(
     return _requested(means.soft_clip, "soft_clip_loss")[0]
 
 
+@shared_args
 def pointwise_loss(
     image_features: Tensor,
     text_features: Tensor,
@@ -160,13 +158,7 @@ def pointwise_loss(
             as in :func:`soft_clip_loss`.
         normalization: "pairs" | "rows".
         pointwise_target: "mask" | "row_normalized".
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss: with torch.distributed, compute this rank's rows and columns against the
-            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
-        gather_with_grad: gather features through the autograd-aware all-gather.
-        rank, world_size: this process's rank and the number of ranks; None reads them from the
-            initialised process group. All four are no-ops in a single process.
+        %(backend_options)s
 
     Shape:
         image_features [B, D], text_features [N, D]; returns a 0-dim tensor.
@@ -202,6 +194,7 @@ def pointwise_loss(
     return _requested(means.pointwise, "pointwise_loss")[0]
 
 
+@shared_args
 def smooth_kl_loss(
     image_features: Tensor,
     text_features: TextFeatures,
@@ -237,13 +230,7 @@ def smooth_kl_loss(
             does not depend on them.
         text_mask: bool [G, N] or a list of G masks (None or bool [N]).
         kl_direction: "to_mean" | "from_mean".
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss: with torch.distributed, compute this rank's rows and columns against the
-            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
-        gather_with_grad: gather features through the autograd-aware all-gather.
-        rank, world_size: this process's rank and the number of ranks; None reads them from the
-            initialised process group. All four are no-ops in a single process.
+        %(backend_options)s
 
     Shape:
         image_features [B, D], text_features [G, N, D]; returns a 0-dim tensor.
@@ -275,6 +262,7 @@ def smooth_kl_loss(
     return _requested(means.smooth_kl, "smooth_kl_loss")
 
 
+@shared_args
 def mgll_loss(
     image_features: Tensor,
     text_features: TextFeatures,
@@ -323,13 +311,7 @@ def mgll_loss(
         kl_direction: as in :func:`smooth_kl_loss`.
         output_dict: return ``{"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}``, already
             weighted (their sum is the total), instead of the total.
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss: with torch.distributed, compute this rank's rows and columns against the
-            gathered global batch instead of the whole global loss (needs ``gather_with_grad``).
-        gather_with_grad: gather features through the autograd-aware all-gather.
-        rank, world_size: this process's rank and the number of ranks; None reads them from the
-            initialised process group. All four are no-ops in a single process.
+        %(backend_options)s
 
     Shape:
         image_features [B, D], text_features [G, N, D]; returns a 0-dim tensor or a dict of them.
@@ -517,9 +499,20 @@ def _compute(prepared: _Prepared, backend: str, chunk_size: int | None, local_lo
     problem, request = prepared.problem, prepared.request
     # The backends pick their compute dtype (fp32 for fp16/bf16 inputs); autocast would run their
     # matmuls in low precision again (and mix dtypes in a hand-written backward), so it is off here.
-    with torch.autocast(problem.image_features.device.type, enabled=False):
+    device = problem.image_features.device.type
+    with torch.autocast(device, enabled=False) if _autocast_enabled(device) else nullcontext():
         sums = resolve_backend(backend, problem)(problem, request, chunk_size)
         return level_means(sums, problem, request, prepared.world, local_loss)
+
+
+def _autocast_enabled(device: str) -> bool:
+    """Whether autocast is on for ``device`` (entering a context to turn it off costs more than asking)."""
+    try:
+        return torch.is_autocast_enabled(device)
+    except TypeError:  # torch < 2.4: no device argument
+        if device == "cuda":
+            return torch.is_autocast_enabled()
+        return torch.is_autocast_cpu_enabled() if device == "cpu" else True
 
 
 def _weighted_terms(

@@ -25,8 +25,8 @@ from torch import Tensor
 from .backends import LevelSums, LossProblem, LossRequest
 from .distributed import World, all_gather_ints, all_reduce_sum, gather_rows, resolve_world, scale_gradient
 from .labels import PAD, LabelSets
-from .targets import LevelTargets, level_targets
-from .validation import check_targets
+from .positives import LevelTargets, level_targets
+from .validation import check_labels_or_targets, check_targets
 
 __all__ = ["DistributedOptions", "LevelMeans", "LocalInputs", "build_problem", "describe_levels", "level_means"]
 
@@ -218,8 +218,7 @@ def describe_levels(inputs: LocalInputs) -> LevelKinds:
     kinds, widths = [], []
     for g, (y, t) in enumerate(zip(inputs.labels, inputs.targets, strict=True)):
         if t is not None:
-            if y is not None:
-                raise ValueError(f"{inputs.names[g]}: give labels or an explicit targets matrix for a level, not both")
+            check_labels_or_targets(inputs.names[g], y, t)
             name = _targets_name(inputs.names[g])
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}: expected a tensor of shape [B, N], got {type(t).__name__}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -205,6 +206,12 @@ def _position(index: dict[str, int], name: str, row: int, case_sensitive: bool) 
     return index[key]
 
 
+def check_level_strings(level: int, texts: Any) -> None:
+    """Raise ``TypeError`` unless ``texts`` (``levels[level]``) is a sequence and not a single string."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"levels[{level}]: expected a sequence of strings, got {type(texts).__name__}")
+
+
 def level_labels_from_strings(
     levels: Sequence[Sequence[str]],
     separator: None | str | Sequence[str | None] = None,
@@ -225,8 +232,7 @@ def level_labels_from_strings(
     if isinstance(levels, str) or not isinstance(levels, Sequence):
         raise TypeError(f"levels: expected a sequence of G sequences of strings, got {type(levels).__name__}")
     for g, level in enumerate(levels):
-        if isinstance(level, str) or not isinstance(level, Sequence):
-            raise TypeError(f"levels[{g}]: expected a sequence of strings, got {type(level).__name__}")
+        check_level_strings(g, level)
     if separator is None or isinstance(separator, str):
         separators: Sequence[str | None] = [separator] * len(levels)
     elif not isinstance(separator, Sequence):

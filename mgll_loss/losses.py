@@ -14,7 +14,6 @@ normalise; the check is skipped while torch.compile traces).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from . import functional
 from .backends import check_backend, check_chunk_size
+from .docstrings import shared_args
 from .gathering import DistributedOptions
 from .validation import (
     KL_DIRECTIONS,
@@ -77,7 +77,15 @@ class _GatheringLoss(nn.Module):
         warn_if_not_unit_norm(image_features, text_features, stacklevel=4)
 
     def _common_options(self) -> dict[str, Any]:
-        return dict(backend=self.backend, chunk_size=self.chunk_size, **asdict(self.distributed))
+        options = self.distributed  # its fields by name (dataclasses.asdict deep-copies: slow on every call)
+        return dict(
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            local_loss=options.local_loss,
+            gather_with_grad=options.gather_with_grad,
+            rank=options.rank,
+            world_size=options.world_size,
+        )
 
     def _common_repr(self) -> str:
         options = self.distributed
@@ -86,17 +94,15 @@ class _GatheringLoss(nn.Module):
         return f"backend={self.backend!r}{chunk}, {distributed}"
 
 
+@shared_args
 class SoftCLIPLoss(_GatheringLoss):
     """Soft CLIP loss with multi-positive targets built from labels (paper Eqs. 1-3).
 
     See :func:`mgll_loss.functional.soft_clip_loss` for the math.
 
     Args:
-        match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
-            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
+        %(match)s
+        %(backend_options)s
 
     Shape:
         image_features [B, D], text_features [N, D], labels [B] or [B, C], targets [B, N],
@@ -156,19 +162,17 @@ class SoftCLIPLoss(_GatheringLoss):
         return f"match={self.match!r}, {self._common_repr()}"
 
 
+@shared_args
 class PointwiseLoss(_GatheringLoss):
     """Point-wise sigmoid (binary cross-entropy) loss on every image-text pair (paper Eq. 4).
 
     See :func:`mgll_loss.functional.pointwise_loss` for the math.
 
     Args:
-        match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
+        %(match)s
         normalization: "pairs" (mean over pairs, default) | "rows" (sum / B, SigLIP).
         pointwise_target: "mask" (P) | "row_normalized" (P / rowsum P, the released code).
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
-            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
+        %(backend_options)s
 
     Shape:
         as :class:`SoftCLIPLoss`.
@@ -236,6 +240,7 @@ class PointwiseLoss(_GatheringLoss):
         )
 
 
+@shared_args
 class SmoothKLLoss(_GatheringLoss):
     """Smooth KL divergence between each level's image-to-text distribution and their mean (paper Eqs. 5-6).
 
@@ -244,10 +249,7 @@ class SmoothKLLoss(_GatheringLoss):
 
     Args:
         kl_direction: "to_mean" (KL(p^g || m), default) | "from_mean" (KL(m || p^g), the released code).
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
-            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
+        %(backend_options)s
 
     Shape:
         image_features [B, D], text_features [G, N, D] (G >= 2) or a list of G [N, D];
@@ -307,6 +309,7 @@ class SmoothKLLoss(_GatheringLoss):
         return f"kl_direction={self.kl_direction!r}, {self._common_repr()}"
 
 
+@shared_args
 class MGLLLoss(_GatheringLoss):
     """The multi-granular language learning objective (paper Eq. 7).
 
@@ -321,14 +324,11 @@ class MGLLLoss(_GatheringLoss):
         pointwise_weight: :math:`a_2` (1.0).
         smooth_kl_weight: :math:`a_3` (1.0).
         level_weights: :math:`w_g`, one non-negative number per level (default all 1).
-        match: multi-hot label comparison, "exact" | "overlap" | "jaccard".
+        %(match)s
         normalization: point-wise reduction, "pairs" | "rows".
         pointwise_target: point-wise target, "mask" | "row_normalized".
         kl_direction: "to_mean" | "from_mean".
-        backend: "auto" | "batched" | "dense" | "chunked" | "triton" (see :mod:`mgll_loss.backends`).
-        chunk_size: rows per panel of the chunked backend; None picks it from a memory budget.
-        local_loss, gather_with_grad, rank, world_size: torch.distributed options, as in
-            :func:`mgll_loss.functional.mgll_loss`; no-ops in a single process.
+        %(backend_options)s
 
     Shape:
         image_features [B, D]; text_features [G, N, D] or a list of G [N_g, D]; labels and

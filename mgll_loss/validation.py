@@ -234,6 +234,21 @@ def check_per_level(name: str, value: Any, num_levels: int) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def check_paired_texts(name: str, num_images: int, num_texts: int) -> None:
+    """Labels pair text j with image j: raise ``ValueError`` unless N == B."""
+    if num_texts != num_images:
+        raise ValueError(
+            f"{name}: labels pair text j with image j and need N == B, got N={num_texts} texts for "
+            f"B={num_images} images; pass an explicit targets matrix [B, N] instead"
+        )
+
+
+def check_labels_or_targets(name: str, labels: Any, targets: Any) -> None:
+    """Raise ``ValueError`` when a level has both ``labels`` and ``targets``."""
+    if labels is not None and targets is not None:
+        raise ValueError(f"{name}: give labels or an explicit targets matrix for a level, not both")
+
+
 def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
     """Check class ids [B] (integer) or multi-hot labels [B, C] (values 0/1)."""
     if not isinstance(labels, Tensor):
@@ -241,11 +256,7 @@ def check_labels(name: str, labels: Any, num_images: int, num_texts: int, image_
             f"{name}: expected a tensor of class ids [B] or multi-hot labels [B, C], got {type(labels).__name__}"
         )
     _check_device(name, labels, image_features)
-    if num_texts != num_images:
-        raise ValueError(
-            f"{name}: labels pair text j with image j and need N == B, got N={num_texts} texts for "
-            f"B={num_images} images; pass an explicit targets matrix [B, N] instead"
-        )
+    check_paired_texts(name, num_images, num_texts)
     if labels.dim() == 1:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(f"{name}: class ids [B] must be an integer tensor, got dtype {labels.dtype}")
@@ -319,11 +330,7 @@ def check_multi_level_text_mask(
 def check_label_sets(name: str, label_sets: Tensor, num_images: int, num_texts: int, image_features: Tensor) -> Tensor:
     """Check :class:`~mgll_loss.labels.LabelSets` [B, K] (int64 ids, -1 padding); return the plain tensor."""
     _check_device(name, label_sets, image_features)
-    if num_texts != num_images:
-        raise ValueError(
-            f"{name}: labels pair text j with image j and need N == B, got N={num_texts} texts for "
-            f"B={num_images} images; pass an explicit targets matrix [B, N] instead"
-        )
+    check_paired_texts(name, num_images, num_texts)
     if label_sets.dtype != torch.int64 or label_sets.dim() != 2 or label_sets.shape[0] != num_images:
         raise ValueError(
             f"{name}: expected label sets as int64 [B, K] with B={num_images}, got dtype {label_sets.dtype} "

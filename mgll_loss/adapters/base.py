@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..labels import check_level_strings
 from ..utils import clamp_logit_scale
 
 __all__ = ["MultiGranularCLIP", "require", "check_images", "stack_levels", "flatten_level_texts"]
@@ -75,8 +76,7 @@ def flatten_level_texts(levels: Sequence[Sequence[str]]) -> tuple[list[str], int
         raise TypeError(f"levels: expected a non-empty sequence of G sequences of B strings, got {levels!r:.60}")
     flat: list[str] = []
     for g, level in enumerate(levels):
-        if isinstance(level, str) or not isinstance(level, Sequence):
-            raise TypeError(f"levels[{g}]: expected a sequence of strings, got {type(level).__name__}")
+        check_level_strings(g, level)
         for i, text in enumerate(level):
             if not isinstance(text, str):
                 raise TypeError(f"levels[{g}][{i}]: expected a string, got {type(text).__name__}")

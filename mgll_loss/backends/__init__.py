@@ -23,7 +23,7 @@ from ..validation import check_choice
 from .base import LevelSums, LossProblem, LossRequest
 from .batched import batched_level_sums
 from .fused import chunked_level_sums, dense_level_sums
-from .triton_sweep import triton_level_sums
+from .triton_sweep import check_triton_installed, triton_level_sums
 
 __all__ = [
     "BACKEND_NAMES",
@@ -63,10 +63,7 @@ def check_backend(name: str) -> str:
     """Return ``name`` if it is a known backend that can be installed here, else raise ``ValueError``."""
     check_choice("backend", name, BACKEND_NAMES)
     if name == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            raise ValueError('backend: "triton" needs the triton package (pip install "mgll-loss[triton]")') from None
+        check_triton_installed()
     return name
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..targets import LevelTargets
+from ..positives import LevelTargets
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..targets import Index, LevelTargets
+from ..positives import Index, LevelTargets
 from .base import LevelSums, LossProblem, LossRequest, SweepSums
 from .keyed import Keys
 

@@ -29,12 +29,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def check_triton_device(device: torch.device) -> None:
-    """Raise ``ValueError`` unless the triton backend can run on ``device`` here."""
+def check_triton_installed() -> None:
+    """Raise ``ValueError`` unless the triton package can be imported."""
     try:
         import triton  # noqa: F401
     except ImportError:
         raise ValueError('backend: "triton" needs the triton package (pip install "mgll-loss[triton]")') from None
+
+
+def check_triton_device(device: torch.device) -> None:
+    """Raise ``ValueError`` unless the triton backend can run on ``device`` here."""
+    check_triton_installed()
     if device.type == "cuda" or (device.type == "cpu" and interpreting()):
         return
     raise ValueError(
