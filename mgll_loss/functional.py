@@ -518,21 +518,22 @@ def _autocast_enabled(device: str) -> bool:
 def _weighted_terms(
     means: LevelMeans, weights: dict[str, float], per_level: tuple[float, ...], problem: LossProblem
 ) -> dict[str, Tensor]:
-    zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
+    def zero() -> Tensor:
+        return torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
 
     def weighted_sum(per_level_means: Tensor | None) -> Tensor | None:
         if per_level_means is None:
             return None
         if len(set(per_level)) == 1:  # Python weights: no host-to-device copy of a weight tensor
             return _times(per_level[0], per_level_means.sum())
-        return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0), strict=True)), zero)
+        return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0), strict=True)), zero())
 
     values = {
         "soft_clip_loss": weighted_sum(means.soft_clip),
         "pointwise_loss": weighted_sum(means.pointwise),
         "smooth_kl_loss": means.smooth_kl,
     }
-    return {name: zero if value is None else _times(weights[name], value) for name, value in values.items()}
+    return {name: zero() if value is None else _times(weights[name], value) for name, value in values.items()}
 
 
 def _times(weight: float, value: Tensor) -> Tensor:

@@ -303,9 +303,9 @@ def level_means(
     soft_clip_sums = sums.soft_clip()
     if soft_clip_sums is not None:
         rows, row_count, cols, col_count = soft_clip_sums
-        counts = torch.stack([row_count, col_count])
-        counts = (all_reduce_sum(counts) if split else counts).clamp_min(1)
-        soft_clip = factor * 0.5 * (rows / counts[0] + cols / counts[1])
+        if split:  # one collective for both counts
+            row_count, col_count = all_reduce_sum(torch.stack([row_count, col_count])).unbind(0)
+        soft_clip = factor * 0.5 * (rows / row_count.clamp_min(1) + cols / col_count.clamp_min(1))
     if sums.pointwise is not None:
         pairs: int | Tensor = num_images
         sizes = problem.level_sizes

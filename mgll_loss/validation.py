@@ -41,9 +41,10 @@ def require(condition: Tensor, message: str, eager_message: Callable[[], str] | 
     ``torch._assert_async(condition.all(), message)``: it never synchronises with the host nor breaks
     the graph, and a failure stops the step with ``message`` (see the module docstring).
     """
+    everywhere = condition if condition.dim() == 0 else condition.all()
     if not _reads_on_host(condition):
-        torch._assert_async(condition.all(), message)
-    elif not bool(condition.all()):
+        torch._assert_async(everywhere, message)
+    elif not bool(everywhere):
         raise ValueError(eager_message() if eager_message is not None else message)
 
 
@@ -201,7 +202,7 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
         if not value.is_floating_point():
             value = value.to(torch.get_default_dtype())
         _check_device(name, value, image_features)
-        value = value.reshape(())
+        value = value if value.dim() == 0 else value.reshape(())
         detached = value.detach()
         if not _reads_on_host(detached):
             ok = torch.isfinite(detached) & (detached > 0) if positive else torch.isfinite(detached)

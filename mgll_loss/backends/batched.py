@@ -2,14 +2,13 @@
 
 The logits of all G levels come from one matmul, ``s * V @ [T^1; ...; T^G]^T + b``, viewed as
 [B, G, N]; the positives of every level are stacked the same way (class ids and plain CLIP levels
-from one comparison of label keys). One row log-sum-exp per (image, level) serves the soft CLIP
-rows and the smooth KL, one column log-sum-exp per (level, text) the soft CLIP columns, and the
-sums of positive logits serve the soft CLIP and the point-wise terms:
+from one comparison of label keys). One row log-softmax over the texts serves the soft CLIP rows
+and the smooth KL, one column log-softmax over the images the soft CLIP columns:
 
-- soft CLIP row i of level g (``mass_i = sum_j P_ij > 0``): ``lse_i - sum_j P_ij z_ij / mass_i``;
-  columns likewise;
+- soft CLIP row i of level g (``mass_i = sum_j P_ij``): ``-sum_j (P_ij / mass_i) log p_ij``, 0 for
+  a row without a positive (and left out of the count); columns likewise;
 - point-wise: ``sum_ij softplus(z_ij) - sum_ij y_ij z_ij``, y = P or P / mass (row-normalised);
-- smooth KL: ``log p^g = z^g - lse^g``, ``log m = logsumexp_g log p^g - log G``.
+- smooth KL: ``log p^g = log_softmax(z^g)``, ``log m = logsumexp_g log p^g - log G``.
 
 The backward is written out (:class:`_BatchedSums`): one ``dL/dz`` for every level from the
 softmaxes the forward already has, then two matmuls. Per row and level, with upstream gradients
@@ -106,33 +105,30 @@ class _BatchedSums(torch.autograd.Function):
         z = logits.view(images.shape[0], levels, -1)
         every_row = rows == (0, z.shape[0])
         z_rows = _masked(z if every_row else z[rows[0] : rows[1]], valid)
-        row_lse = torch.logsumexp(z_rows, -1)  # [R, G], shared by the soft CLIP rows and the smooth KL
-        log_probs = z_rows - row_lse[..., None]
+        log_probs = torch.log_softmax(z_rows, -1)  # [R, G, N], shared by the soft CLIP rows and the smooth KL
         outputs: list[Tensor] = []
         p_rows = pointwise_y = ctx.soft_clip = None
         if positives is not None:  # the soft CLIP and point-wise terms
-            weighted = positives * z
             p_rows = positives if every_row else positives[rows[0] : rows[1]]
-            row_pz = (weighted if every_row else weighted[rows[0] : rows[1]]).sum(-1)  # [R, G]
             has_row, row_inverse = _inverse_mass(p_rows.sum(-1))
-            if request.soft_clip:
-                col_lse = torch.logsumexp(z, 0)  # [G, N]; padding and absent columns have no positive
+            if request.soft_clip:  # cross-entropy against P / mass: rows and columns without a positive add 0
+                col_log_probs = torch.log_softmax(z, 0)  # [G, N] over the images
                 has_col, col_inverse = _inverse_mass(positives.sum(0))
                 if columns is not None:  # only this process's columns (local loss)
                     has_col, col_inverse = has_col & columns, col_inverse * columns
                 outputs += [
-                    (row_lse * has_row - row_pz * row_inverse).sum(0),
+                    ((p_rows * log_probs).sum(-1) * row_inverse).sum(0).neg(),
                     has_row.sum(0),
-                    (col_lse * has_col - weighted.sum(0) * col_inverse).sum(1),
+                    ((positives * col_log_probs).sum(0) * col_inverse).sum(1).neg(),
                     has_col.sum(1),
                 ]
                 ctx.mark_non_differentiable(outputs[1], outputs[3])
-                ctx.soft_clip = (has_row, row_inverse, has_col, col_inverse, col_lse)
+                ctx.soft_clip = (has_row, row_inverse, has_col, col_inverse, col_log_probs)
             if request.pointwise:
                 normalized = request.pointwise_target != "mask"
                 pointwise_y = p_rows * row_inverse[..., None] if normalized else p_rows
-                target_z = row_pz * row_inverse if normalized else row_pz
-                outputs.append(F.softplus(z_rows, threshold=_SOFTPLUS_THRESHOLD).sum((0, 2)) - target_z.sum(0))
+                target_z = (pointwise_y * z_rows).sum((0, 2))  # y is 0 on absent texts, where z_rows is masked
+                outputs.append(F.softplus(z_rows, threshold=_SOFTPLUS_THRESHOLD).sum((0, 2)) - target_z)
         kl = _SmoothKL(z_rows, log_probs, valid, request.kl_direction) if request.smooth_kl else None
         if kl is not None:
             outputs.append(kl.total)
@@ -149,7 +145,7 @@ class _BatchedSums(torch.autograd.Function):
         d_rows: Tensor | None = None  # dL/dz of this process's rows, [R, G, N]
         d_all: Tensor | None = None  # dL/dz of every row, [B, G, N]
         if ctx.soft_clip is not None:
-            has_row, row_inverse, has_col, col_inverse, col_lse = ctx.soft_clip
+            has_row, row_inverse, has_col, col_inverse, col_log_probs = ctx.soft_clip
             grad_rows, _, grad_cols, _ = (next(upstream) for _ in range(4))
             if grad_rows is not None:
                 weight = grad_rows * has_row  # [R, G]
@@ -157,7 +153,7 @@ class _BatchedSums(torch.autograd.Function):
                 d_rows = _plus(d_rows, weight[..., None] * probs - (weight * row_inverse)[..., None] * p_rows)
             if grad_cols is not None:
                 weight = grad_cols[:, None] * has_col  # [G, N]
-                d_all = weight * (z - col_lse).exp() - (weight * col_inverse) * positives
+                d_all = weight * col_log_probs.exp() - (weight * col_inverse) * positives
         if request.pointwise:
             grad = next(upstream)
             if grad is not None:
