@@ -7,7 +7,8 @@ Four stages, each printed as it runs and summarised in ``summary.json``:
 
 1. **parity**: every backend (batched, dense, chunked, triton) on the device against the plain
    float64 reference of ``tests/reference.py`` (on CPU), for the multi-level cases and option sets
-   of the CPU tests, in float32, bfloat16 and float16, with the tolerance table of the CPU tests.
+   of the CPU tests, in float32, bfloat16 and float16, with the tolerance table of the CPU tests
+   (``tests/parity_cases.py``, ``tests/helpers.py``).
 2. **syncs**: forward+backward under ``torch.cuda.set_sync_debug_mode("error")`` (class ids,
    multi-hot labels, explicit targets, text masks, a bias). The batched backend (what ``"auto"``
    picks for small and medium problems) must not synchronise; the dense, chunked and triton
@@ -34,7 +35,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("batched", "dense", "chunked", "triton")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -47,7 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
-    sys.path.insert(0, str(ROOT))
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -100,7 +99,7 @@ def parity(device: str, dry_run: bool) -> dict[str, str]:
     """Every backend x dtype: all cases and option sets against the float64 reference."""
     import torch
 
-    from tests.test_parity_reference import BIAS_VALUE, MGLL_OPTIONS, MULTI_CASES, SCALES
+    from tests.parity_cases import BIAS_VALUE, MGLL_OPTIONS, MULTI_CASES, SCALES
 
     cases = ["G3_tensor_labels_mask"] if dry_run else MULTI_CASES
     options = MGLL_OPTIONS[:2] if dry_run else MGLL_OPTIONS
@@ -127,8 +126,9 @@ def _parity_case(
     import torch
 
     from mgll_loss import MGLLLoss
+    from tests.helpers import TOL
+    from tests.parity_cases import multi_level_case
     from tests.reference import ref_mgll
-    from tests.test_parity_reference import TOL, multi_level_case
 
     image64, texts64, labels, targets, mask = multi_level_case(case)
     opts = dict(opts)

@@ -1,6 +1,6 @@
 """A tiny two-tower model, effective batches and the DDP worker for tests/test_accumulation.py.
 
-The DDP worker (spawned with gloo on CPU, the pattern and ``_finish`` teardown of
+The DDP worker (spawned with gloo on CPU, the pattern and ``finish_rank`` teardown of
 tests/distributed_workers.py) runs one accumulated step of a DistributedDataParallel model on this
 rank's micro-batches and saves the parameter gradients, the loss and how often DDP all-reduced.
 """
@@ -16,7 +16,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from mgll_loss import MGLLLoss, accumulate_step
 
-from .distributed_workers import D, G, TinyTwoTower, _finish, _init, local_slice
+from .distributed_workers import D, G, TinyTwoTower, finish_rank, init_group, local_slice
 
 IN_DIM = 7
 
@@ -68,7 +68,7 @@ def gradients(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def ddp_accumulation_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """One accumulated step per rank (its micro-batches of ``RANK_SPLITS``), counting DDP's all-reduces."""
-    _init(rank, world_size, store)
+    init_group(rank, world_size, store)
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(TwoTower())
     reductions: list[int] = []
@@ -85,7 +85,7 @@ def ddp_accumulation_worker(rank: int, world_size: int, store: str, out_dir: str
     loss = accumulate_step(
         model, loss_fn, micro_batches(local, RANK_SPLITS[rank]), labels=local["labels"], text_mask=local["mask"]
     )
-    _finish(
+    finish_rank(
         dict(loss=loss, grads=gradients(model), reductions=len(reductions)),
         os.path.join(out_dir, f"accum_rank{rank}.pt"),
     )

@@ -186,14 +186,17 @@ def local_slice(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     )
 
 
-def _init(rank: int, world_size: int, store: str) -> None:
-    # a short timeout turns a hang (a rank left waiting in a collective) into a failure
+def init_group(rank: int, world_size: int, store: str) -> None:
+    """Join the gloo group through the file store ``store`` (shared by every worker module of the tests).
+
+    A short timeout turns a hang (a rank left waiting in a collective) into a failure.
+    """
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
     )
 
 
-def _finish(results: dict[str, Any], path: str) -> None:
+def finish_rank(results: dict[str, Any], path: str) -> None:
     """Save this rank's results, leave the group in step with the other ranks, and exit at once.
 
     ``os._exit`` skips interpreter finalisation: under load, gloo's worker threads torn down
@@ -208,7 +211,7 @@ def _finish(results: dict[str, Any], path: str) -> None:
 
 def loss_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """Run every scenario on this rank's slice; save losses and gradients."""
-    _init(rank, world_size, store)
+    init_group(rank, world_size, store)
     results = {}
     for scenario in SCENARIOS:
         sizes = local_sizes(world_size, scenario.get("uneven", False))
@@ -216,7 +219,7 @@ def loss_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
         start = sum(sizes[:rank])
         local = local_slice(batch, start, start + sizes[rank])
         results[scenario["name"]] = run_loss(scenario, local, build_loss(scenario, distributed=True))
-    _finish(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finish_rank(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 class TinyTwoTower(nn.Module):
@@ -256,7 +259,7 @@ def ddp_gradients(model: nn.Module, inputs: dict[str, torch.Tensor], loss: nn.Mo
 
 def ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """Train step of a DistributedDataParallel two-tower model on this rank's rows; save parameter grads."""
-    _init(rank, world_size, store)
+    init_group(rank, world_size, store)
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(TinyTwoTower())
     sizes = local_sizes(world_size, uneven=True)
@@ -265,12 +268,12 @@ def ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     rows = slice(start, start + sizes[rank])
     local = dict(images=inputs["images"][rows], texts=inputs["texts"][:, rows], labels=inputs["labels"][rows])
     grads = ddp_gradients(model, local, MGLLLoss(local_loss=True, gather_with_grad=True))
-    _finish(grads, os.path.join(out_dir, f"ddp_rank{rank}.pt"))
+    finish_rank(grads, os.path.join(out_dir, f"ddp_rank{rank}.pt"))
 
 
 def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """Rank 1 passes a bad target value, then a different number of levels; then every rank passes valid input."""
-    _init(rank, world_size, store)
+    init_group(rank, world_size, store)
     scenario = dict(name="targets", labels="targets", options=dict(local_loss=True, gather_with_grad=True))
     sizes = local_sizes(world_size, uneven=False)
     batch = global_batch(scenario, sum(sizes))
@@ -291,7 +294,7 @@ def failing_worker(rank: int, world_size: int, store: str, out_dir: str) -> None
             outcomes[name] = float(attempt())
         except ValueError as error:
             outcomes[name] = f"ValueError: {error}"
-    _finish(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
+    finish_rank(outcomes, os.path.join(out_dir, f"failing_rank{rank}.pt"))
 
 
 def adapter_gradients(world_size: int, rank: int | None = None) -> dict[str, torch.Tensor]:
@@ -324,5 +327,5 @@ def adapter_gradients(world_size: int, rank: int | None = None) -> dict[str, tor
 
 def adapter_ddp_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """One training step of the open_clip adapter in DDP on this rank's rows; save parameter grads."""
-    _init(rank, world_size, store)
-    _finish(adapter_gradients(world_size, rank), os.path.join(out_dir, f"adapter_rank{rank}.pt"))
+    init_group(rank, world_size, store)
+    finish_rank(adapter_gradients(world_size, rank), os.path.join(out_dir, f"adapter_rank{rank}.pt"))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mgll_loss import MGLLLoss
 from mgll_loss.targets import LabelSets, labels_from_strings, level_labels_from_strings
 
-from .distributed_workers import _finish, _init
+from .distributed_workers import finish_rank, init_group
 
 D = 6
 
@@ -89,7 +89,7 @@ def run(
 
 def string_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     """Every scenario on this rank's rows, labels from this rank's strings only; plus the issue's example."""
-    _init(rank, world_size, store)
+    init_group(rank, world_size, store)
     sizes = local_sizes(world_size)
     start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
     batch = features(sum(sizes))
@@ -98,7 +98,7 @@ def string_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     results: dict[str, Any] = {s["name"]: run(s, local, labels, distributed=True) for s in SCENARIOS}
     results["issue_example"] = issue_example(rank, world_size)
     results["mismatch"] = mismatched_labels(rank, local, labels)
-    _finish(results, os.path.join(out_dir, f"strings_rank{rank}.pt"))
+    finish_rank(results, os.path.join(out_dir, f"strings_rank{rank}.pt"))
 
 
 ISSUE_LEVELS = [["Normal", "DR", "DR", "AMD"], ["Healthy", "Microaneurysms", "Haemorrhages", "Drusen"]]

@@ -26,8 +26,8 @@ from .accumulation_workers import (
     gradients,
     micro_batches,
 )
+from .helpers import SPLIT_BATCH_TOL
 
-TOL = dict(rtol=1e-9, atol=1e-9)
 SPLITS = [[12], [4, 4, 4], [5, 1, 6], [1] * 12]
 
 
@@ -48,7 +48,7 @@ def _accumulated(model: nn.Module, loss_fn: Callable, batches: list[dict[str, An
     return loss, gradients(model)
 
 
-def _assert_same(got, expected, tol=TOL) -> None:
+def _assert_same(got, expected, tol=SPLIT_BATCH_TOL) -> None:
     (loss, grads), (expected_loss, expected_grads) = got, expected
     torch.testing.assert_close(loss, expected_loss, **tol)
     assert grads.keys() == expected_grads.keys()
@@ -103,7 +103,7 @@ def test_gradients_accumulate_into_existing_grads_like_backward():
     _, once = _accumulated(model, loss_fn, micro_batches(inputs, [2, 4]))
     accumulate_step(model, loss_fn, micro_batches(inputs, [2, 4]))  # no zero_grad: adds to .grad
     for name, grad in gradients(model).items():
-        torch.testing.assert_close(grad, 2 * once[name], **TOL)
+        torch.testing.assert_close(grad, 2 * once[name], **SPLIT_BATCH_TOL)
 
 
 def test_single_level_loss_with_a_label_tensor():
@@ -173,7 +173,7 @@ def test_batch_norm_running_statistics_move_once_per_micro_batch():
             expected(**batch)
     accumulate_step(model, loss_fn, batches)
     for name, buffer in expected.named_buffers():
-        torch.testing.assert_close(dict(model.named_buffers())[name], buffer, **TOL)
+        torch.testing.assert_close(dict(model.named_buffers())[name], buffer, **SPLIT_BATCH_TOL)
     assert int(model.norm.num_batches_tracked) == 2
 
 
@@ -199,9 +199,9 @@ def test_grad_scaler_recipe_scales_every_gradient():
     loss, plain = _accumulated(model, loss_fn, micro_batches(inputs, [2, 4]))
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     scaled_loss, scaled = _accumulated(model, lambda **f: scaler.scale(loss_fn(**f)), micro_batches(inputs, [2, 4]))
-    torch.testing.assert_close(scaled_loss / scaler.get_scale(), loss, **TOL)
+    torch.testing.assert_close(scaled_loss / scaler.get_scale(), loss, **SPLIT_BATCH_TOL)
     for name, grad in plain.items():
-        torch.testing.assert_close(scaled[name], 1024.0 * grad, **TOL)
+        torch.testing.assert_close(scaled[name], 1024.0 * grad, **SPLIT_BATCH_TOL)
 
 
 def test_open_clip_adapter_with_bias_multi_hot_labels_and_text_mask():
@@ -268,12 +268,15 @@ def test_ddp_two_ranks_equal_one_process_with_the_global_effective_batch(tmp_pat
         labels=inputs["labels"],
         text_mask=inputs["mask"],
     )
-    torch.testing.assert_close(torch.stack([r["loss"] for r in per_rank]).mean(), expected_loss, **TOL)
+    torch.testing.assert_close(torch.stack([r["loss"] for r in per_rank]).mean(), expected_loss, **SPLIT_BATCH_TOL)
     for rank, result in enumerate(per_rank):  # DDP averaged the ranks' gradients: every rank holds the global ones
         assert result["grads"].keys() == expected.keys()
         for name in expected:
             torch.testing.assert_close(
-                result["grads"][name], expected[name], **TOL, msg=lambda m, rank=rank, name=name: f"{rank} {name}: {m}"
+                result["grads"][name],
+                expected[name],
+                **SPLIT_BATCH_TOL,
+                msg=lambda m, rank=rank, name=name: f"{rank} {name}: {m}",
             )
         assert result["reductions"] == 1, "one all-reduce (one bucket) per effective step, no_sync for the others"
 

@@ -1,45 +1,50 @@
-"""Every backend against the plain reference (values and gradients, per dtype), and backend selection.
+"""Every backend against the plain reference (values and gradients, per dtype and device), and backend selection.
 
 The chunked backend runs with tiny chunks (1 and 3 rows) so that every problem spans several
-panels, and the dense backend with tiny blocks so that its block loop is exercised too. The
-triton backend runs under ``TRITON_INTERPRET=1`` (set by conftest.py) on CPU tensors, with 16 x 16
-tiles, so odd shapes leave partial tiles; the interpreter is slow, so the B=70 cases are left
-to the other backends.
+panels, and the dense backend with tiny blocks so that its block loop is exercised too. Each
+parity test runs on every device of the ``device`` fixture (tests/conftest.py). The triton
+backend runs natively on CUDA tensors and on CPU tensors under ``TRITON_INTERPRET=1`` (set by the
+top-level conftest.py), with 16 x 16 tiles on CPU, so odd shapes leave partial tiles; the
+interpreter is slow, so the B=70 cases are left to the other backends when it is in use.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import ref_mgll, ref_pointwise, ref_soft_clip  # noqa: E402
-from test_parity_reference import (  # noqa: E402
-    BIAS_VALUE,
+import mgll_loss.backends as backends
+import mgll_loss.backends.fused as fused
+from mgll_loss import MGLLLoss
+from mgll_loss import functional as MF
+from mgll_loss.backends import LossRequest, resolve_backend
+from mgll_loss.targets import LevelTargets
+
+from .helpers import (
     LOW_PRECISION,
+    check_grads,
+    check_value,
+    same_dtype_tol,
+    to_device,
+    unit_features,
+)
+from .parity_cases import (
+    BIAS_VALUE,
     MGLL_OPTIONS,
     MULTI_CASES,
     SCALES,
     SINGLE_CASES,
-    _check_grads,
-    _check_value,
-    _leaves,
-    _run_mgll,
-    _single_inputs,
+    leaves,
     multi_level_case,
+    run_mgll,
+    single_inputs,
 )
-
-import mgll_loss.backends as backends  # noqa: E402
-import mgll_loss.backends.fused as fused  # noqa: E402
-from mgll_loss import MGLLLoss  # noqa: E402
-from mgll_loss import functional as MF  # noqa: E402
-from mgll_loss.backends import LossRequest, resolve_backend  # noqa: E402
-from mgll_loss.targets import LevelTargets  # noqa: E402
+from .reference import ref_mgll, ref_pointwise, ref_soft_clip
 
 BACKENDS = {
     "batched": dict(backend="batched"),
@@ -60,85 +65,100 @@ def backend(request, monkeypatch):
     return BACKENDS[request.param]
 
 
-def _skip_slow(backend, case):
-    if backend["backend"] == "triton" and case in SLOW_UNDER_INTERPRETER:
+def _skip_unsupported(backend, device, case=None):
+    """Skip what a backend cannot run here: triton without the package, on CPU without the
+    interpreter, and the B=70 cases under the (slow) interpreter."""
+    if backend["backend"] != "triton":
+        return
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("the triton backend needs the triton package")
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type == "cpu" and not interpreting:
+        pytest.skip("the triton backend runs on CPU tensors only under TRITON_INTERPRET=1")
+    if interpreting and case in SLOW_UNDER_INTERPRETER:
         pytest.skip("B=70 is slow under the Triton interpreter; covered by the other backends")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("opt_index", range(len(MGLL_OPTIONS)))
 @pytest.mark.parametrize("case", MULTI_CASES)
-def test_mgll_matches_reference(backend, case, opt_index, dtype):
-    _skip_slow(backend, case)
+def test_mgll_matches_reference(backend, device, case, opt_index, dtype):
+    _skip_unsupported(backend, device, case)
     scale, bias = SCALES[(opt_index + len(case)) % 3], BIAS_VALUE if opt_index % 2 else None
-    lib, ref, out, want = _run_mgll(case, MGLL_OPTIONS[opt_index], scale, bias, dtype, opt_index % 2 == 0, backend)
+    use_module = opt_index % 2 == 0
+    lib, ref, out, want = run_mgll(case, MGLL_OPTIONS[opt_index], scale, bias, dtype, use_module, backend, device)
     for key in want:
-        _check_value(out[key], want[key], dtype, key)
+        check_value(out[key], want[key], dtype, key)
     sum(out.values()).backward()
     sum(want.values()).backward()
-    _check_grads(lib, ref, dtype)
+    check_grads(lib, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", SINGLE_CASES)
-def test_single_level_terms_match_reference(backend, case, dtype):
-    _skip_slow(backend, case)
-    image64, text64, labels, targets, mask, match = _single_inputs(case)
+def test_single_level_terms_match_reference(backend, device, case, dtype):
+    _skip_unsupported(backend, device, case)
+    image64, text64, labels, targets, mask, match = single_inputs(case)
     scale = SCALES[len(case) % 3]
-    lib, ref = _leaves(image64, text64, scale, BIAS_VALUE, dtype)
+    lib, ref = leaves(image64, text64, scale, BIAS_VALUE, dtype, device)
     kw = dict(labels=labels, targets=targets, text_mask=mask, match=match)
-    out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **kw, **backend)
+    on_device = to_device(kw, device)
+    out = MF.soft_clip_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **on_device, **backend)
     out = out + MF.pointwise_loss(
-        lib["image"], lib["text"], lib["scale"], lib["bias"], **kw, pointwise_target="row_normalized", **backend
+        lib["image"], lib["text"], lib["scale"], lib["bias"], **on_device, pointwise_target="row_normalized", **backend
     )
     want = ref_soft_clip(ref["image"], ref["text"], ref["scale"], ref["bias"], **kw)
     want = want + ref_pointwise(
         ref["image"], ref["text"], ref["scale"], ref["bias"], **kw, pointwise_target="row_normalized"
     )
-    _check_value(out, want, dtype)
+    check_value(out, want, dtype)
     out.backward()
     want.backward()
-    _check_grads(lib, ref, dtype)
+    check_grads(lib, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["bf16", "f16"])
-def test_low_precision_inputs_are_computed_in_float32(backend, dtype):
+def test_low_precision_inputs_are_computed_in_float32(backend, device, dtype):
+    _skip_unsupported(backend, device)
     image64, texts64, labels, targets, mask = multi_level_case("G3_tensor_labels_mask")
-    lib, ref = _leaves(image64, texts64, 14.3, BIAS_VALUE, dtype)
-    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=mask, **backend)
-    want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], labels=labels, text_mask=mask)
+    lib, ref = leaves(image64, texts64, 14.3, BIAS_VALUE, dtype, device)
+    call = dict(labels=labels, text_mask=mask)
+    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **to_device(call, device), **backend)
+    want = ref_mgll(ref["image"], ref["text"], ref["scale"], ref["bias"], **call)
     assert out.dtype == torch.float32
-    _check_value(out, sum(want.values()), dtype)
+    check_value(out, sum(want.values()), dtype)
     out.backward()
     sum(want.values()).backward()
-    _check_grads(lib, ref, dtype)
+    check_grads(lib, ref, dtype)
     assert lib["image"].grad.dtype == dtype
 
 
-def test_huge_logits_stay_finite(backend):
+def test_huge_logits_stay_finite(backend, device):
+    _skip_unsupported(backend, device)
     gen = torch.Generator().manual_seed(3)
-    images = F.normalize(torch.randn(9, 8, generator=gen), dim=-1).requires_grad_()
-    texts = F.normalize(torch.randn(3, 9, 8, generator=gen), dim=-1).requires_grad_()
-    labels = [torch.arange(9) % 4, None, (torch.rand(9, 3, generator=gen) < 0.5)]
-    out = MGLLLoss(**backend)(images, texts, 1e4, 5.0, labels=labels, text_mask=torch.rand(3, 9, generator=gen) > 0.3)
+    images = unit_features(9, 8, generator=gen, device=device, requires_grad=True)
+    texts = unit_features(3, 9, 8, generator=gen, device=device, requires_grad=True)
+    labels = to_device([torch.arange(9) % 4, None, (torch.rand(9, 3, generator=gen) < 0.5)], device)
+    text_mask = (torch.rand(3, 9, generator=gen) > 0.3).to(device)
+    out = MGLLLoss(**backend)(images, texts, 1e4, 5.0, labels=labels, text_mask=text_mask)
     out.backward()
     assert torch.isfinite(out) and torch.isfinite(images.grad).all() and torch.isfinite(texts.grad).all()
 
 
-def _local_problem(dtype):
+def _local_problem(dtype, device):
     """Rank 1 of 2 under local_loss: rows 4..8 of 9 images against every text; columns 5..9 of 9 per level."""
     gen = torch.Generator().manual_seed(5)
-    images = F.normalize(torch.randn(9, 6, generator=gen, dtype=dtype), dim=-1).requires_grad_()
-    texts = F.normalize(torch.randn(27, 6, generator=gen, dtype=dtype), dim=-1).requires_grad_()
-    scale = torch.tensor(7.0, dtype=dtype, requires_grad=True)
-    bias = torch.tensor(-1.0, dtype=dtype, requires_grad=True)
-    ids = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 2])
+    images = unit_features(9, 6, dtype=dtype, generator=gen, device=device, requires_grad=True)
+    texts = unit_features(27, 6, dtype=dtype, generator=gen, device=device, requires_grad=True)
+    scale = torch.tensor(7.0, dtype=dtype, device=device, requires_grad=True)
+    bias = torch.tensor(-1.0, dtype=dtype, device=device, requires_grad=True)
+    ids = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 2], device=device)
     targets = (
         LevelTargets(9, 9),
         LevelTargets(9, 9, class_ids=ids),
-        LevelTargets(9, 9, multi_hot=torch.rand(9, 3, generator=gen) < 0.5, match="jaccard"),
+        LevelTargets(9, 9, multi_hot=(torch.rand(9, 3, generator=gen) < 0.5).to(device), match="jaccard"),
     )
-    masks = (None, torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool), None)
+    masks = (None, torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool, device=device), None)
     problem = backends.LossProblem(
         images,
         texts,
@@ -156,11 +176,12 @@ def _local_problem(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("direction", ["to_mean", "from_mean"])
-def test_local_problem_matches_dense(backend, dtype, direction):
+def test_local_problem_matches_dense(backend, device, dtype, direction):
+    _skip_unsupported(backend, device)
     request = LossRequest(kl_direction=direction, pointwise_target="row_normalized")
     results = []
     for kwargs in (dict(backend="dense"), backend):
-        problem, leaves = _local_problem(dtype)
+        problem, inputs = _local_problem(dtype, device)
         sums = resolve_backend(kwargs["backend"], problem)(problem, request, kwargs.get("chunk_size"))
         values = [
             sums.soft_clip_rows,
@@ -171,18 +192,20 @@ def test_local_problem_matches_dense(backend, dtype, direction):
             sums.smooth_kl.reshape(1),
         ]
         weighted = sum((v * (k + 1)).sum() for k, v in enumerate(values) if v.requires_grad)
-        results.append((torch.cat(values), torch.autograd.grad(weighted, leaves)))
+        results.append((torch.cat(values), torch.autograd.grad(weighted, inputs)))
     (want, want_grads), (got, got_grads) = results
-    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    tol = same_dtype_tol(dtype)
     torch.testing.assert_close(got, want, **tol)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, **tol)
 
 
-def test_second_backward_through_a_retained_graph(backend):
+def test_second_backward_through_a_retained_graph(backend, device):
+    _skip_unsupported(backend, device)
     image64, texts64, labels, _, mask = multi_level_case("G3_tensor_labels_mask")
-    lib, _ = _leaves(image64, texts64, 14.3, BIAS_VALUE, torch.float64)
-    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], labels=labels, text_mask=mask, **backend)
+    lib, _ = leaves(image64, texts64, 14.3, BIAS_VALUE, torch.float64, device)
+    call = to_device(dict(labels=labels, text_mask=mask), device)
+    out = MF.mgll_loss(lib["image"], lib["text"], lib["scale"], lib["bias"], **call, **backend)
     first = torch.autograd.grad(out, lib["image"], retain_graph=True)[0]
     second = torch.autograd.grad(out, lib["image"])[0]
     torch.testing.assert_close(first, second, rtol=1e-12, atol=1e-12)
@@ -198,8 +221,8 @@ def test_chunked_never_builds_a_full_logit_matrix(monkeypatch):
         return original(scaled_images, texts, bias)
 
     monkeypatch.setattr(fused, "_logits", recording)
-    images = F.normalize(torch.randn(30, 8), dim=-1).requires_grad_()
-    texts = F.normalize(torch.randn(3, 30, 8), dim=-1).requires_grad_()
+    images = unit_features(30, 8, seed=1, requires_grad=True)
+    texts = unit_features(3, 30, 8, seed=2, requires_grad=True)
     MGLLLoss(backend="chunked", chunk_size=4)(images, texts, 10.0, labels=[torch.arange(30) % 7] * 3).backward()
     assert seen and max(seen) == 4 and sum(seen) == 2 * 30  # forward and recomputing backward
 
@@ -219,8 +242,7 @@ def test_auto_picks_batched_then_dense_then_chunked(rows, expected):
 
 def test_triton_on_cpu_tensors_without_the_interpreter_raises(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    images = F.normalize(torch.randn(4, 8), dim=-1)
-    texts = F.normalize(torch.randn(3, 4, 8), dim=-1)
+    images, texts = unit_features(4, 8, seed=1), unit_features(3, 4, 8, seed=2)
     with pytest.raises(ValueError, match="triton.*CUDA tensors.*cpu.*TRITON_INTERPRET=1"):
         MGLLLoss(backend="triton")(images, texts, 10.0)
 

@@ -6,14 +6,11 @@ Its baselines compute the loss.
 from __future__ import annotations
 
 import csv
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import baselines, run  # noqa: E402
-from mgll_loss import MGLLLoss  # noqa: E402
+from benchmarks import baselines, run
+from mgll_loss import MGLLLoss
 
 
 def test_quick_preset_writes_csv_and_plots(tmp_path, monkeypatch):

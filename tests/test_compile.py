@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mgll_loss import MGLLLoss
+
+from .helpers import unit_features
 
 B, D = 8, 16
 
 
 def _inputs(seed: int):
     gen = torch.Generator().manual_seed(seed)
-    images = F.normalize(torch.randn(B, D, generator=gen, dtype=torch.float64), dim=-1).float()
-    texts = F.normalize(torch.randn(3, B, D, generator=gen, dtype=torch.float64), dim=-1).float()
+    images = unit_features(B, D, generator=gen)
+    texts = unit_features(3, B, D, generator=gen)
     labels = [torch.tensor([0, 1, 0, 2, 1, 0, 3, 2]), torch.rand(B, 4, generator=gen) < 0.4, None]
     targets = [None, None, (torch.rand(B, B, generator=gen) < 0.3).float()]
     mask = torch.rand(3, B, generator=gen) > 0.2

@@ -17,8 +17,7 @@ import torch.multiprocessing as mp
 from mgll_loss import MGLLLoss
 
 from . import distributed_workers as workers
-
-TOL = dict(rtol=1e-9, atol=1e-9)
+from .helpers import SPLIT_BATCH_TOL
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -43,13 +42,13 @@ def test_ranks_reproduce_the_single_process_loss_and_gradients(rank_results, sce
     batch = workers.global_batch(scenario, sum(sizes))
     expected = workers.run_loss(scenario, batch, workers.build_loss(scenario, distributed=False))
 
-    torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), expected["loss"], **TOL)
+    torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), expected["loss"], **SPLIT_BATCH_TOL)
     for name in ("log_scale", "bias"):
-        torch.testing.assert_close(torch.stack([r[name] for r in results]).mean(), expected[name], **TOL)
+        torch.testing.assert_close(torch.stack([r[name] for r in results]).mean(), expected[name], **SPLIT_BATCH_TOL)
     images = torch.cat([r["images"] for r in results]) / world_size
     texts = torch.cat([r["texts"] for r in results], dim=-2) / world_size
-    torch.testing.assert_close(images, expected["images"], **TOL)
-    torch.testing.assert_close(texts, expected["texts"], **TOL)
+    torch.testing.assert_close(images, expected["images"], **SPLIT_BATCH_TOL)
+    torch.testing.assert_close(texts, expected["texts"], **SPLIT_BATCH_TOL)
 
 
 def test_distributed_data_parallel_gradients_match_single_process(tmp_path):
@@ -63,7 +62,9 @@ def test_distributed_data_parallel_gradients_match_single_process(tmp_path):
     for grads in per_rank:  # DDP has already averaged: every rank holds the same gradients
         assert grads.keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                grads[name], expected[name], **SPLIT_BATCH_TOL, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
 
 def test_open_clip_adapter_in_ddp_with_open_clip_flags_matches_single_process(tmp_path):
@@ -75,7 +76,9 @@ def test_open_clip_adapter_in_ddp_with_open_clip_flags_matches_single_process(tm
         grads = torch.load(tmp_path / f"adapter_rank{rank}.pt")
         assert grads.keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(grads[name], expected[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                grads[name], expected[name], **SPLIT_BATCH_TOL, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
 
 def test_options_are_no_ops_without_a_process_group():

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import gpu_check  # noqa: E402
+from benchmarks import gpu_check
 
 
 def test_dry_run_passes_and_writes_its_results(tmp_path):

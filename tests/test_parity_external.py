@@ -7,37 +7,24 @@ HF ``image_text_contrastive_loss`` / ``clip_loss``) and the point-wise loss with
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import ref_pointwise, ref_soft_clip  # noqa: E402
+from mgll_loss import MGLLLoss, PointwiseLoss, SoftCLIPLoss
+from mgll_loss import functional as MF
 
-from mgll_loss import MGLLLoss, PointwiseLoss, SoftCLIPLoss  # noqa: E402
-from mgll_loss import functional as MF  # noqa: E402
+from .helpers import same_dtype_tol, unit_features
+from .parity_cases import SCALES
+from .reference import ref_pointwise, ref_soft_clip
 
-# Both sides compute in the same dtype; only reduction order differs.
-TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-10),
-    torch.float32: dict(rtol=1e-5, atol=1e-5),  # docs/backends.md, "Correctness: the tolerance table"
-}
 DTYPES = [torch.float64, torch.float32]
 DTYPE_IDS = ["f64", "f32"]
-SCALES = (1.0, 14.3, 100.0)
-
-
-def _unit(n, d, gen, dtype):
-    return F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1).to(dtype)
 
 
 def _inputs(B, D, seed, dtype, scale, bias=None):
     gen = torch.Generator().manual_seed(seed)
-    v = _unit(B, D, gen, dtype)
-    t = _unit(B, D, gen, dtype)
+    v = unit_features(B, D, dtype=dtype, generator=gen)
+    t = unit_features(B, D, dtype=dtype, generator=gen)
     s = torch.tensor(scale, dtype=dtype)
     b = None if bias is None else torch.tensor(bias, dtype=dtype)
     return v, t, s, b
@@ -52,7 +39,8 @@ def _value_and_grads(fn, *leaves):
 
 def _assert_same(a, b, dtype, names):
     (va, ga), (vb, gb) = a, b
-    tol = TOL[dtype]
+    # both sides compute in the same dtype; only reduction order differs
+    tol = same_dtype_tol(dtype)
     torch.testing.assert_close(va.double(), vb.double(), **tol, msg=lambda m: f"loss: {m}")
     for name, x, y in zip(names, ga, gb, strict=True):
         if x is None and y is None:
@@ -158,9 +146,9 @@ def test_identical_levels_give_zero_smooth_kl(kl_direction, G, dtype):
     texts = torch.stack([t] * G)
     labels = [torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])] * G
     out = MGLLLoss(kl_direction=kl_direction)(v, texts, s, b, labels=labels, output_dict=True)
-    assert abs(float(out["smooth_kl_loss"])) <= TOL[dtype]["atol"], out["smooth_kl_loss"]
+    assert abs(float(out["smooth_kl_loss"])) <= same_dtype_tol(dtype)["atol"], out["smooth_kl_loss"]
     out_list = MF.smooth_kl_loss(v, [t.clone() for _ in range(G)], s, b, kl_direction=kl_direction)
-    assert abs(float(out_list)) <= TOL[dtype]["atol"], out_list
+    assert abs(float(out_list)) <= same_dtype_tol(dtype)["atol"], out_list
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -169,8 +157,8 @@ def test_mgll_soft_clip_term_is_weighted_sum_of_cliploss(G, dtype):
     loss_mod = pytest.importorskip("open_clip.loss")
     clip = loss_mod.ClipLoss()
     gen = torch.Generator().manual_seed(400 + G)
-    v = _unit(8, 32, gen, dtype)
-    texts = torch.stack([_unit(8, 32, gen, dtype) for _ in range(G)])
+    v = unit_features(8, 32, dtype=dtype, generator=gen)
+    texts = torch.stack([unit_features(8, 32, dtype=dtype, generator=gen) for _ in range(G)])
     s = torch.tensor(14.3, dtype=dtype)
     weight = 0.37
 
@@ -185,4 +173,6 @@ def test_mgll_soft_clip_term_is_weighted_sum_of_cliploss(G, dtype):
     )
     # default soft_clip_weight is 0.5
     out = MGLLLoss()(v, texts, s, output_dict=True)["soft_clip_loss"]
-    torch.testing.assert_close(out.double(), (0.5 * sum(clip(v, texts[g], s) for g in range(G))).double(), **TOL[dtype])
+    torch.testing.assert_close(
+        out.double(), (0.5 * sum(clip(v, texts[g], s) for g in range(G))).double(), **same_dtype_tol(dtype)
+    )

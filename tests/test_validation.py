@@ -8,41 +8,31 @@ One test per bad input, each run on the functional API and on the nn.Modules
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mgll_loss.backends
 from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss
 from mgll_loss import functional as MF
 from mgll_loss.utils import clamp_logit_scale
 
+from .helpers import literal_regex, unit_features
+
 B, D, G = 4, 8, 3
 SCALE = 10.0
 
 
-def _unit(*shape, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(*shape, generator=gen), dim=-1)
-
-
 def _images():
-    return _unit(B, D, seed=1)
+    return unit_features(B, D, seed=1)
 
 
 def _texts(n=B):
-    return _unit(n, D, seed=2)
+    return unit_features(n, D, seed=2)
 
 
 def _levels(g=G, n=B):
-    return _unit(g, n, D, seed=3)
-
-
-def _esc(*parts):
-    """A regex that matches the literal ``parts`` in this order (anything in between)."""
-    return ".*".join(re.escape(p) for p in parts)
+    return unit_features(g, n, D, seed=3)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -95,32 +85,32 @@ def _call_level(api, n_texts=B, **level_kw):
 # =================================================================================================
 @pytest.mark.parametrize("api", ALL)
 def test_image_features_not_a_tensor(api):
-    with pytest.raises(TypeError, match=_esc("image_features", "list")):
+    with pytest.raises(TypeError, match=literal_regex("image_features", "list")):
         _call(api, image_features=_images().tolist())
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_text_features_not_a_tensor(api):
-    with pytest.raises(TypeError, match=_esc("text_features", "ndarray")):
+    with pytest.raises(TypeError, match=literal_regex("text_features", "ndarray")):
         _call(api, text_features=(_texts() if api in SINGLE else _levels()).numpy())
 
 
 @pytest.mark.parametrize("api", MULTI)
 def test_text_features_list_of_non_tensors(api):
-    with pytest.raises(TypeError, match=_esc("text_features[1]", "list")):
+    with pytest.raises(TypeError, match=literal_regex("text_features[1]", "list")):
         _call(api, text_features=[_texts(), _texts().tolist(), _texts()])
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_integer_image_features(api):
-    with pytest.raises(TypeError, match=_esc("image_features", "floating", "int64")):
+    with pytest.raises(TypeError, match=literal_regex("image_features", "floating", "int64")):
         _call(api, image_features=torch.ones(B, D, dtype=torch.long))
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_integer_text_features(api):
     texts = torch.ones(B, D, dtype=torch.int32) if api in SINGLE else torch.ones(G, B, D, dtype=torch.int32)
-    with pytest.raises(TypeError, match=_esc("text_features", "floating", "int32")):
+    with pytest.raises(TypeError, match=literal_regex("text_features", "floating", "int32")):
         _call(api, text_features=texts)
 
 
@@ -128,7 +118,7 @@ def test_integer_text_features(api):
 @pytest.mark.parametrize("shape", [(B * D,), (2, 2, D)], ids=["rank1", "rank3"])
 def test_image_features_wrong_rank(api, shape):
     got = "[" + ", ".join(map(str, shape)) + "]"
-    with pytest.raises(ValueError, match=_esc("image_features", "[B, D]", got)):
+    with pytest.raises(ValueError, match=literal_regex("image_features", "[B, D]", got)):
         _call(api, image_features=_images().reshape(shape))
 
 
@@ -138,29 +128,29 @@ def test_text_features_wrong_rank(api):
     texts = _levels() if api in SINGLE else _texts()
     expected = "[N, D]" if api in SINGLE else "[G, N, D]"
     got = f"[{G}, {B}, {D}]" if api in SINGLE else f"[{B}, {D}]"
-    with pytest.raises(ValueError, match=_esc("text_features", expected, got)):
+    with pytest.raises(ValueError, match=literal_regex("text_features", expected, got)):
         _call(api, text_features=texts)
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_mismatched_feature_dims(api):
-    texts = _unit(B, D - 2) if api in SINGLE else _unit(G, B, D - 2)
+    texts = unit_features(B, D - 2) if api in SINGLE else unit_features(G, B, D - 2)
     got = f"[{B}, {D - 2}]" if api in SINGLE else f"[{G}, {B}, {D - 2}]"
     # the message names both shapes: image_features [4, 8] and the text features received
-    with pytest.raises(ValueError, match=_esc("text_features", f"D={D}", f"[{B}, {D}]", got)):
+    with pytest.raises(ValueError, match=literal_regex("text_features", f"D={D}", f"[{B}, {D}]", got)):
         _call(api, text_features=texts)
 
 
 @pytest.mark.parametrize("api", MULTI)
 def test_mismatched_feature_dims_in_one_level_of_a_list(api):
-    texts = [_texts(), _unit(B, D + 1), _texts()]
-    with pytest.raises(ValueError, match=_esc("text_features[1]", f"[{B}, {D}]", f"[{B}, {D + 1}]")):
+    texts = [_texts(), unit_features(B, D + 1), _texts()]
+    with pytest.raises(ValueError, match=literal_regex("text_features[1]", f"[{B}, {D}]", f"[{B}, {D + 1}]")):
         _call(api, text_features=texts)
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_empty_batch(api):
-    with pytest.raises(ValueError, match=_esc("image_features", "B >= 1", f"[0, {D}]")):
+    with pytest.raises(ValueError, match=literal_regex("image_features", "B >= 1", f"[0, {D}]")):
         _call(api, image_features=torch.zeros(0, D))
 
 
@@ -168,13 +158,13 @@ def test_empty_batch(api):
 def test_empty_texts(api):
     texts = torch.zeros(0, D) if api in SINGLE else torch.zeros(G, 0, D)
     got = f"[0, {D}]" if api in SINGLE else f"[{G}, 0, {D}]"
-    with pytest.raises(ValueError, match=_esc("text_features", "N >= 1", got)):
+    with pytest.raises(ValueError, match=literal_regex("text_features", "N >= 1", got)):
         _call(api, text_features=texts)
 
 
 @pytest.mark.parametrize("api", MULTI)
 def test_empty_level_list(api):
-    with pytest.raises(ValueError, match=_esc("text_features", "at least one level")):
+    with pytest.raises(ValueError, match=literal_regex("text_features", "at least one level")):
         _call(api, text_features=[])
 
 
@@ -182,7 +172,7 @@ def test_empty_level_list(api):
 @pytest.mark.parametrize("api", ALL)
 def test_features_on_different_devices(api):
     texts = (_texts() if api in SINGLE else _levels()).cuda()
-    with pytest.raises(ValueError, match=_esc("text_features", "cpu", "cuda")):
+    with pytest.raises(ValueError, match=literal_regex("text_features", "cpu", "cuda")):
         _call(api, text_features=texts)
 
 
@@ -192,49 +182,49 @@ def test_features_on_different_devices(api):
 @pytest.mark.parametrize("api", LABELLED)
 def test_labels_not_a_tensor(api):
     call, level = _call_level(api, labels=[0, 1, 0, 1])
-    with pytest.raises(TypeError, match=_esc(f"labels{level}", "list")):
+    with pytest.raises(TypeError, match=literal_regex(f"labels{level}", "list")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_class_ids_wrong_length(api):
     call, level = _call_level(api, labels=torch.arange(B + 1))
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", f"B={B}", f"[{B + 1}]")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", f"B={B}", f"[{B + 1}]")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_multi_hot_wrong_number_of_rows(api):
     call, level = _call_level(api, labels=torch.ones(B - 1, 3))
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", f"B={B}", f"[{B - 1}, 3]")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", f"B={B}", f"[{B - 1}, 3]")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_labels_rank3(api):
     call, level = _call_level(api, labels=torch.zeros(B, 2, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", f"[{B}, 2, 2]")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", f"[{B}, 2, 2]")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_labels_rank0(api):
     call, level = _call_level(api, labels=torch.tensor(1))
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", "[]")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "[]")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_float_class_ids(api):
     call, level = _call_level(api, labels=torch.tensor([0.0, 1.0, 0.0, 2.0]))
-    with pytest.raises(TypeError, match=_esc(f"labels{level}", "integer", "float32")):
+    with pytest.raises(TypeError, match=literal_regex(f"labels{level}", "integer", "float32")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_bool_class_ids(api):
     call, level = _call_level(api, labels=torch.tensor([True, False, True, False]))
-    with pytest.raises(TypeError, match=_esc(f"labels{level}", "integer", "bool")):
+    with pytest.raises(TypeError, match=literal_regex(f"labels{level}", "integer", "bool")):
         call()
 
 
@@ -242,7 +232,7 @@ def test_bool_class_ids(api):
 def test_multi_hot_with_a_two(api):
     labels = torch.tensor([[1, 0], [0, 1], [2, 0], [0, 0]])
     call, level = _call_level(api, labels=labels)
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", "0 and 1")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "0 and 1")):
         call()
 
 
@@ -250,14 +240,14 @@ def test_multi_hot_with_a_two(api):
 def test_multi_hot_with_a_half(api):
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.0], [0.0, 0.0]])
     call, level = _call_level(api, labels=labels)
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", "0 and 1")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "0 and 1")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_labels_when_texts_differ_from_images(api):
     call, level = _call_level(api, n_texts=B - 1, labels=torch.arange(B))
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", "N == B", f"N={B - 1}", f"B={B}", "targets")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "N == B", f"N={B - 1}", f"B={B}", "targets")):
         call()
 
 
@@ -265,21 +255,21 @@ def test_labels_when_texts_differ_from_images(api):
 def test_identity_targets_when_texts_differ_from_images(api):
     # no labels, no targets: text j is image j's positive, which needs N == B
     call, level = _call_level(api, n_texts=B + 2)
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", "N == B", f"N={B + 2}", f"B={B}")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "N == B", f"N={B + 2}", f"B={B}")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_targets_not_a_tensor(api):
     call, level = _call_level(api, targets=torch.eye(B).tolist())
-    with pytest.raises(TypeError, match=_esc(f"targets{level}", "list")):
+    with pytest.raises(TypeError, match=literal_regex(f"targets{level}", "list")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_targets_wrong_shape(api):
     call, level = _call_level(api, n_texts=B - 1, targets=torch.eye(B))
-    with pytest.raises(ValueError, match=_esc(f"targets{level}", f"[{B}, {B - 1}]", f"[{B}, {B}]")):
+    with pytest.raises(ValueError, match=literal_regex(f"targets{level}", f"[{B}, {B - 1}]", f"[{B}, {B}]")):
         call()
 
 
@@ -288,7 +278,7 @@ def test_targets_negative(api):
     targets = torch.eye(B)
     targets[0, 1] = -0.1
     call, level = _call_level(api, targets=targets)
-    with pytest.raises(ValueError, match=_esc(f"targets{level}", "[0, 1]")):
+    with pytest.raises(ValueError, match=literal_regex(f"targets{level}", "[0, 1]")):
         call()
 
 
@@ -297,7 +287,7 @@ def test_targets_above_one(api):
     targets = torch.eye(B)
     targets[2, 2] = 1.5
     call, level = _call_level(api, targets=targets)
-    with pytest.raises(ValueError, match=_esc(f"targets{level}", "[0, 1]")):
+    with pytest.raises(ValueError, match=literal_regex(f"targets{level}", "[0, 1]")):
         call()
 
 
@@ -306,14 +296,14 @@ def test_targets_nan(api):
     targets = torch.eye(B)
     targets[1, 0] = float("nan")
     call, level = _call_level(api, targets=targets)
-    with pytest.raises(ValueError, match=_esc(f"targets{level}", "[0, 1]")):
+    with pytest.raises(ValueError, match=literal_regex(f"targets{level}", "[0, 1]")):
         call()
 
 
 @pytest.mark.parametrize("api", LABELLED)
 def test_labels_and_targets_for_one_level(api):
     call, level = _call_level(api, labels=torch.arange(B), targets=torch.eye(B))
-    with pytest.raises(ValueError, match=_esc(f"labels{level}", "not both")):
+    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "not both")):
         call()
 
 
@@ -331,7 +321,7 @@ def test_labels_and_targets_on_different_levels_are_fine():
 @pytest.mark.parametrize("as_list", [False, True], ids=["tensor", "list"])
 def test_smooth_kl_single_level(api, as_list):
     texts = [_texts()] if as_list else _levels(g=1)
-    with pytest.raises(ValueError, match=_esc("text_features", "G >= 2", "G=1")):
+    with pytest.raises(ValueError, match=literal_regex("text_features", "G >= 2", "G=1")):
         _call(api, text_features=texts)
 
 
@@ -346,7 +336,7 @@ def test_mgll_single_level_is_accepted(api):
 @pytest.mark.parametrize("api", ["functional.smooth_kl_loss", "SmoothKLLoss"])
 def test_smooth_kl_levels_with_different_n(api):
     texts = [_texts(B), _texts(B - 1)]
-    with pytest.raises(ValueError, match=_esc("text_features", "same number of texts", f"[{B}, {B - 1}]")):
+    with pytest.raises(ValueError, match=literal_regex("text_features", "same number of texts", f"[{B}, {B - 1}]")):
         _call(api, text_features=texts)
 
 
@@ -365,7 +355,9 @@ def test_smooth_kl_accepts_equal_n_different_from_b(api):
 def test_mgll_smooth_kl_levels_with_different_n(api):
     texts = [_texts(B), _texts(B - 1)]
     targets = [None, torch.full((B, B - 1), 0.5)]
-    with pytest.raises(ValueError, match=_esc("text_features", "same number", f"[{B}, {B - 1}]", "smooth_kl_weight=0")):
+    with pytest.raises(
+        ValueError, match=literal_regex("text_features", "same number", f"[{B}, {B - 1}]", "smooth_kl_weight=0")
+    ):
         _call(api, text_features=texts, targets=targets)
 
 
@@ -384,13 +376,13 @@ def test_mgll_without_smooth_kl_accepts_levels_with_different_n(api):
 @pytest.mark.parametrize("api", MULTI_LABELLED)
 @pytest.mark.parametrize("key, count", [("labels", G - 1), ("labels", G + 1), ("targets", G - 1), ("targets", G + 1)])
 def test_per_level_sequence_wrong_length(api, key, count):
-    with pytest.raises(ValueError, match=_esc(key, f"G={G}", f"got {count}")):
+    with pytest.raises(ValueError, match=literal_regex(key, f"G={G}", f"got {count}")):
         _call(api, **{key: [None] * count})
 
 
 @pytest.mark.parametrize("api", MULTI)
 def test_text_mask_list_wrong_length(api):
-    with pytest.raises(ValueError, match=_esc("text_mask", f"G={G}", f"got {G - 1}")):
+    with pytest.raises(ValueError, match=literal_regex("text_mask", f"G={G}", f"got {G - 1}")):
         _call(api, text_mask=[None] * (G - 1))
 
 
@@ -398,7 +390,7 @@ def test_text_mask_list_wrong_length(api):
 @pytest.mark.parametrize("key", ["labels", "targets"])
 def test_tensor_instead_of_a_per_level_list(api, key):
     value = torch.zeros(G, B, dtype=torch.long) if key == "labels" else torch.eye(B).expand(G, B, B)
-    with pytest.raises(TypeError, match=_esc(key, "list", "Tensor")):
+    with pytest.raises(TypeError, match=literal_regex(key, "list", "Tensor")):
         _call(api, **{key: value})
 
 
@@ -408,33 +400,33 @@ def test_tensor_instead_of_a_per_level_list(api, key):
 @pytest.mark.parametrize("api", ALL)
 def test_text_mask_wrong_shape(api):
     call, level = _call_level(api, text_mask=torch.ones(B + 1, dtype=torch.bool))
-    with pytest.raises(ValueError, match=_esc(f"text_mask{level}", f"N={B}", f"[{B + 1}]")):
+    with pytest.raises(ValueError, match=literal_regex(f"text_mask{level}", f"N={B}", f"[{B + 1}]")):
         call()
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_text_mask_float(api):
     call, level = _call_level(api, text_mask=torch.ones(B))
-    with pytest.raises(TypeError, match=_esc(f"text_mask{level}", "bool", "float32")):
+    with pytest.raises(TypeError, match=literal_regex(f"text_mask{level}", "bool", "float32")):
         call()
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_text_mask_not_a_tensor(api):
     call, level = _call_level(api, text_mask=[True] * B)
-    with pytest.raises(TypeError, match=_esc(f"text_mask{level}", "list")):
+    with pytest.raises(TypeError, match=literal_regex(f"text_mask{level}", "list")):
         call()
 
 
 @pytest.mark.parametrize("api", MULTI)
 def test_multi_level_text_mask_tensor_wrong_shape(api):
-    with pytest.raises(ValueError, match=_esc("text_mask", f"[{G}, {B}]", f"[{G}, {B + 1}]")):
+    with pytest.raises(ValueError, match=literal_regex("text_mask", f"[{G}, {B}]", f"[{G}, {B + 1}]")):
         _call(api, text_mask=torch.ones(G, B + 1, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("api", MULTI)
 def test_multi_level_text_mask_tensor_float(api):
-    with pytest.raises(TypeError, match=_esc("text_mask", "bool", "float32")):
+    with pytest.raises(TypeError, match=literal_regex("text_mask", "bool", "float32")):
         _call(api, text_mask=torch.ones(G, B))
 
 
@@ -454,7 +446,7 @@ def _mgll_with(api, **options):
 @pytest.mark.parametrize("api", ["functional.mgll_loss", "MGLLLoss"])
 @pytest.mark.parametrize("name", WEIGHT_NAMES)
 def test_negative_weight(api, name):
-    with pytest.raises(ValueError, match=_esc(name, "non-negative", "-0.5")):
+    with pytest.raises(ValueError, match=literal_regex(name, "non-negative", "-0.5")):
         _mgll_with(api, **{name: -0.5})
 
 
@@ -462,7 +454,7 @@ def test_negative_weight(api, name):
 @pytest.mark.parametrize("name", WEIGHT_NAMES)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_weight(api, name, value):
-    with pytest.raises(ValueError, match=_esc(name, "finite", str(value))):
+    with pytest.raises(ValueError, match=literal_regex(name, "finite", str(value))):
         _mgll_with(api, **{name: value})
 
 
@@ -470,41 +462,41 @@ def test_non_finite_weight(api, name, value):
 @pytest.mark.parametrize("name", WEIGHT_NAMES)
 @pytest.mark.parametrize("value", ["1.0", True, None], ids=["str", "bool", "None"])
 def test_weight_not_a_number(api, name, value):
-    with pytest.raises(TypeError, match=_esc(name, "number", type(value).__name__)):
+    with pytest.raises(TypeError, match=literal_regex(name, "number", type(value).__name__)):
         _mgll_with(api, **{name: value})
 
 
 @pytest.mark.parametrize("api", ["functional.mgll_loss", "MGLLLoss"])
 def test_negative_level_weight(api):
-    with pytest.raises(ValueError, match=_esc("level_weights[1]", "non-negative", "-1.0")):
+    with pytest.raises(ValueError, match=literal_regex("level_weights[1]", "non-negative", "-1.0")):
         _mgll_with(api, level_weights=[1.0, -1.0, 1.0])
 
 
 @pytest.mark.parametrize("api", ["functional.mgll_loss", "MGLLLoss"])
 def test_nan_level_weight(api):
-    with pytest.raises(ValueError, match=_esc("level_weights[2]", "finite", "nan")):
+    with pytest.raises(ValueError, match=literal_regex("level_weights[2]", "finite", "nan")):
         _mgll_with(api, level_weights=[1.0, 1.0, float("nan")])
 
 
 def test_level_weights_wrong_length_functional():
-    with pytest.raises(ValueError, match=_esc("level_weights", f"G={G}", "got 2")):
+    with pytest.raises(ValueError, match=literal_regex("level_weights", f"G={G}", "got 2")):
         MF.mgll_loss(_images(), _levels(), SCALE, level_weights=[1.0, 2.0])
 
 
 def test_level_weights_wrong_length_module():
     # the module cannot know G before forward: the check happens there
     loss = MGLLLoss(level_weights=[1.0, 2.0])
-    with pytest.raises(ValueError, match=_esc("level_weights", f"G={G}", "got 2")):
+    with pytest.raises(ValueError, match=literal_regex("level_weights", f"G={G}", "got 2")):
         loss(_images(), _levels(), SCALE)
 
 
 def test_level_weights_not_a_sequence_functional():
-    with pytest.raises(TypeError, match=_esc("level_weights", "sequence", "float")):
+    with pytest.raises(TypeError, match=literal_regex("level_weights", "sequence", "float")):
         MF.mgll_loss(_images(), _levels(), SCALE, level_weights=2.0)
 
 
 def test_level_weights_not_a_sequence_module():
-    with pytest.raises(TypeError, match=_esc("level_weights", "sequence", "float")):
+    with pytest.raises(TypeError, match=literal_regex("level_weights", "sequence", "float")):
         MGLLLoss(level_weights=2.0)
 
 
@@ -551,13 +543,13 @@ OPTION_VALID = {
 )
 @pytest.mark.parametrize("value", ["bogus", "Exact", None], ids=["bogus", "wrong-case", "None"])
 def test_unknown_option_module(option, cls, value):
-    with pytest.raises(ValueError, match=_esc(option, OPTION_VALID[option], repr(value))):
+    with pytest.raises(ValueError, match=literal_regex(option, OPTION_VALID[option], repr(value))):
         cls(**{option: value})
 
 
 @pytest.mark.parametrize("option, api", [(o, a) for o, apis in OPTION_FUNCTIONALS.items() for a in apis])
 def test_unknown_option_functional(option, api):
-    with pytest.raises(ValueError, match=_esc(option, OPTION_VALID[option], "'bogus'")):
+    with pytest.raises(ValueError, match=literal_regex(option, OPTION_VALID[option], "'bogus'")):
         _call(api, **{option: "bogus"})
 
 
@@ -573,14 +565,15 @@ def test_available_backends(cls, backend):
 )
 def test_bad_chunk_size_at_construction(cls, value, error):
     with pytest.raises(
-        error, match=_esc("chunk_size", "positive int", str(value) if error is ValueError else type(value).__name__)
+        error,
+        match=literal_regex("chunk_size", "positive int", str(value) if error is ValueError else type(value).__name__),
     ):
         cls(backend="chunked", chunk_size=value)
 
 
 @pytest.mark.parametrize("api", OPTION_FUNCTIONALS["backend"])
 def test_bad_chunk_size_functional(api):
-    with pytest.raises(ValueError, match=_esc("chunk_size", "positive int", "0")):
+    with pytest.raises(ValueError, match=literal_regex("chunk_size", "positive int", "0")):
         _call(api, backend="chunked", chunk_size=0)
 
 
@@ -589,26 +582,26 @@ def test_bad_chunk_size_functional(api):
 # =================================================================================================
 @pytest.mark.parametrize("api", ALL)
 def test_logit_scale_not_scalar(api):
-    with pytest.raises(ValueError, match=_esc("logit_scale", "scalar", "[3]")):
+    with pytest.raises(ValueError, match=literal_regex("logit_scale", "scalar", "[3]")):
         _call(api, logit_scale=torch.full((3,), SCALE))
 
 
 @pytest.mark.parametrize("api", ALL)
 @pytest.mark.parametrize("value", ["10.0", None, True], ids=["str", "None", "bool"])
 def test_logit_scale_not_a_number(api, value):
-    with pytest.raises(TypeError, match=_esc("logit_scale", type(value).__name__)):
+    with pytest.raises(TypeError, match=literal_regex("logit_scale", type(value).__name__)):
         _call(api, logit_scale=value)
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_logit_bias_not_scalar(api):
-    with pytest.raises(ValueError, match=_esc("logit_bias", "scalar", "[2, 1]")):
+    with pytest.raises(ValueError, match=literal_regex("logit_bias", "scalar", "[2, 1]")):
         _call(api, logit_bias=torch.zeros(2, 1))
 
 
 @pytest.mark.parametrize("api", ALL)
 def test_logit_bias_string(api):
-    with pytest.raises(TypeError, match=_esc("logit_bias", "str")):
+    with pytest.raises(TypeError, match=literal_regex("logit_bias", "str")):
         _call(api, logit_bias="-10")
 
 
@@ -700,13 +693,13 @@ def test_smooth_kl_level_check_raises_before_backend(api, backend_must_not_run):
 # =================================================================================================
 @pytest.mark.parametrize("value", [4.6, [4.6], None], ids=["float", "list", "None"])
 def test_clamp_logit_scale_not_a_tensor(value):
-    with pytest.raises(TypeError, match=_esc("parameter", "tensor", type(value).__name__)):
+    with pytest.raises(TypeError, match=literal_regex("parameter", "tensor", type(value).__name__)):
         clamp_logit_scale(value)
 
 
 @pytest.mark.parametrize("max_value", [1, 1.0, 0.5, 0, -3.0, float("nan")])
 def test_clamp_logit_scale_max_value_not_above_one(max_value):
-    with pytest.raises(ValueError, match=_esc("max_value", "> 1")):
+    with pytest.raises(ValueError, match=literal_regex("max_value", "> 1")):
         clamp_logit_scale(torch.nn.Parameter(torch.tensor(2.0)), max_value=max_value)
 
 
@@ -765,14 +758,14 @@ def test_non_finite_features(value, where, name):
     else:
         levels[1, 3, 0] = value
     text = list(levels) if where == "list" else levels
-    with pytest.raises(ValueError, match=_esc(name, "finite", "NaN or inf")):
+    with pytest.raises(ValueError, match=literal_regex(name, "finite", "NaN or inf")):
         MGLLLoss()(images, text, 10.0)
 
 
 def test_non_finite_single_level_text_features():
     texts = _texts()
     texts[0, 0] = float("nan")
-    with pytest.raises(ValueError, match=_esc("text_features", "finite")):
+    with pytest.raises(ValueError, match=literal_regex("text_features", "finite")):
         SoftCLIPLoss()(_images(), texts, 10.0)
 
 
