@@ -12,7 +12,7 @@ Four stages, each printed as it runs and summarised in ``summary.json``:
 2. **syncs**: forward+backward under ``torch.cuda.set_sync_debug_mode("error")`` (class ids,
    multi-hot labels, explicit targets, text masks, a bias). The batched backend (what ``"auto"``
    picks for small and medium problems) must not synchronise; the dense, chunked and triton
-   backends are reported (their sweep planning reads keys and present texts on the host).
+   backends are reported (their planning of directions reads keys and present texts on the host).
 3. **compile**: ``torch.compile(MGLLLoss(), fullgraph=True)`` against eager on the device.
 4. **bench**: forward+backward time, G=3, D=768, float32, B from 32 up to the largest batch that
    runs within the time budget, against open_clip ``ClipLoss`` x 3, the naive formulas and Inf-CL

@@ -19,10 +19,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .backends import LossProblem, LossRequest, check_backend, check_chunk_size, resolve_backend
+from .backends import LossInputs, LossTerms, check_backend, check_chunk_size, resolve_backend
 from .distributed import World, raise_on_every_rank
 from .docstrings import shared_args
-from .gathering import DistributedOptions, LevelMeans, LocalInputs, build_problem, describe_levels, level_means
+from .global_batch import DistributedOptions, LocalInputs, build_problem, describe_levels
+from .reduction import LevelMeans, level_means
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -103,7 +104,7 @@ def soft_clip_loss(
         torch.Size([])
     """
     check_choice("match", match, MATCH_MODES)
-    request = LossRequest(soft_clip=True, pointwise=False, smooth_kl=False)
+    request = LossTerms(soft_clip=True, pointwise=False, smooth_kl=False)
     means = _evaluate(
         image_features,
         text_features,
@@ -173,7 +174,7 @@ def pointwise_loss(
     check_choice("match", match, MATCH_MODES)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
-    request = LossRequest(
+    request = LossTerms(
         soft_clip=False, pointwise=True, smooth_kl=False, normalization=normalization, pointwise_target=pointwise_target
     )
     means = _evaluate(
@@ -243,7 +244,7 @@ def smooth_kl_loss(
         0.0
     """
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
-    request = LossRequest(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
+    request = LossTerms(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
     means = _evaluate(
         image_features,
         text_features,
@@ -334,7 +335,7 @@ def mgll_loss(
     check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
     distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
-    request = LossRequest(
+    request = LossTerms(
         soft_clip=weights["soft_clip_loss"] > 0,
         pointwise=weights["pointwise_loss"] > 0,
         smooth_kl=weights["smooth_kl_loss"] > 0,
@@ -372,8 +373,8 @@ def _requested(value: Tensor | None, term: str) -> Tensor:
 
 
 class _Prepared(NamedTuple):
-    problem: LossProblem
-    request: LossRequest
+    problem: LossInputs
+    request: LossTerms
     world: World
     level_weights: tuple[float, ...]
 
@@ -389,7 +390,7 @@ def _prepare(
     *,
     single_level: bool,
     match: str,
-    request: LossRequest,
+    request: LossTerms,
     backend: str,
     chunk_size: int | None,
     distributed: DistributedOptions,
@@ -441,10 +442,10 @@ def _validate(
     *,
     single_level: bool,
     match: str,
-    request: LossRequest,
+    request: LossTerms,
     kl_hint: str | None,
     level_weights: Sequence[float] | None,
-) -> tuple[LocalInputs, LossRequest, tuple[float, ...]]:
+) -> tuple[LocalInputs, LossTerms, tuple[float, ...]]:
     """Local checks only (no collective): the inputs, the request adjusted to G, the level weights."""
     image_features = check_image_features(image_features)
     if single_level:
@@ -516,7 +517,7 @@ def _autocast_enabled(device: str) -> bool:
 
 
 def _weighted_terms(
-    means: LevelMeans, weights: dict[str, float], per_level: tuple[float, ...], problem: LossProblem
+    means: LevelMeans, weights: dict[str, float], per_level: tuple[float, ...], problem: LossInputs
 ) -> dict[str, Tensor]:
     def zero() -> Tensor:
         return torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from . import functional
 from .backends import check_backend, check_chunk_size
 from .docstrings import shared_args
-from .gathering import DistributedOptions
+from .global_batch import DistributedOptions
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -47,7 +47,7 @@ def _is_compiling() -> bool:
     return bool(torch._dynamo.is_compiling())
 
 
-class _GatheringLoss(nn.Module):
+class _LossBase(nn.Module):
     """Holds the backend and the torch.distributed options shared by every loss.
 
     The first call (outside torch.compile tracing) also checks that the features are L2-normalised
@@ -95,7 +95,7 @@ class _GatheringLoss(nn.Module):
 
 
 @shared_args
-class SoftCLIPLoss(_GatheringLoss):
+class SoftCLIPLoss(_LossBase):
     """Soft CLIP loss with multi-positive targets built from labels (paper Eqs. 1-3).
 
     See :func:`mgll_loss.functional.soft_clip_loss` for the math.
@@ -163,7 +163,7 @@ class SoftCLIPLoss(_GatheringLoss):
 
 
 @shared_args
-class PointwiseLoss(_GatheringLoss):
+class PointwiseLoss(_LossBase):
     """Point-wise sigmoid (binary cross-entropy) loss on every image-text pair (paper Eq. 4).
 
     See :func:`mgll_loss.functional.pointwise_loss` for the math.
@@ -241,7 +241,7 @@ class PointwiseLoss(_GatheringLoss):
 
 
 @shared_args
-class SmoothKLLoss(_GatheringLoss):
+class SmoothKLLoss(_LossBase):
     """Smooth KL divergence between each level's image-to-text distribution and their mean (paper Eqs. 5-6).
 
     See :func:`mgll_loss.functional.smooth_kl_loss` for the math. ``labels`` and ``targets`` are
@@ -310,7 +310,7 @@ class SmoothKLLoss(_GatheringLoss):
 
 
 @shared_args
-class MGLLLoss(_GatheringLoss):
+class MGLLLoss(_LossBase):
     """The multi-granular language learning objective (paper Eq. 7).
 
     .. math::

@@ -1,7 +1,7 @@
 """Every backend against the plain reference (values and gradients, per dtype and device), and backend selection.
 
 The chunked backend runs with tiny chunks (1 and 3 rows) so that every problem spans several
-panels, and the dense backend with tiny blocks so that its block loop is exercised too. Each
+chunks, and the dense backend with tiny blocks so that its block loop is exercised too. Each
 parity test runs on every device of the ``device`` fixture (tests/conftest.py). The triton
 backend runs natively on CUDA tensors and on CPU tensors under ``TRITON_INTERPRET=1`` (set by the
 top-level conftest.py), with 16 x 16 tiles on CPU, so odd shapes leave partial tiles; the
@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import mgll_loss.backends as backends
-import mgll_loss.backends.fused as fused
+import mgll_loss.backends.chunked as fused
 from mgll_loss import MGLLLoss
 from mgll_loss import functional as MF
-from mgll_loss.backends import LossRequest, resolve_backend
+from mgll_loss.backends import LossTerms, resolve_backend
 from mgll_loss.targets import LevelTargets
 
 from .helpers import (
@@ -159,7 +159,7 @@ def _local_problem(dtype, device):
         LevelTargets(9, 9, multi_hot=(torch.rand(9, 3, generator=gen) < 0.5).to(device), match="jaccard"),
     )
     masks = (None, torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool, device=device), None)
-    problem = backends.LossProblem(
+    problem = backends.LossInputs(
         images,
         texts,
         (9, 9, 9),
@@ -178,7 +178,7 @@ def _local_problem(dtype, device):
 @pytest.mark.parametrize("direction", ["to_mean", "from_mean"])
 def test_local_problem_matches_dense(backend, device, dtype, direction):
     _skip_unsupported(backend, device)
-    request = LossRequest(kl_direction=direction, pointwise_target="row_normalized")
+    request = LossTerms(kl_direction=direction, pointwise_target="row_normalized")
     results = []
     for kwargs in (dict(backend="dense"), backend):
         problem, inputs = _local_problem(dtype, device)

@@ -19,7 +19,7 @@ from .pipeline import load_dataset
 from .report import metrics_table, plot_runs, side_by_side
 from .runs import HISTORY_NAME, METRICS_NAME, PLOT_NAME, claim_output_dir
 from .train import train
-from .world import World, close_world, end_process, init_world
+from .world import TrainingWorld, close_world, end_process, init_world
 
 
 def run(config: TrainConfig) -> dict[str, Any] | None:
@@ -33,7 +33,7 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
         close_world(world)
 
 
-def _run(config: TrainConfig, world: World) -> dict[str, Any] | None:
+def _run(config: TrainConfig, world: TrainingWorld) -> dict[str, Any] | None:
     torch.manual_seed(config.seed)
     claim_output_dir(config, remove=False)  # every rank refuses alike
     world.barrier()
@@ -54,13 +54,13 @@ def _run(config: TrainConfig, world: World) -> dict[str, Any] | None:
         print(
             f"{config.loss} on {config.kind}: {len(dataset.train)} train / {len(dataset.test)} held-out images, "
             f"levels: {levels}; model {config.model} ({count_parameters(bundle.model) / 1e6:.1f}M parameters), "
-            f"{world.size} process(es) on {world.device}",
+            f"{world.world_size} process(es) on {world.device}",
             flush=True,
         )
         if config.accum_steps > 1:
             print(
-                f"effective batch {config.batch_size * config.accum_steps * world.size} per step: --batch-size "
-                f"{config.batch_size} x --accum-steps {config.accum_steps} x {world.size} process(es), encoded "
+                f"effective batch {config.batch_size * config.accum_steps * world.world_size} per step: --batch-size "
+                f"{config.batch_size} x --accum-steps {config.accum_steps} x {world.world_size} process(es), encoded "
                 f"{config.batch_size} images at a time (feature-cached accumulation)",
                 flush=True,
             )

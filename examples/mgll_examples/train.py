@@ -26,7 +26,7 @@ from .missing_texts import TextDropper
 from .model import ModelBundle
 from .pipeline import CLIP_CAPTION_SEPARATOR, StepBatches, augment, caption_tokens, level_labels
 from .runs import CHECKPOINT_NAME, check_same_data, data_identity, resume_schedule
-from .world import World
+from .world import TrainingWorld
 
 
 @dataclass
@@ -58,9 +58,12 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def _loss_function(config: TrainConfig, world: World) -> nn.Module:
+def _loss_function(config: TrainConfig, world: TrainingWorld) -> nn.Module:
     distributed = dict(
-        local_loss=world.size > 1, gather_with_grad=world.size > 1, rank=world.rank, world_size=world.size
+        local_loss=world.world_size > 1,
+        gather_with_grad=world.world_size > 1,
+        rank=world.rank,
+        world_size=world.world_size,
     )
     if config.backend == "triton" and world.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ExampleError(f"--backend triton: runs on CUDA devices only, this run is on {world.device}")
@@ -90,16 +93,16 @@ def _terms(
     return loss_fn(**features, labels=labels, text_mask=mask, output_dict=True)
 
 
-def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: World) -> TrainResult:
+def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: TrainingWorld) -> TrainResult:
     """Train ``bundle.model`` in place on ``dataset.train``; checkpoint to ``<output-dir>/last.pt``."""
     samples = dataset.train
     check_loss_options(config, len(dataset.levels))
     rank_batch = config.batch_size * config.accum_steps  # images per rank and optimiser step
-    steps_per_epoch = len(samples) // (rank_batch * world.size)
+    steps_per_epoch = len(samples) // (rank_batch * world.world_size)
     if steps_per_epoch == 0:
         raise ExampleError(
             f"the training split has {len(samples)} samples, fewer than one global batch "
-            f"({config.batch_size} x {config.accum_steps} accumulation steps x {world.size} processes): "
+            f"({config.batch_size} x {config.accum_steps} accumulation steps x {world.world_size} processes): "
             "lower --batch-size or --accum-steps"
         )
     total_steps = steps_per_epoch * config.epochs
@@ -113,7 +116,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
         dropper = TextDropper(config.drop_texts, config.seed, samples, bundle.tokenizer, clip, CLIP_CAPTION_SEPARATOR)
 
     wrapper = MultiGranularOpenCLIP(bundle.model).to(world.device)
-    model = nn.parallel.DistributedDataParallel(wrapper) if world.size > 1 else wrapper
+    model = nn.parallel.DistributedDataParallel(wrapper) if world.world_size > 1 else wrapper
     optimizer = _optimizer(wrapper, config)
     loss_fn = _loss_function(config, world)
     generator = torch.Generator().manual_seed(config.seed * 1_000 + world.rank)
@@ -123,7 +126,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     start = 0
     data = data_identity(config, dataset)
     if config.resume:
-        state = load_checkpoint(Path(config.resume), config, world.size)
+        state = load_checkpoint(Path(config.resume), config, world.world_size)
         check_same_data(Path(config.resume), state.get("data"), data)
         schedule_change = resume_schedule(Path(config.resume), state["config"], config, int(state["step"]), total_steps)
         if schedule_change and world.is_main:
@@ -135,7 +138,9 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     stop = total_steps if config.stop_after is None else min(total_steps, start + config.stop_after)
 
     images = ImageTextDataset(samples, bundle.image_size, bundle.mean, bundle.std)
-    sampler = StepBatches(len(samples), rank_batch, world.rank, world.size, config.seed, steps_per_epoch, start, stop)
+    sampler = StepBatches(
+        len(samples), rank_batch, world.rank, world.world_size, config.seed, steps_per_epoch, start, stop
+    )
     loader = torch.utils.data.DataLoader(
         images,
         batch_sampler=sampler,
@@ -178,7 +183,7 @@ def train(config: TrainConfig, dataset: Dataset, bundle: ModelBundle, world: Wor
     return TrainResult(history, stop, total_steps, time.perf_counter() - began, skipped, checkpoint_path)
 
 
-def _check_batch(errors: list[str], config: TrainConfig, world: World) -> int:
+def _check_batch(errors: list[str], config: TrainConfig, world: TrainingWorld) -> int:
     """Stop every rank at an unreadable image (naming it), or count it with ``--skip-bad-samples``."""
     if world.any(bool(errors)) and not config.skip_bad_samples:
         raise ExampleError(errors[0] if errors else "another process stopped at an unreadable image")
@@ -196,7 +201,7 @@ def _step(
     labels: list[Tensor],
     generator: torch.Generator,
     config: TrainConfig,
-    world: World,
+    world: TrainingWorld,
     total_steps: int,
     clip: bool,
     dropper: TextDropper | None,
@@ -277,7 +282,7 @@ def _accumulated_terms(
 def _save(
     path: Path,
     config: TrainConfig,
-    world: World,
+    world: TrainingWorld,
     wrapper: MultiGranularOpenCLIP,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
@@ -287,13 +292,13 @@ def _save(
 ) -> None:
     """Rank 0 writes the checkpoint (with every rank's augmentation generator state and the data set's identity)."""
     states = [generator.get_state()]
-    if world.size > 1:
-        states = [torch.empty_like(states[0]) for _ in range(world.size)]
+    if world.world_size > 1:
+        states = [torch.empty_like(states[0]) for _ in range(world.world_size)]
         torch.distributed.all_gather_object(states, generator.get_state())
     if world.is_main:
         payload: dict[str, Any] = {
             "config": config.to_dict(),
-            "world_size": world.size,
+            "world_size": world.world_size,
             "step": step,
             "model": wrapper.model.state_dict(),
             "optimizer": optimizer.state_dict(),

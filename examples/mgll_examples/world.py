@@ -19,14 +19,17 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mgll_loss.distributed import World
+
 from .errors import ExampleError
 
 
-@dataclass
-class World:
-    rank: int
-    size: int
-    device: torch.device
+@dataclass(frozen=True)
+class TrainingWorld(World):
+    """:class:`mgll_loss.distributed.World` (``rank``, ``world_size``) with this process's device, and the
+    collectives the training loop needs."""
+
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +37,7 @@ class World:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank."""
-        if self.size == 1:
+        if self.world_size == 1:
             return flag
         value = torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -42,18 +45,18 @@ class World:
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the ranks."""
-        if self.size == 1:
+        if self.world_size == 1:
             return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
-        return tensor.item() / self.size
+        return tensor.item() / self.world_size
 
     def barrier(self) -> None:
-        if self.size > 1:
+        if self.world_size > 1:
             dist.barrier()
 
 
-def init_world(device: str | None) -> World:
+def init_world(device: str | None) -> TrainingWorld:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; pick the device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
@@ -63,18 +66,18 @@ def init_world(device: str | None) -> World:
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ExampleError(f"--device {device}: no CUDA device is available here (torch.cuda.is_available() is False)")
     if size == 1:
-        return World(0, 1, chosen)
+        return TrainingWorld(0, 1, chosen)
     if chosen.type == "cuda":
         chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    return World(dist.get_rank(), size, chosen)
+    return TrainingWorld(dist.get_rank(), size, chosen)
 
 
-def close_world(world: World) -> None:
-    """Destroy the process group (after :meth:`World.barrier` on success: then no rank is left in a collective)."""
-    if world.size > 1 and dist.is_initialized():
+def close_world(world: TrainingWorld) -> None:
+    """Destroy the process group (after :meth:`TrainingWorld.barrier` on success: no rank is left in a collective)."""
+    if world.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,11 +1,11 @@
-"""Backends compute the loss terms of a :class:`LossProblem`; this module picks one by name.
+"""Backends compute the loss terms of a :class:`LossInputs`; this module picks one by name.
 
 - ``"batched"``: every level in one [B, G, N] tensor of logits from one matmul, static shapes and
   plain autograd; no host reads, one graph under ``torch.compile(fullgraph=True)``. Memory
   O(B * G * N) with autograd's intermediates: for small and medium problems.
-- ``"dense"``: every logit of a sweep from one matmul, kept for the hand-written backward.
-- ``"chunked"``: the same algorithm on panels of rows, recomputed in the backward; memory
-  linear in the batch. ``chunk_size`` rows per panel (default: a 256 MiB panel of logits).
+- ``"dense"``: every logit of a direction from one matmul, kept for the hand-written backward.
+- ``"chunked"``: the same algorithm on chunks of rows, recomputed in the backward; memory
+  linear in the batch. ``chunk_size`` rows per chunk (default: a 256 MiB chunk of logits).
 - ``"triton"``: the chunked algorithm as Triton kernels (tiles of logits from ``tl.dot``, never
   stored). CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (for tests). Raises a
   ``ValueError`` where it cannot run, never falls back.
@@ -20,24 +20,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..validation import check_choice
-from .base import LevelSums, LossProblem, LossRequest
+from .base import LevelSums, LossInputs, LossTerms
 from .batched import batched_level_sums
-from .fused import chunked_level_sums, dense_level_sums
-from .triton_sweep import check_triton_installed, triton_level_sums
+from .chunked import chunked_level_sums, dense_level_sums
+from .triton_chunked import check_triton_installed, triton_level_sums
 
 __all__ = [
     "BACKEND_NAMES",
     "BATCHED_LIMIT_LOGITS",
     "DENSE_LIMIT_BYTES",
     "LevelSums",
-    "LossProblem",
-    "LossRequest",
+    "LossInputs",
+    "LossTerms",
     "check_backend",
     "check_chunk_size",
     "resolve_backend",
 ]
 
-Backend = Callable[[LossProblem, LossRequest, int | None], LevelSums]
+Backend = Callable[[LossInputs, LossTerms, int | None], LevelSums]
 
 _BACKENDS: dict[str, Backend] = {
     "dense": dense_level_sums,
@@ -78,7 +78,7 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
     return chunk_size
 
 
-def resolve_backend(name: str, problem: LossProblem) -> Backend:
+def resolve_backend(name: str, problem: LossInputs) -> Backend:
     """Return the backend function for ``name``; ``"auto"`` decides from the size of ``problem``."""
     check_backend(name)
     if name == "auto":

@@ -1,7 +1,7 @@
-"""What every backend receives (a validated :class:`LossProblem`) and returns (:class:`LevelSums`).
+"""What every backend receives (a validated :class:`LossInputs`) and returns (:class:`LevelSums`).
 
 Backends return sums and counts, not means: the caller divides by counts that may span every
-rank (see :mod:`mgll_loss.gathering`), which keeps distributed losses exact.
+rank (see :mod:`mgll_loss.global_batch`), which keeps distributed losses exact.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..positives import LevelTargets
 
 
 @dataclass(frozen=True)
-class LossRequest:
+class LossTerms:
     """Which terms to compute, and their options.
 
     Attributes:
@@ -36,7 +36,7 @@ class LossRequest:
 
 
 @dataclass(frozen=True)
-class LossProblem:
+class LossInputs:
     """Validated inputs of a multi-level loss.
 
     Attributes:
@@ -113,8 +113,8 @@ class LevelSums:
 
 
 @dataclass
-class SweepSums:
-    """A sweep's sums: soft CLIP rows / columns with their counts and point-wise per level [G], smooth KL 0-dim."""
+class DirectionSums:
+    """A direction's sums: soft CLIP rows / columns with their counts and point-wise per level [G], smooth KL 0-dim."""
 
     row_ce: Tensor
     row_count: Tensor
@@ -127,14 +127,14 @@ class SweepSums:
         return self.row_ce, self.row_count, self.col_ce, self.col_count, self.pointwise, self.smooth_kl
 
     @classmethod
-    def zeros(cls, levels: int, dtype: torch.dtype, device: torch.device) -> SweepSums:
+    def zeros(cls, levels: int, dtype: torch.dtype, device: torch.device) -> DirectionSums:
         """All sums zero ([G] each, smooth KL 0-dim)."""
         return cls(*(torch.zeros(shape, dtype=dtype, device=device) for shape in ((levels,),) * 5 + ((),)))
 
     @classmethod
     def upstream(
         cls, grads: tuple[Tensor | None, ...], levels: int, dtype: torch.dtype, device: torch.device
-    ) -> SweepSums:
+    ) -> DirectionSums:
         """The gradients a backward receives for the sums, zeros where a sum was unused (None)."""
         zeros = cls.zeros(levels, dtype, device).as_tuple()
         return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros, strict=True)))

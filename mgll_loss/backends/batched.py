@@ -40,14 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..positives import LevelTargets
-from .base import LevelSums, LossProblem, LossRequest
+from .base import LevelSums, LossInputs, LossTerms
 
 __all__ = ["batched_level_sums"]
 
 _SOFTPLUS_THRESHOLD = 40.0  # softplus(z) = z above it: exact to exp(-40) ~ 4e-18, also for float64
 
 
-def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
+def batched_level_sums(problem: LossInputs, request: LossTerms, chunk_size: int | None = None) -> LevelSums:
     """The sums of ``problem`` from one [B, G, N] tensor of logits (``chunk_size`` is ignored)."""
     width = max(problem.level_sizes)
     dtype = problem.compute_dtype
@@ -71,7 +71,7 @@ def batched_level_sums(problem: LossProblem, request: LossRequest, chunk_size: i
     return LevelSums(**dict(zip(names, outputs, strict=True)))
 
 
-def _output_names(request: LossRequest) -> list[str]:
+def _output_names(request: LossTerms) -> list[str]:
     """The :class:`LevelSums` fields :class:`_BatchedSums` returns for ``request``, in order."""
     names = []
     if request.soft_clip:
@@ -97,7 +97,7 @@ class _BatchedSums(torch.autograd.Function):
         valid: Tensor | None,
         columns: Tensor | None,
         rows: tuple[int, int],
-        request: LossRequest,
+        request: LossTerms,
         levels: int,
     ) -> tuple[Tensor, ...]:
         products = images @ texts.t()
@@ -219,7 +219,7 @@ def _plus(total: Tensor | None, term: Tensor) -> Tensor:
     return term if total is None else total + term
 
 
-def _padded_texts(problem: LossProblem, width: int) -> Tensor:
+def _padded_texts(problem: LossInputs, width: int) -> Tensor:
     """The texts of every level, each padded with zero rows to ``width``, [G * width, D], in the compute dtype."""
     texts = _as(problem.text_features, problem.compute_dtype)
     if all(n == width for n in problem.level_sizes):
@@ -227,7 +227,7 @@ def _padded_texts(problem: LossProblem, width: int) -> Tensor:
     return torch.cat([_pad(t, width, rows=True) for t in texts.split(problem.level_sizes)])
 
 
-def _valid_columns(problem: LossProblem, width: int) -> Tensor | None:
+def _valid_columns(problem: LossInputs, width: int) -> Tensor | None:
     """bool [G, width]: present texts (not masked out, not padding); None when every column is valid."""
     if all(m is None for m in problem.text_masks) and all(n == width for n in problem.level_sizes):
         return None
@@ -239,7 +239,7 @@ def _valid_columns(problem: LossProblem, width: int) -> Tensor | None:
     return torch.stack(columns)
 
 
-def _column_range_mask(problem: LossProblem, width: int) -> Tensor:
+def _column_range_mask(problem: LossInputs, width: int) -> Tensor:
     """bool [G, width]: the columns of each level in ``problem.column_ranges`` (a local loss's own texts)."""
     positions = torch.arange(width, device=problem.image_features.device)
     starts = positions.new_tensor([r.start for r in problem.column_ranges])[:, None]
@@ -247,11 +247,11 @@ def _column_range_mask(problem: LossProblem, width: int) -> Tensor:
     return (positions >= starts) & (positions < stops)
 
 
-def _positives(problem: LossProblem, width: int, valid: Tensor | None) -> Tensor:
+def _positives(problem: LossInputs, width: int, valid: Tensor | None) -> Tensor:
     """P of every level, [B, G, width], zero on absent and padding columns."""
     dtype, device = problem.compute_dtype, problem.image_features.device
     batch = problem.image_features.shape[0]
-    if width == batch and all(_is_keyed(t) for t in problem.targets):
+    if width == batch and all(_has_label_keys(t) for t in problem.targets):
         # class ids and plain CLIP levels: one comparison of keys for every level (plain CLIP = all unlabelled)
         ids = torch.stack([_class_ids(t, batch, device) for t in problem.targets])  # [G, B]
         keys = torch.where(ids >= 0, ids, -1 - torch.arange(batch, device=device))  # unlabelled: a key of its own
@@ -261,7 +261,7 @@ def _positives(problem: LossProblem, width: int, valid: Tensor | None) -> Tensor
     return positives if valid is None else positives * valid
 
 
-def _is_keyed(targets: LevelTargets) -> bool:
+def _has_label_keys(targets: LevelTargets) -> bool:
     """Whether a level's mask is ``[key_i == key_j]`` of class ids (plain CLIP: every image unlabelled)."""
     return targets.multi_hot is None and targets.dense is None and targets.num_texts == targets.num_images
 

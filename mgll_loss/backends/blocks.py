@@ -1,4 +1,4 @@
-"""The math of one block of rows of a sweep: forward sums and statistics, and the logits' gradient.
+"""The math of one block of rows of a direction: forward sums and statistics, and the logits' gradient.
 
 For a level with logits z [r, n], positives P and row / column log-sum-exps ``lse_r`` / ``lse_c``:
 
@@ -14,7 +14,7 @@ For a level with logits z [r, n], positives P and row / column log-sum-exps ``ls
 
 Only per-row statistics ([G, R]) and per-column ones ([sum_g n_g]) outlive a block, which is
 what makes the chunked backend memory-linear. Levels whose positives have keys get their
-positive sums from :mod:`.keyed` before the blocks, and their positive gradient after them;
+positive sums from :mod:`.label_keys` before the blocks, and their positive gradient after them;
 other levels build each block's tile of P.
 """
 
@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SweepSums
-from .keyed import positive_pair_sums
-from .plan import Sweep, SweepLevel
+from .base import DirectionSums
+from .directions import Direction, DirectionLevel
+from .label_keys import positive_pair_sums
 
 
 @dataclass
 class RowStats:
-    """Per level and row of the sweep, [G, R].
+    """Per level and row of the direction, [G, R].
 
     Log-sum-exp, positive mass and sum of positive logits, and the smooth KL's lse and dot.
     """
@@ -48,7 +48,7 @@ class RowStats:
 
 @dataclass
 class ColumnStats:
-    """Per column of the sweep, [sum_g n_g].
+    """Per column of the direction, [sum_g n_g].
 
     Running max and sum of exp (online log-sum-exp), positive mass, sum of positive logits.
     """
@@ -71,11 +71,16 @@ class ColumnStats:
         return self.max + self.sumexp.log()
 
 
-class SweepState:
-    """Everything the forward accumulates over the blocks of a sweep, and what the backward needs."""
+class DirectionState:
+    """Everything the forward accumulates over the blocks of a direction, and what the backward needs."""
 
-    def __init__(self, sweep: Sweep, device: torch.device) -> None:
-        levels, rows, cols, dtype = sweep.num_levels, sweep.num_rows, sweep.num_columns, sweep.compute_dtype
+    def __init__(self, direction: Direction, device: torch.device) -> None:
+        levels, rows, cols, dtype = (
+            direction.num_levels,
+            direction.num_rows,
+            direction.num_columns,
+            direction.compute_dtype,
+        )
 
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
@@ -84,21 +89,21 @@ class SweepState:
         self.columns = ColumnStats(
             torch.full((cols,), -torch.inf, dtype=dtype, device=device), zeros(cols), zeros(cols), zeros(cols)
         )
-        self.sums = SweepSums.zeros(levels, dtype, device)
+        self.sums = DirectionSums.zeros(levels, dtype, device)
         self.column_lse: Tensor | None = None
 
-    def add_keyed_masses(self, sweep: Sweep) -> None:
-        """Fill the positive mass of every keyed level's rows and columns (before the blocks)."""
-        for g, level in enumerate(sweep.levels):
+    def add_label_key_masses(self, direction: Direction) -> None:
+        """Fill the positive mass of every level with label keys: rows and columns (before the blocks)."""
+        for g, level in enumerate(direction.levels):
             if level.keys is not None:
                 self.rows.mass[g] = level.keys.col_counts[level.keys.rows]
                 self.columns.mass[level.columns] = level.keys.row_counts[level.keys.cols].to(self.columns.mass.dtype)
 
-    def finish(self, sweep: Sweep) -> SweepSums:
+    def finish(self, direction: Direction) -> DirectionSums:
         """Turn the column statistics into the column soft CLIP sums (after the last block)."""
-        if sweep.col_ce:
+        if direction.col_ce:
             self.column_lse = self.columns.lse()
-            for g, level in enumerate(sweep.levels):
+            for g, level in enumerate(direction.levels):
                 columns = level.columns
                 self.sums.col_ce[g], self.sums.col_count[g] = cross_entropy_sums(
                     self.column_lse[columns], self.columns.pz[columns], self.columns.mass[columns]
@@ -108,15 +113,15 @@ class SweepState:
     def finished_column_lse(self) -> Tensor:
         """The column log-sum-exps [sum_g n_g] computed by :meth:`finish`, which the backward needs."""
         if self.column_lse is None:
-            raise RuntimeError("SweepState.finish() must run (with the column term on) before the backward blocks")
+            raise RuntimeError("DirectionState.finish() must run (with the column term on) before the backward blocks")
         return self.column_lse
 
     def positive_coefficients(
-        self, sweep: Sweep, g: int, rows: slice, grads: SweepSums
+        self, direction: Direction, g: int, rows: slice, grads: DirectionSums
     ) -> tuple[Tensor, Tensor | None]:
         """:func:`positive_coefficients` of level ``g`` for ``rows``."""
-        col_mass = self.columns.mass[sweep.levels[g].columns] if sweep.col_ce else None
-        return positive_coefficients(sweep, g, self.rows.mass[g, rows], col_mass, grads)
+        col_mass = self.columns.mass[direction.levels[g].columns] if direction.col_ce else None
+        return positive_coefficients(direction, g, self.rows.mass[g, rows], col_mass, grads)
 
 
 def cross_entropy_sums(lse: Tensor, pz: Tensor, mass: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,7 +137,7 @@ def pointwise_sum(softplus_sum: Tensor, pz: Tensor, mass: Tensor, target: str) -
 
 
 def positive_coefficients(
-    sweep: Sweep, g: int, mass: Tensor, col_mass: Tensor | None, grads: SweepSums
+    direction: Direction, g: int, mass: Tensor, col_mass: Tensor | None, grads: DirectionSums
 ) -> tuple[Tensor, Tensor | None]:
     """(a [r], c [n] or None): the gradient of the sums has ``-P_ij (a_i + c_j)`` on logit z_ij of level ``g``.
 
@@ -140,10 +145,10 @@ def positive_coefficients(
     """
     inverse_mass = (mass > 0) / _safe(mass)
     row_coef = torch.zeros_like(mass)
-    if sweep.row_ce:
+    if direction.row_ce:
         row_coef += grads.row_ce[g] * inverse_mass
-    if sweep.pointwise:
-        row_coef += grads.pointwise[g] * (1.0 if sweep.pointwise_target == "mask" else inverse_mass)
+    if direction.pointwise:
+        row_coef += grads.pointwise[g] * (1.0 if direction.pointwise_target == "mask" else inverse_mass)
     if col_mass is None:
         return row_coef, None
     return row_coef, grads.col_ce[g] * (col_mass > 0) / _safe(col_mass)
@@ -162,16 +167,16 @@ def _softmax(z: Tensor) -> tuple[Tensor, Tensor]:
     return (top + total.log()).squeeze(1), probs.div_(total)
 
 
-def _tile(level: SweepLevel, rows: slice, z: Tensor) -> Tensor:
+def _tile(level: DirectionLevel, rows: slice, z: Tensor) -> Tensor:
     return level.targets.tile(rows, slice(0, level.size), z.dtype, z.device)
 
 
-def forward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> None:
-    """Accumulate the sums and statistics of logits ``z`` [r, sum_g n_g] of sweep rows ``rows``."""
+def forward_block(z: Tensor, rows: slice, direction: Direction, state: DirectionState) -> None:
+    """Accumulate the sums and statistics of logits ``z`` [r, sum_g n_g] of direction rows ``rows``."""
     sums, stats = state.sums, state.rows
-    shared_kl = sweep.smooth_kl and sweep.kl_columns is None
+    shared_kl = direction.smooth_kl and direction.kl_columns is None
     kl_inputs: list[tuple[Tensor, Tensor, Tensor]] = []  # per level: lse, log p, p
-    for g, level in enumerate(sweep.levels):
+    for g, level in enumerate(direction.levels):
         if level.size == 0:
             continue
         zg = z[:, level.columns]
@@ -180,68 +185,68 @@ def forward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState) -> No
             pz = positives * zg
             stats.mass[g, rows], stats.pz[g, rows] = positives.sum(1), pz.sum(1)
             col_pz = pz.sum(0)
-            if sweep.col_ce:
+            if direction.col_ce:
                 state.columns.mass[level.columns] += positives.sum(0)
         else:
             stats.pz[g, rows], col_pz = positive_pair_sums(level.keys, rows, zg)
-        if sweep.col_ce:
+        if direction.col_ce:
             state.columns.pz[level.columns] += col_pz
         mass, row_pz = stats.mass[g, rows], stats.pz[g, rows]
-        if sweep.row_ce or shared_kl:
+        if direction.row_ce or shared_kl:
             lse, probs = _softmax(zg)
             stats.lse[g, rows] = lse
             if shared_kl:
                 kl_inputs.append((lse, zg - lse[:, None], probs))
-        if sweep.row_ce:
+        if direction.row_ce:
             ce, count = cross_entropy_sums(lse, row_pz, mass)
             sums.row_ce[g] += ce
             sums.row_count[g] += count
-        if sweep.col_ce:
+        if direction.col_ce:
             state.columns.update(level.columns, zg)
-        if sweep.pointwise:
-            sums.pointwise[g] += pointwise_sum(F.softplus(zg).sum(), row_pz, mass, sweep.pointwise_target)
-    if sweep.smooth_kl:
-        inputs = kl_inputs if sweep.kl_columns is None else _kl_softmax(z, sweep.levels, sweep.kl_columns)
-        _kl_forward(inputs, rows, sweep, state)
+        if direction.pointwise:
+            sums.pointwise[g] += pointwise_sum(F.softplus(zg).sum(), row_pz, mass, direction.pointwise_target)
+    if direction.smooth_kl:
+        inputs = kl_inputs if direction.kl_columns is None else _kl_softmax(z, direction.levels, direction.kl_columns)
+        _kl_forward(inputs, rows, direction, state)
 
 
-def backward_block(z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grads: SweepSums) -> Tensor:
+def backward_block(z: Tensor, rows: slice, direction: Direction, state: DirectionState, grads: DirectionSums) -> Tensor:
     """The gradient of the weighted sums with respect to logits ``z`` [r, sum_g n_g] of ``rows``.
 
     ``grads`` holds the upstream gradient of every sum (zeros where unused). The positive part
-    of keyed levels is left out (see :func:`.keyed.positive_gradients`).
+    of levels with label keys is left out (see :func:`.label_keys.positive_gradients`).
     """
     stats = state.rows
-    shared_kl = sweep.smooth_kl and sweep.kl_columns is None
+    shared_kl = direction.smooth_kl and direction.kl_columns is None
     dz = torch.zeros_like(z)
     kl_probs: list[Tensor] = []
-    for g, level in enumerate(sweep.levels):
+    for g, level in enumerate(direction.levels):
         if level.size == 0:
             continue
         zg, dzg = z[:, level.columns], dz[:, level.columns]
-        if sweep.row_ce or shared_kl:
+        if direction.row_ce or shared_kl:
             probs = torch.sub(zg, stats.lse[g, rows, None]).exp_()
             if shared_kl:
                 kl_probs.append(probs)
-            if sweep.row_ce:
+            if direction.row_ce:
                 dzg.addcmul_(probs, (grads.row_ce[g] * (stats.mass[g, rows] > 0))[:, None])
-        if sweep.col_ce:
+        if direction.col_ce:
             col_mass = state.columns.mass[level.columns]
             shifted = torch.sub(zg, state.finished_column_lse()[None, level.columns]).exp_()
             dzg.addcmul_(shifted, grads.col_ce[g] * (col_mass > 0))
-        if sweep.pointwise:
+        if direction.pointwise:
             dzg.addcmul_(torch.sigmoid(zg), grads.pointwise[g])
         if level.keys is None:
-            row_coef, col_coef = state.positive_coefficients(sweep, g, rows, grads)
+            row_coef, col_coef = state.positive_coefficients(direction, g, rows, grads)
             coef = row_coef[:, None] if col_coef is None else row_coef[:, None] + col_coef[None, :]
             dzg.sub_(_tile(level, rows, zg) * coef)
-    if sweep.smooth_kl:
-        _kl_backward(dz, kl_probs if shared_kl else None, z, rows, sweep, state, grads.smooth_kl)
+    if direction.smooth_kl:
+        _kl_backward(dz, kl_probs if shared_kl else None, z, rows, direction, state, grads.smooth_kl)
     return dz
 
 
 def _kl_softmax(
-    z: Tensor, levels: Sequence[SweepLevel], kl_columns: Sequence[Tensor]
+    z: Tensor, levels: Sequence[DirectionLevel], kl_columns: Sequence[Tensor]
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Per level, on the columns present in every level (``kl_columns``): lse, log-softmax and softmax."""
     inputs = []
@@ -275,12 +280,14 @@ def _mean_log(log_probs: list[Tensor]) -> Tensor:
     return total.div_(len(log_probs))
 
 
-def _kl_forward(inputs: list[tuple[Tensor, Tensor, Tensor]], rows: slice, sweep: Sweep, state: SweepState) -> None:
+def _kl_forward(
+    inputs: list[tuple[Tensor, Tensor, Tensor]], rows: slice, direction: Direction, state: DirectionState
+) -> None:
     if not inputs:
         return
     lses, log_probs, probs = zip(*inputs, strict=True)
     mean, log_mean = _log_mean(list(log_probs), list(probs))
-    if sweep.kl_direction == "to_mean":
+    if direction.kl_direction == "to_mean":
         dots = [torch.linalg.vecdot(p, lp - log_mean) for p, lp in zip(probs, log_probs, strict=True)]
         total = sum(d.sum() for d in dots)
     else:
@@ -294,15 +301,22 @@ def _kl_forward(inputs: list[tuple[Tensor, Tensor, Tensor]], rows: slice, sweep:
 
 
 def _kl_backward(
-    dz: Tensor, probs: list[Tensor] | None, z: Tensor, rows: slice, sweep: Sweep, state: SweepState, grad: Tensor
+    dz: Tensor,
+    probs: list[Tensor] | None,
+    z: Tensor,
+    rows: slice,
+    direction: Direction,
+    state: DirectionState,
+    grad: Tensor,
 ) -> None:
     """Add the smooth KL's gradient to ``dz``; ``probs`` are the row softmaxes when every level has every column."""
     stats = state.rows
-    if sweep.kl_columns is None:
-        logits = [z[:, level.columns] for level in sweep.levels]
+    if direction.kl_columns is None:
+        logits = [z[:, level.columns] for level in direction.levels]
     else:
         logits = [
-            z[:, level.offset + positions] for level, positions in zip(sweep.levels, sweep.kl_columns, strict=True)
+            z[:, level.offset + positions]
+            for level, positions in zip(direction.levels, direction.kl_columns, strict=True)
         ]
     if logits[0].shape[1] == 0:
         return
@@ -310,14 +324,14 @@ def _kl_backward(
     if probs is None:
         probs = [lp.exp() for lp in log_probs]
     mean, log_mean = _log_mean(log_probs, probs)
-    contrast = None if sweep.kl_direction == "to_mean" else log_mean.sub_(_mean_log(log_probs))
-    for g, (level, p, lp) in enumerate(zip(sweep.levels, probs, log_probs, strict=True)):
+    contrast = None if direction.kl_direction == "to_mean" else log_mean.sub_(_mean_log(log_probs))
+    for g, (level, p, lp) in enumerate(zip(direction.levels, probs, log_probs, strict=True)):
         dot = stats.kl_dot[g, rows, None]
         if contrast is None:
             grad_g = lp.sub_(log_mean).sub_(dot).mul_(p)
         else:
             grad_g = (contrast - dot).mul_(p).add_(p).sub_(mean)
-        if sweep.kl_columns is None:
+        if direction.kl_columns is None:
             dz[:, level.columns].add_(grad_g.mul_(grad))
         else:
-            dz[:, level.columns].index_add_(1, sweep.kl_columns[g], grad_g * grad)
+            dz[:, level.columns].index_add_(1, direction.kl_columns[g], grad_g * grad)

@@ -1,6 +1,6 @@
 """Triton kernels of the triton backend: each program computes one tile of logits from ``tl.dot``.
 
-Every kernel runs on a 2-D grid of (row block, column block) tiles of one sweep level and never
+Every kernel runs on a 2-D grid of (row block, column block) tiles of one level of a direction and never
 writes logits to memory: statistics leave a tile through atomic max / add into per-row and
 per-column vectors, gradients through atomic adds into dL/dV and dL/dT. The smooth KL kernels
 walk all G levels of the same tile (twice: log m first, then the terms). Accumulation is in
@@ -69,7 +69,7 @@ def _positives(
     BC: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    """The tile P[rows, cols] (zero outside the sweep)."""
+    """The tile P[rows, cols] (zero outside the direction)."""
     valid = row_ok[:, None] & col_ok[None, :]
     if MODE == 0:
         row_keys = tl.load(KEYS_R + rows, mask=row_ok, other=-1)
@@ -106,7 +106,7 @@ def _softplus(z):
 
 @triton.jit
 def _tile(R, n, BM: tl.constexpr, BN: tl.constexpr):
-    """This program's rows and columns, and which of them lie inside the [R, n] sweep."""
+    """This program's rows and columns, and which of them lie inside the [R, n] direction."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
     return rows, cols, rows < R, cols < n
@@ -122,7 +122,7 @@ def _text_rows(COL_INDEX, cols, col_ok, col_offset, HAS_INDEX: tl.constexpr):
 
 @triton.jit
 def _exp(x, valid):
-    """exp(x) inside the sweep, 0 on the padding of a partial tile (where x is meaningless and may overflow)."""
+    """exp(x) inside the direction, 0 on the padding of a partial tile (where x is meaningless and may overflow)."""
     return tl.exp(tl.where(valid, x, -float("inf")))
 
 
@@ -134,7 +134,7 @@ def _sigmoid(z):
 
 
 @triton.jit
-def max_kernel(
+def logit_max_kernel(
     V,
     T,
     scale,
@@ -164,7 +164,7 @@ def max_kernel(
 
 
 @triton.jit
-def sums_kernel(
+def loss_sums_kernel(
     V,
     T,
     scale,
@@ -284,7 +284,7 @@ def _level_mean(
 
 
 @triton.jit
-def kl_kernel(
+def smooth_kl_kernel(
     V,
     T,
     scale,
@@ -361,7 +361,7 @@ def _scatter_gradient(
 
 
 @triton.jit
-def backward_kernel(
+def logit_grad_kernel(
     V,
     T,
     scale,
@@ -446,7 +446,7 @@ def backward_kernel(
 
 
 @triton.jit
-def kl_backward_kernel(
+def smooth_kl_grad_kernel(
     V,
     T,
     scale,

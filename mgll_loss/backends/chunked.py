@@ -1,14 +1,14 @@
-"""The dense and chunked backends: one autograd function that walks a sweep in panels of rows.
+"""The dense and chunked backends: one autograd function that walks a direction in chunks of rows.
 
-Per panel, the logits of every level come from one matmul ``s * V_panel @ T^T + b``; the
-panel is then processed in cache-sized blocks of rows (:mod:`.blocks`), which share the
+Per chunk, the logits of every level come from one matmul ``s * V_chunk @ T^T + b``; the
+chunk is then processed in cache-sized blocks of rows (:mod:`.blocks`), which share the
 softmax statistics between all terms. The backward is written by hand: it turns each block of
-logits into its gradient in place and needs two matmuls per panel.
+logits into its gradient in place and needs two matmuls per chunk.
 
-- dense: one panel holding every row; its logits are kept for the backward, which overwrites
+- dense: one chunk holding every row; its logits are kept for the backward, which overwrites
   them with their gradient (a second backward through a retained graph recomputes them).
   Memory O(R * N).
-- chunked: panels of ``chunk_size`` rows whose logits are recomputed in the backward; only
+- chunked: chunks of ``chunk_size`` rows whose logits are recomputed in the backward; only
   per-row and per-column statistics are kept. Memory O(chunk_size * N + (R + N) * D).
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LevelSums, LossProblem, LossRequest, SweepSums
-from .blocks import SweepState, backward_block, forward_block
-from .keyed import positive_gradients
-from .plan import Sweep, plan_sweeps, run_sweeps
+from .base import DirectionSums, LevelSums, LossInputs, LossTerms
+from .blocks import DirectionState, backward_block, forward_block
+from .directions import Direction, plan_directions, run_directions
+from .label_keys import positive_gradients
 
 __all__ = ["dense_level_sums", "chunked_level_sums", "chunk_rows", "CHUNK_BUDGET_BYTES"]
 
@@ -39,24 +39,30 @@ def chunk_rows(num_columns: int, dtype: torch.dtype, budget_bytes: int = CHUNK_B
     return max(1, budget_bytes // max(1, num_columns * itemsize))
 
 
-def dense_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
-    """All logits of a sweep from one matmul, kept for the backward (``chunk_size`` is ignored)."""
-    return _level_sums(problem, request, lambda sweep: None)
+def dense_level_sums(problem: LossInputs, request: LossTerms, chunk_size: int | None = None) -> LevelSums:
+    """All logits of a direction from one matmul, kept for the backward (``chunk_size`` is ignored)."""
+    return _level_sums(problem, request, lambda direction: None)
 
 
-def chunked_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
-    """Panels of ``chunk_size`` rows (default: :func:`chunk_rows`), recomputed in the backward."""
-    return _level_sums(problem, request, lambda sweep: chunk_size or chunk_rows(sweep.num_columns, sweep.compute_dtype))
+def chunked_level_sums(problem: LossInputs, request: LossTerms, chunk_size: int | None = None) -> LevelSums:
+    """Chunks of ``chunk_size`` rows (default: :func:`chunk_rows`), recomputed in the backward."""
+    return _level_sums(
+        problem, request, lambda direction: chunk_size or chunk_rows(direction.num_columns, direction.compute_dtype)
+    )
 
 
-def _level_sums(problem: LossProblem, request: LossRequest, panel_rows: Callable[[Sweep], int | None]) -> LevelSums:
-    """Run the sweeps of ``problem``; ``panel_rows(sweep)`` is the chunk size (None: dense)."""
+def _level_sums(
+    problem: LossInputs, request: LossTerms, chunk_rows_for: Callable[[Direction], int | None]
+) -> LevelSums:
+    """Run the directions of ``problem``; ``chunk_rows_for(direction)`` is the chunk size (None: dense)."""
 
-    def run(sweep: Sweep) -> SweepSums:
-        outputs = _SweepFunction.apply(sweep.images, sweep.texts, sweep.scale, sweep.bias, sweep, panel_rows(sweep))
-        return SweepSums(*outputs)
+    def run(direction: Direction) -> DirectionSums:
+        outputs = _ChunkedFunction.apply(
+            direction.images, direction.texts, direction.scale, direction.bias, direction, chunk_rows_for(direction)
+        )
+        return DirectionSums(*outputs)
 
-    return run_sweeps(plan_sweeps(problem, request), request, run)
+    return run_directions(plan_directions(problem, request), request, run)
 
 
 def _spans(stop: int, step: int) -> Iterator[slice]:
@@ -68,8 +74,8 @@ def _block_rows(num_columns: int, dtype: torch.dtype) -> int:
     return chunk_rows(num_columns, dtype, _BLOCK_BYTES)
 
 
-class _SweepFunction(torch.autograd.Function):
-    """Sums of a sweep from (images, texts, scale, bias); hand-written backward (see the module docstring)."""
+class _ChunkedFunction(torch.autograd.Function):
+    """Sums of a direction from (images, texts, scale, bias); hand-written backward (see the module docstring)."""
 
     @staticmethod
     def forward(
@@ -78,27 +84,27 @@ class _SweepFunction(torch.autograd.Function):
         texts: Tensor,
         scale: Tensor,
         bias: Tensor | None,
-        sweep: Sweep,
+        direction: Direction,
         chunk_size: int | None,
     ) -> tuple[Tensor, ...]:
-        dtype = sweep.compute_dtype
+        dtype = direction.compute_dtype
         scaled = images.to(dtype) * scale.to(dtype)
         columns = texts.to(dtype)
         bias_c = None if bias is None else bias.to(dtype)
-        state = SweepState(sweep, images.device)
-        state.add_keyed_masses(sweep)
-        panel = sweep.num_rows if chunk_size is None else chunk_size
-        block = _block_rows(sweep.num_columns, dtype)
+        state = DirectionState(direction, images.device)
+        state.add_label_key_masses(direction)
+        chunk = direction.num_rows if chunk_size is None else chunk_size
+        block = _block_rows(direction.num_columns, dtype)
         kept = None
-        for rows in _spans(sweep.num_rows, panel):
+        for rows in _spans(direction.num_rows, chunk):
             logits = _logits(scaled[rows], columns, bias_c)
             for sub in _spans(logits.shape[0], block):
-                forward_block(logits[sub], _shift(sub, rows.start), sweep, state)
+                forward_block(logits[sub], _shift(sub, rows.start), direction, state)
             if chunk_size is None:
                 kept = logits
-        sums = state.finish(sweep)
+        sums = state.finish(direction)
         ctx.save_for_backward(images, texts, scale, bias)
-        ctx.sweep, ctx.state, ctx.chunk_size, ctx.kept = sweep, state, chunk_size, kept
+        ctx.direction, ctx.state, ctx.chunk_size, ctx.kept = direction, state, chunk_size, kept
         ctx.mark_non_differentiable(sums.row_count, sums.col_count)
         return sums.as_tuple()
 
@@ -106,9 +112,9 @@ class _SweepFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         images, texts, scale, bias = ctx.saved_tensors
-        sweep, state = ctx.sweep, ctx.state
-        dtype = sweep.compute_dtype
-        upstream = SweepSums.upstream(grads, sweep.num_levels, dtype, images.device)
+        direction, state = ctx.direction, ctx.state
+        dtype = direction.compute_dtype
+        upstream = DirectionSums.upstream(grads, direction.num_levels, dtype, images.device)
         scale_c = scale.to(dtype)
         unscaled = images.to(dtype)
         scaled = unscaled * scale_c
@@ -118,22 +124,22 @@ class _SweepFunction(torch.autograd.Function):
         grad_texts = torch.zeros_like(columns)
         grad_scale = torch.zeros((), dtype=dtype, device=images.device)
         grad_bias = torch.zeros((), dtype=dtype, device=images.device)
-        panel = sweep.num_rows if ctx.chunk_size is None else ctx.chunk_size
-        block = _block_rows(sweep.num_columns, dtype)
-        for rows in _spans(sweep.num_rows, panel):
+        chunk = direction.num_rows if ctx.chunk_size is None else ctx.chunk_size
+        block = _block_rows(direction.num_columns, dtype)
+        for rows in _spans(direction.num_rows, chunk):
             logits = ctx.kept if ctx.kept is not None else _logits(scaled[rows], columns, bias_c)
             for sub in _spans(logits.shape[0], block):
-                grad_logits = backward_block(logits[sub], _shift(sub, rows.start), sweep, state, upstream)
+                grad_logits = backward_block(logits[sub], _shift(sub, rows.start), direction, state, upstream)
                 grad_bias += grad_logits.sum()
                 logits[sub] = grad_logits  # the logits buffer now holds dL/dz
             projected = logits @ columns  # dL/dz @ T, [rows, D]
             grad_images[rows] = projected * scale_c
             grad_scale += (projected * unscaled[rows]).sum()
             grad_texts.addmm_(logits.t(), scaled[rows])
-        everything = slice(0, sweep.num_rows)
-        for g, level in enumerate(sweep.levels):
+        everything = slice(0, direction.num_rows)
+        for g, level in enumerate(direction.levels):
             if level.keys is not None and level.size > 0:
-                row_coef, col_coef = state.positive_coefficients(sweep, g, everything, upstream)
+                row_coef, col_coef = state.positive_coefficients(direction, g, everything, upstream)
                 grads_g = positive_gradients(level.keys, unscaled, columns[level.columns], scale_c, row_coef, col_coef)
                 grad_images += grads_g[0]
                 grad_texts[level.columns] += grads_g[1]

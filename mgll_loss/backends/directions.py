@@ -1,14 +1,14 @@
-"""Lay a :class:`LossProblem` out as row sweeps: the sub-problems the fused backends walk row by row.
+"""Lay a :class:`LossInputs` out as directions: the sub-problems the dense, chunked and triton backends walk.
 
-A sweep is a set of rows (images, or texts when transposed) against the present texts of every
-level, concatenated into one column space. Absent texts are dropped before the matmul, so no
-backend ever masks a logit. Two layouts:
+A direction is image-to-text (rows: images, against the present texts of every level concatenated
+into one column space) or text-to-image (rows: one level's texts, against the images; transposed).
+Absent texts are dropped before the matmul, so no backend ever masks a logit. Two layouts:
 
-- the whole problem (one process, or ``local_loss=False``): one sweep over every image
+- the whole problem (one process, or ``local_loss=False``): one direction over every image
   computes row and column soft CLIP, point-wise and smooth KL terms together;
-- a local problem (``local_loss=True`` across ranks): a sweep over this rank's images against
-  every text (row terms), and per level a transposed sweep over this rank's texts against
-  every image (the soft CLIP column term of the original).
+- a local problem (``local_loss=True`` across ranks): a direction over this rank's images against
+  every text (row terms), and per level a transposed direction over this rank's texts against
+  every image (text-to-image: the soft CLIP column term of the original).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..positives import Index, LevelTargets
-from .base import LevelSums, LossProblem, LossRequest, SweepSums
-from .keyed import Keys
+from .base import DirectionSums, LevelSums, LossInputs, LossTerms
+from .label_keys import LabelKeys
 
 
 def compose(outer: Index | None, inner: Index) -> Index:
@@ -36,13 +36,13 @@ def compose(outer: Index | None, inner: Index) -> Index:
 
 
 class TargetView:
-    """A level's positive mask seen from a sweep: rows and columns mapped into the level's mask.
+    """A level's positive mask seen from a direction: rows and columns mapped into the level's mask.
 
     Args:
         source: the level's targets, P [B, N].
-        row_map: maps sweep rows to mask rows (or to mask columns when ``transposed``); None: identity.
-        col_map: maps sweep columns to mask columns (or to mask rows when ``transposed``); None: identity.
-        transposed: the sweep runs over texts, so its tile is ``P[cols, rows]^T``.
+        row_map: maps direction rows to mask rows (or to mask columns when ``transposed``); None: identity.
+        col_map: maps direction columns to mask columns (or to mask rows when ``transposed``); None: identity.
+        transposed: the direction runs over texts, so its tile is ``P[cols, rows]^T``.
     """
 
     def __init__(
@@ -54,54 +54,54 @@ class TargetView:
         self.transposed = transposed
 
     def tile(self, rows: Index, cols: Index, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """The sweep's positives for ``rows`` x ``cols``, [len(rows), len(cols)]."""
+        """The direction's positives for ``rows`` x ``cols``, [len(rows), len(cols)]."""
         mapped_rows, mapped_cols = compose(self.row_map, rows), compose(self.col_map, cols)
         if self.transposed:
             return self.source.tile(mapped_cols, mapped_rows, dtype, device).t()
         return self.source.tile(mapped_rows, mapped_cols, dtype, device)
 
-    def keys(self, num_rows: int, num_cols: int, device: torch.device) -> Keys | None:
-        """Keys of the whole sweep level (see :meth:`LevelTargets.keys`), renumbered 0..K-1; None if P has none."""
+    def keys(self, num_rows: int, num_cols: int, device: torch.device) -> LabelKeys | None:
+        """Label keys of the whole level (see :meth:`LevelTargets.keys`), renumbered 0..K-1; None if P has none."""
         rows, cols = compose(self.row_map, slice(0, num_rows)), compose(self.col_map, slice(0, num_cols))
         keys = self.source.keys(cols, rows, device) if self.transposed else self.source.keys(rows, cols, device)
         if keys is None:
             return None
         row_keys, col_keys = keys[::-1] if self.transposed else keys
         unique, dense = torch.unique(torch.cat([row_keys, col_keys]), return_inverse=True)
-        return Keys.build(dense[:num_rows], dense[num_rows:], unique.shape[0])
+        return LabelKeys.build(dense[:num_rows], dense[num_rows:], unique.shape[0])
 
 
 @dataclass(frozen=True)
-class SweepLevel:
-    """One level's present texts in a sweep: columns ``offset : offset + size`` of the sweep's logits.
+class DirectionLevel:
+    """One level's present texts in a direction: columns ``offset : offset + size`` of the direction's logits.
 
-    With ``keys`` the positives are handled in feature space (:mod:`.keyed`) and never tiled.
+    With ``keys`` the positives are handled in feature space (:mod:`.label_keys`) and never tiled.
     """
 
     offset: int
     size: int
     targets: TargetView
-    keys: Keys | None
+    keys: LabelKeys | None
 
     @property
     def columns(self) -> slice:
-        """This level's columns in the sweep's logits."""
+        """This level's columns in the direction's logits."""
         return slice(self.offset, self.offset + self.size)
 
 
 @dataclass(frozen=True)
-class Sweep:
+class Direction:
     """Rows against the concatenated present texts of every level, and the terms to compute.
 
     Attributes:
-        images: the rows, [R, D] (texts in a transposed sweep).
-        texts: the columns of every level, concatenated, [sum_g n_g, D] (images in a transposed sweep).
+        images: the rows, [R, D] (texts in a transposed direction).
+        texts: the columns of every level, concatenated, [sum_g n_g, D] (images in a transposed direction).
         scale, bias: s (0-dim) and b (0-dim or None); logits are ``s * images @ texts.T + b``.
         levels: the column block of each level.
         kl_columns: per level, the positions (within the level's columns) of the texts present in
             every level, or None when every level has all of them.
         row_ce, col_ce, pointwise, smooth_kl: which sums to compute.
-        pointwise_target, kl_direction: as in :class:`LossRequest`.
+        pointwise_target, kl_direction: as in :class:`LossTerms`.
         compute_dtype: float32 or float64.
     """
 
@@ -109,7 +109,7 @@ class Sweep:
     texts: Tensor
     scale: Tensor
     bias: Tensor | None
-    levels: tuple[SweepLevel, ...]
+    levels: tuple[DirectionLevel, ...]
     kl_columns: tuple[Tensor, ...] | None
     row_ce: bool
     col_ce: bool
@@ -136,15 +136,15 @@ class Sweep:
 
 
 @dataclass(frozen=True)
-class SweepPlan:
-    """The sweeps of a problem: ``main`` (rows), and per level a transposed ``columns`` sweep for a local problem."""
+class DirectionPlan:
+    """A problem's directions: ``main`` (image-to-text), and per level a text-to-image ``columns`` one (local loss)."""
 
-    main: Sweep
-    columns: tuple[Sweep | None, ...]
+    main: Direction
+    columns: tuple[Direction | None, ...]
 
 
-def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
-    """Split ``problem`` into sweeps (see the module docstring)."""
+def plan_directions(problem: LossInputs, request: LossTerms) -> DirectionPlan:
+    """Split ``problem`` into directions (see the module docstring)."""
     device = problem.image_features.device
     present = [None if m is None else torch.nonzero(m).flatten() for m in problem.text_masks]
     level_texts = problem.text_features.split(problem.level_sizes)
@@ -153,7 +153,7 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
     offsets = [sum(sizes[:g]) for g in range(len(sizes))]
     local = problem.is_local
     rows = problem.row_range.stop - problem.row_range.start
-    main = Sweep(
+    main = Direction(
         images=problem.image_features[problem.row_range],
         texts=torch.cat(kept),
         scale=problem.logit_scale,
@@ -171,18 +171,18 @@ def plan_sweeps(problem: LossProblem, request: LossRequest) -> SweepPlan:
         kl_direction=request.kl_direction,
         compute_dtype=problem.compute_dtype,
     )
-    columns: list[Sweep | None] = [None] * problem.num_levels
+    columns: list[Direction | None] = [None] * problem.num_levels
     if request.soft_clip and local:
-        columns = [_column_sweep(problem, g, level_texts[g], device) for g in range(problem.num_levels)]
-    return SweepPlan(main, tuple(columns))
+        columns = [_text_to_image_direction(problem, g, level_texts[g], device) for g in range(problem.num_levels)]
+    return DirectionPlan(main, tuple(columns))
 
 
-def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], SweepSums]) -> LevelSums:
-    """Compute every sweep of ``plan`` with ``run`` and assemble the problem's sums."""
+def run_directions(plan: DirectionPlan, request: LossTerms, run: Callable[[Direction], DirectionSums]) -> LevelSums:
+    """Compute every direction of ``plan`` with ``run`` and assemble the problem's sums."""
     main = run(plan.main)
     col_ce, col_count = main.col_ce, main.col_count
-    if any(sweep is not None for sweep in plan.columns):
-        per_level = [run(sweep) for sweep in plan.columns if sweep is not None]
+    if any(direction is not None for direction in plan.columns):
+        per_level = [run(direction) for direction in plan.columns if direction is not None]
         col_ce = torch.cat([sums.row_ce for sums in per_level])
         col_count = torch.cat([sums.row_count for sums in per_level])
     return LevelSums(
@@ -195,14 +195,14 @@ def run_sweeps(plan: SweepPlan, request: LossRequest, run: Callable[[Sweep], Swe
     )
 
 
-def _column_sweep(problem: LossProblem, level: int, texts: Tensor, device: torch.device) -> Sweep:
+def _text_to_image_direction(problem: LossInputs, level: int, texts: Tensor, device: torch.device) -> Direction:
     """This rank's present texts of ``level`` against every image: the soft CLIP column term."""
     columns = problem.column_ranges[level]
     local = torch.arange(columns.start, columns.stop, device=device)
     mask = problem.text_masks[level]
     if mask is not None:
         local = local[mask[columns]]
-    return Sweep(
+    return Direction(
         images=texts.index_select(0, local),
         texts=problem.image_features,
         scale=problem.logit_scale,
@@ -227,8 +227,8 @@ def _column_sweep(problem: LossProblem, level: int, texts: Tensor, device: torch
     )
 
 
-def _level(offset: int, size: int, targets: TargetView, num_rows: int, device: torch.device) -> SweepLevel:
-    return SweepLevel(offset, size, targets, targets.keys(num_rows, size, device))
+def _level(offset: int, size: int, targets: TargetView, num_rows: int, device: torch.device) -> DirectionLevel:
+    return DirectionLevel(offset, size, targets, targets.keys(num_rows, size, device))
 
 
 def _kl_columns(text_masks: tuple[Tensor | None, ...], device: torch.device) -> tuple[Tensor, ...] | None:

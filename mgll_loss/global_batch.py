@@ -1,4 +1,4 @@
-"""Assemble the :class:`LossProblem` a rank computes: local inputs, or every rank's rows.
+"""Assemble the :class:`LossInputs` a rank computes: local inputs, or every rank's rows.
 
 With ``world_size > 1`` the features, labels, targets and text masks of all ranks are gathered
 (features with gradient as configured; the rest without), and
@@ -7,7 +7,7 @@ With ``world_size > 1`` the features, labels, targets and text masks of all rank
   rows are multiplied by ``world_size`` (by the gather's backward, or explicitly without
   ``gather_with_grad``) so that DDP's gradient average equals the single-process gradient.
 - ``local_loss=True``: a rank computes its local rows against every column and its local
-  columns against every row. The caller divides by counts summed over ranks and multiplies by
+  columns against every row. :mod:`.reduction` divides by counts summed over ranks and multiplies by
   ``world_size``, so the ranks' losses average to the global loss. Needs ``gather_with_grad``:
   the other ranks' rows contribute to this rank's gradients only through the gather's backward.
 """
@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import LevelSums, LossProblem, LossRequest
-from .distributed import World, all_gather_ints, all_reduce_sum, gather_rows, resolve_world, scale_gradient
+from .backends import LossInputs
+from .distributed import World, all_gather_ints, gather_rows, resolve_world, scale_gradient
 from .labels import PAD, LabelSets
 from .positives import LevelTargets, level_targets
 from .validation import check_labels_or_targets, check_targets
 
-__all__ = ["DistributedOptions", "LevelMeans", "LocalInputs", "build_problem", "describe_levels", "level_means"]
+__all__ = ["DistributedOptions", "LocalInputs", "build_problem", "describe_levels"]
 
 _KIND_NONE, _KIND_IDS, _KIND_MULTI_HOT, _KIND_TARGETS, _KIND_LABEL_SETS = range(5)
 _KIND_NAMES = ("None", "class ids", "multi-hot", "targets", "LabelSets")
@@ -120,7 +120,7 @@ LevelKinds = tuple[list[int], list[int]]
 
 def build_problem(
     inputs: LocalInputs, world: World, options: DistributedOptions, kinds: LevelKinds | None = None
-) -> LossProblem:
+) -> LossInputs:
     """Validate the per-level labels/targets and return the problem this rank computes.
 
     Across ranks, ``kinds`` is :func:`describe_levels` of ``inputs``, computed (and agreed on by
@@ -129,7 +129,7 @@ def build_problem(
     if world.is_distributed:
         return _gathered_problem(inputs, world, options, kinds if kinds is not None else describe_levels(inputs))
     batch = inputs.image_features.shape[0]
-    return LossProblem(
+    return LossInputs(
         image_features=inputs.image_features,
         text_features=inputs.text_features,
         level_sizes=inputs.level_sizes,
@@ -148,7 +148,7 @@ def build_problem(
 
 def _gathered_problem(
     inputs: LocalInputs, world: World, options: DistributedOptions, description: LevelKinds
-) -> LossProblem:
+) -> LossInputs:
     image_features, text_features, level_sizes = inputs.image_features, inputs.text_features, inputs.level_sizes
     batch, levels = image_features.shape[0], len(level_sizes)
     kinds, widths = description
@@ -188,7 +188,7 @@ def _gathered_problem(
     row_start = sum(batch_sizes[: world.rank])
     column_starts = sizes_per_rank[: world.rank].sum(0).tolist()
     local = options.local_loss
-    return LossProblem(
+    return LossInputs(
         image_features=images,
         text_features=texts,
         level_sizes=global_sizes,
@@ -277,47 +277,3 @@ def _targets_from_gathered(
     if kind == _KIND_LABEL_SETS:
         return LevelTargets(num_images, num_texts, label_sets=gathered, match=match)
     return LevelTargets(num_images, num_texts, match=match)
-
-
-@dataclass(frozen=True)
-class LevelMeans:
-    """Normalised, unweighted losses: soft CLIP and point-wise per level [G], smooth KL 0-dim (None: not requested)."""
-
-    soft_clip: Tensor | None
-    pointwise: Tensor | None
-    smooth_kl: Tensor | None
-
-
-def level_means(
-    sums: LevelSums, problem: LossProblem, request: LossRequest, world: World, local_loss: bool
-) -> LevelMeans:
-    """Divide a backend's sums by their counts.
-
-    With ``local_loss`` across ranks the counts are summed over every rank and the result is
-    multiplied by ``world_size``, so that the ranks' losses average to the global loss.
-    """
-    split = local_loss and world.is_distributed
-    factor = float(world.world_size) if split else 1.0
-    num_images = problem.image_features.shape[0]
-    soft_clip = pointwise = smooth_kl = None
-    soft_clip_sums = sums.soft_clip()
-    if soft_clip_sums is not None:
-        rows, row_count, cols, col_count = soft_clip_sums
-        if split:  # one collective for both counts
-            row_count, col_count = all_reduce_sum(torch.stack([row_count, col_count])).unbind(0)
-        soft_clip = factor * 0.5 * (rows / row_count.clamp_min(1) + cols / col_count.clamp_min(1))
-    if sums.pointwise is not None:
-        pairs: int | Tensor = num_images
-        sizes = problem.level_sizes
-        if request.normalization == "pairs" and all(m is None for m in problem.text_masks) and len(set(sizes)) == 1:
-            pairs = num_images * sizes[0]  # every text present: known on the host
-        elif request.normalization == "pairs":  # counted on the device, without a host-to-device copy
-            like = sums.pointwise
-            present = [
-                like.new_full((), n) if m is None else m.sum() for m, n in zip(problem.text_masks, sizes, strict=True)
-            ]
-            pairs = (num_images * torch.stack([p.to(like.dtype) for p in present])).clamp_min(1)
-        pointwise = sums.pointwise * (factor / pairs) if isinstance(pairs, int) else factor * sums.pointwise / pairs
-    if sums.smooth_kl is not None:
-        smooth_kl = sums.smooth_kl * (factor / num_images)
-    return LevelMeans(soft_clip, pointwise, smooth_kl)

@@ -1,4 +1,4 @@
-"""The triton backend: the sweeps of :mod:`.plan` computed by the kernels of :mod:`.triton_kernels`.
+"""The triton backend: the directions of :mod:`.directions` computed by the kernels of :mod:`.triton_kernels`.
 
 Per level, the forward runs a max pass and a sums pass over (row block, column block) tiles,
 then the smooth KL kernel over the columns every level has; the backward recomputes each tile
@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LevelSums, LossProblem, LossRequest, SweepSums
+from .base import DirectionSums, LevelSums, LossInputs, LossTerms
 from .blocks import cross_entropy_sums, pointwise_sum, positive_coefficients
-from .plan import Sweep, SweepLevel, compose, plan_sweeps, run_sweeps
+from .directions import Direction, DirectionLevel, compose, plan_directions, run_directions
 
 __all__ = ["triton_level_sums", "interpreting", "check_triton_device"]
 
@@ -48,19 +48,21 @@ def check_triton_device(device: torch.device) -> None:
     )
 
 
-def triton_level_sums(problem: LossProblem, request: LossRequest, chunk_size: int | None = None) -> LevelSums:
+def triton_level_sums(problem: LossInputs, request: LossTerms, chunk_size: int | None = None) -> LevelSums:
     """The sums of ``problem`` from the Triton kernels (``chunk_size`` is ignored: tiles are fixed)."""
     check_triton_device(problem.image_features.device)
 
-    def run(sweep: Sweep) -> SweepSums:
-        return SweepSums(*_TritonSweep.apply(sweep.images, sweep.texts, sweep.scale, sweep.bias, sweep))
+    def run(direction: Direction) -> DirectionSums:
+        return DirectionSums(
+            *_TritonFunction.apply(direction.images, direction.texts, direction.scale, direction.bias, direction)
+        )
 
-    return run_sweeps(plan_sweeps(problem, request), request, run)
+    return run_directions(plan_directions(problem, request), request, run)
 
 
 @dataclass
 class _Tiles:
-    """Launch configuration shared by every kernel of a sweep."""
+    """Launch configuration shared by every kernel of a direction."""
 
     rows: int
     dim: int
@@ -89,7 +91,7 @@ class _Positives:
         return self.tensors
 
 
-def _positives(level: SweepLevel, num_rows: int, dtype: torch.dtype, device: torch.device) -> _Positives:
+def _positives(level: DirectionLevel, num_rows: int, dtype: torch.dtype, device: torch.device) -> _Positives:
     placeholder_ids = torch.zeros(1, dtype=torch.int64, device=device)
     placeholder = torch.zeros(1, dtype=dtype, device=device)
     if level.keys is not None:
@@ -108,37 +110,37 @@ def _positives(level: SweepLevel, num_rows: int, dtype: torch.dtype, device: tor
     return _Positives(2, 0, (placeholder_ids,) * 2 + (placeholder,) * 4 + (dense,), 1)
 
 
-def _tiles(sweep: Sweep, device: torch.device) -> _Tiles:
+def _tiles(direction: Direction, device: torch.device) -> _Tiles:
     import triton.language as tl
 
-    acc = tl.float64 if sweep.compute_dtype == torch.float64 else tl.float32
+    acc = tl.float64 if direction.compute_dtype == torch.float64 else tl.float32
     size = 16 if device.type == "cpu" else 64
-    return _Tiles(sweep.num_rows, sweep.images.shape[1], size, size, 16 if device.type == "cpu" else 32, acc)
+    return _Tiles(direction.num_rows, direction.images.shape[1], size, size, 16 if device.type == "cpu" else 32, acc)
 
 
-class _TritonSweep(torch.autograd.Function):
-    """Sums of a sweep from (images, texts, scale, bias) by the Triton kernels; backward by the kernels too."""
+class _TritonFunction(torch.autograd.Function):
+    """Sums of a direction from (images, texts, scale, bias) by the Triton kernels; backward by the kernels too."""
 
     @staticmethod
     def forward(
-        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, sweep: Sweep
+        ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, direction: Direction
     ) -> tuple[Tensor, ...]:
         from . import triton_kernels as kernels
 
-        dtype, device = sweep.compute_dtype, images.device
+        dtype, device = direction.compute_dtype, images.device
         features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
         scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
-        tiles = _tiles(sweep, device)
-        levels, rows = sweep.num_levels, sweep.num_rows
+        tiles = _tiles(direction, device)
+        levels, rows = direction.num_levels, direction.num_rows
 
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        sums = SweepSums.zeros(levels, dtype, device)
+        sums = DirectionSums.zeros(levels, dtype, device)
         row_lse, row_mass = zeros(levels, rows), zeros(levels, rows)
-        col_lse, col_mass = zeros(sweep.num_columns), zeros(sweep.num_columns)
+        col_lse, col_mass = zeros(direction.num_columns), zeros(direction.num_columns)
         common = dict(HAS_BIAS=bias is not None, **tiles.constants())
-        for g, level in enumerate(sweep.levels):
+        for g, level in enumerate(direction.levels):
             if level.size == 0:
                 continue
             positives = _positives(level, rows, dtype, device)
@@ -150,25 +152,25 @@ class _TritonSweep(torch.autograd.Function):
                 level.offset,
                 level.size,
                 None,
-                sweep.col_ce,
+                direction.col_ce,
                 positives,
-                sweep.pointwise,
+                direction.pointwise,
                 common,
             )
             lse_r, lse_c, mass, pz, mass_c, pz_c, softplus = stats
             row_lse[g], row_mass[g] = lse_r, mass
-            if sweep.row_ce:
+            if direction.row_ce:
                 sums.row_ce[g], sums.row_count[g] = cross_entropy_sums(lse_r, pz, mass)
-            if sweep.col_ce:
+            if direction.col_ce:
                 col_lse[level.columns], col_mass[level.columns] = lse_c, mass_c
                 sums.col_ce[g], sums.col_count[g] = cross_entropy_sums(lse_c, pz_c, mass_c)
-            if sweep.pointwise:
-                sums.pointwise[g] = pointwise_sum(softplus.sum(), pz, mass, sweep.pointwise_target)
-        kl = _kl_forward(kernels, features, scalars, tiles, sweep, row_lse, common) if sweep.smooth_kl else None
+            if direction.pointwise:
+                sums.pointwise[g] = pointwise_sum(softplus.sum(), pz, mass, direction.pointwise_target)
+        kl = _kl_forward(kernels, features, scalars, tiles, direction, row_lse, common) if direction.smooth_kl else None
         if kl is not None:
             sums.smooth_kl.copy_(kl[3])
         ctx.save_for_backward(images, texts, scale, bias)
-        ctx.sweep, ctx.stats, ctx.kl = sweep, (row_lse, row_mass, col_lse, col_mass), kl
+        ctx.direction, ctx.stats, ctx.kl = direction, (row_lse, row_mass, col_lse, col_mass), kl
         ctx.mark_non_differentiable(sums.row_count, sums.col_count)
         return sums.as_tuple()
 
@@ -178,30 +180,30 @@ class _TritonSweep(torch.autograd.Function):
         from . import triton_kernels as kernels
 
         images, texts, scale, bias = ctx.saved_tensors
-        sweep = ctx.sweep
-        dtype, device = sweep.compute_dtype, images.device
-        levels = sweep.num_levels
-        upstream = SweepSums.upstream(grads, levels, dtype, device)
+        direction = ctx.direction
+        dtype, device = direction.compute_dtype, images.device
+        levels = direction.num_levels
+        upstream = DirectionSums.upstream(grads, levels, dtype, device)
         features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
         scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
-        tiles = _tiles(sweep, device)
+        tiles = _tiles(direction, device)
         grad_images, grad_texts = torch.zeros_like(features[0]), torch.zeros_like(features[1])
         grad_bias = torch.zeros(1, dtype=dtype, device=device)
         outputs = (grad_images, grad_texts, grad_bias)
         row_lse, row_mass, col_lse, col_mass = ctx.stats
         common = dict(HAS_BIAS=bias is not None, **tiles.constants())
-        for g, level in enumerate(sweep.levels):
+        for g, level in enumerate(direction.levels):
             if level.size == 0:
                 continue
             columns = level.columns
             mass = row_mass[g]
             row_coef, col_coef = positive_coefficients(
-                sweep, g, mass, col_mass[columns] if sweep.col_ce else None, upstream
+                direction, g, mass, col_mass[columns] if direction.col_ce else None, upstream
             )
             row_weight = upstream.row_ce[g] * (mass > 0)
             col_weight = upstream.col_ce[g] * (col_mass[columns] > 0)
-            positives = _positives(level, sweep.num_rows, dtype, device)
-            kernels.backward_kernel[tiles.grid(level.size)](
+            positives = _positives(level, direction.num_rows, dtype, device)
+            kernels.logit_grad_kernel[tiles.grid(level.size)](
                 *features,
                 *scalars,
                 *outputs,
@@ -213,15 +215,15 @@ class _TritonSweep(torch.autograd.Function):
                 (col_coef if col_coef is not None else col_weight).contiguous(),
                 upstream.pointwise[g].reshape(1),
                 *positives.arguments(),
-                sweep.num_rows,
+                direction.num_rows,
                 level.size,
                 tiles.dim,
                 positives.classes,
                 level.offset,
-                WITH_ROWS=sweep.row_ce,
-                WITH_COLS=sweep.col_ce,
-                WITH_SIGMOID=sweep.pointwise,
-                WITH_POSITIVES=sweep.row_ce or sweep.col_ce or sweep.pointwise,
+                WITH_ROWS=direction.row_ce,
+                WITH_COLS=direction.col_ce,
+                WITH_SIGMOID=direction.pointwise,
+                WITH_POSITIVES=direction.row_ce or direction.col_ce or direction.pointwise,
                 MODE=positives.mode,
                 MATCH=positives.match,
                 BC=16,
@@ -229,7 +231,7 @@ class _TritonSweep(torch.autograd.Function):
             )
         if ctx.kl is not None and ctx.kl[0].shape[1]:
             text_rows, kl_lse, kl_dot, _ = ctx.kl
-            kernels.kl_backward_kernel[tiles.grid(text_rows.shape[1])](
+            kernels.smooth_kl_grad_kernel[tiles.grid(text_rows.shape[1])](
                 *features,
                 *scalars,
                 *outputs,
@@ -237,11 +239,11 @@ class _TritonSweep(torch.autograd.Function):
                 kl_lse,
                 kl_dot,
                 upstream.smooth_kl.reshape(1),
-                sweep.num_rows,
+                direction.num_rows,
                 text_rows.shape[1],
                 tiles.dim,
                 levels,
-                TO_MEAN=sweep.kl_direction == "to_mean",
+                TO_MEAN=direction.kl_direction == "to_mean",
                 **common,
             )
         scale_c = scalars[0][0]
@@ -279,11 +281,11 @@ def _level_statistics(
     index = column_index if column_index is not None else torch.zeros(1, dtype=torch.int64, device=device)
     grid = tiles.grid(size)
     flags = dict(HAS_INDEX=column_index is not None, WITH_COLS=with_cols, **common)
-    kernels.max_kernel[grid](*features, *scalars, index, row_max, col_max, rows, size, tiles.dim, offset, **flags)
+    kernels.logit_max_kernel[grid](*features, *scalars, index, row_max, col_max, rows, size, tiles.dim, offset, **flags)
     row_vectors = [torch.zeros(rows, dtype=dtype, device=device) for _ in range(4)]  # sumexp, mass, pz, softplus
     col_vectors = [torch.zeros(size, dtype=dtype, device=device) for _ in range(3)]  # sumexp, mass, pz
     operands = positives if positives is not None else _Positives(0, 0, (index,) * 2 + (row_max,) * 5, 1)
-    kernels.sums_kernel[grid](
+    kernels.loss_sums_kernel[grid](
         *features,
         *scalars,
         index,
@@ -319,18 +321,20 @@ def _kl_forward(
     features: tuple[Tensor, Tensor],
     scalars: tuple[Tensor, Tensor],
     tiles: _Tiles,
-    sweep: Sweep,
+    direction: Direction,
     row_lse: Tensor,
     common: dict,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """(text rows [G, Nc], lse [G, R], per-row dots [G, R], total): the smooth KL over the columns every level has."""
     device = features[0].device
-    if sweep.kl_columns is None:
-        text_rows = torch.stack([torch.arange(lv.offset, lv.offset + lv.size, device=device) for lv in sweep.levels])
+    if direction.kl_columns is None:
+        text_rows = torch.stack(
+            [torch.arange(lv.offset, lv.offset + lv.size, device=device) for lv in direction.levels]
+        )
         kl_lse = row_lse
     else:
         text_rows = torch.stack(
-            [lv.offset + positions for lv, positions in zip(sweep.levels, sweep.kl_columns, strict=True)]
+            [lv.offset + positions for lv, positions in zip(direction.levels, direction.kl_columns, strict=True)]
         )
         kl_lse = (
             torch.stack(
@@ -348,7 +352,7 @@ def _kl_forward(
                         False,
                         common,
                     )[0]
-                    for g in range(sweep.num_levels)
+                    for g in range(direction.num_levels)
                 ]
             )
             if text_rows.shape[1]
@@ -356,21 +360,21 @@ def _kl_forward(
         )
     text_rows = text_rows.contiguous()
     kl_dot = torch.zeros_like(kl_lse)
-    kl_total = torch.zeros(sweep.num_rows, dtype=kl_lse.dtype, device=device)
+    kl_total = torch.zeros(direction.num_rows, dtype=kl_lse.dtype, device=device)
     if text_rows.shape[1]:
-        kernels.kl_kernel[tiles.grid(text_rows.shape[1])](
+        kernels.smooth_kl_kernel[tiles.grid(text_rows.shape[1])](
             *features,
             *scalars,
             text_rows,
             kl_lse.contiguous(),
             kl_dot,
             kl_total,
-            sweep.num_rows,
+            direction.num_rows,
             text_rows.shape[1],
             tiles.dim,
-            sweep.num_levels,
-            TO_MEAN=sweep.kl_direction == "to_mean",
+            direction.num_levels,
+            TO_MEAN=direction.kl_direction == "to_mean",
             **common,
         )
-    total = kl_dot.sum() if sweep.kl_direction == "to_mean" else kl_total.sum()
+    total = kl_dot.sum() if direction.kl_direction == "to_mean" else kl_total.sum()
     return text_rows, kl_lse.contiguous(), kl_dot, total

@@ -21,7 +21,7 @@ def _key_sums(keys: Tensor, count: int, values: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Keys:
+class LabelKeys:
     """``P_ij = [rows_i == cols_j]``: row keys [R] and column keys [n] in ``range(count)``.
 
     Attributes:
@@ -41,7 +41,7 @@ class Keys:
     col_starts: Tensor
 
     @classmethod
-    def build(cls, rows: Tensor, cols: Tensor, count: int) -> Keys:
+    def build(cls, rows: Tensor, cols: Tensor, count: int) -> LabelKeys:
         col_counts = torch.bincount(cols, minlength=count)
         return cls(
             rows,
@@ -63,8 +63,8 @@ class Keys:
         return local_rows, self.col_order[self.col_starts[keys][local_rows] + rank]
 
 
-def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> tuple[Tensor, Tensor]:
-    """Sums of the positive logits of a block ``z`` [r, n] (sweep rows ``rows``): per row [r], and per column [n].
+def positive_pair_sums(keys: LabelKeys, rows: slice, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Sums of the positive logits of a block ``z`` [r, n] (direction rows ``rows``): per row [r], and per column [n].
 
     Gathered from the logits themselves, so a row whose only positive dominates gets a cross-entropy
     of exactly zero, as from a tile of P.
@@ -76,7 +76,7 @@ def positive_pair_sums(keys: Keys, rows: slice, z: Tensor) -> tuple[Tensor, Tens
 
 
 def positive_gradients(
-    keys: Keys, images: Tensor, texts: Tensor, scale: Tensor, row_coef: Tensor, col_coef: Tensor | None
+    keys: LabelKeys, images: Tensor, texts: Tensor, scale: Tensor, row_coef: Tensor, col_coef: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``-sum_ij P_ij (a_i + c_j) z_ij`` (a = ``row_coef`` [R], c = ``col_coef`` [n] or 0).
 
