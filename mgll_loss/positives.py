@@ -172,10 +172,11 @@ def level_targets(
         name: how the argument is named in error messages (e.g. ``"labels[1]"``).
     """
     check_choice("match", match, MATCH_MODES)
-    if device is None:
-        source = labels if isinstance(labels, Tensor) else targets
-        device = source.device if isinstance(source, Tensor) else None
-    reference = torch.empty(0, device=device)
+    source = targets if isinstance(targets, Tensor) else labels
+    if isinstance(source, Tensor) and (device is None or source.device == device):
+        reference = source  # already where it must be: the device checks below pass without a new tensor
+    else:
+        reference = torch.empty(0, device=device)
     check_labels_or_targets(name, labels, targets)
     if targets is not None:
         dense = check_targets(name.replace("labels", "targets"), targets, num_images, num_texts, reference)
