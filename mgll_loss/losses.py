@@ -16,13 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import functional
-from .backends import check_backend, check_chunk_size
 from .docstrings import shared_args
-from .global_batch import DistributedOptions
+from .loss_base import LossBase
 from .validation import (
     KL_DIRECTIONS,
     MATCH_MODES,
@@ -31,7 +29,6 @@ from .validation import (
     check_choice,
     check_level_weights,
     check_weight,
-    warn_if_not_unit_norm,
 )
 
 __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
@@ -39,63 +36,8 @@ __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
 LossOutput = Tensor | dict[str, Tensor]
 
 
-def _is_compiling() -> bool:
-    """True while torch.compile traces (``torch.compiler.is_compiling``, or its torch < 2.3 name)."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return bool(compiler.is_compiling())
-    return bool(torch._dynamo.is_compiling())
-
-
-class _LossBase(nn.Module):
-    """Holds the backend and the torch.distributed options shared by every loss.
-
-    The first call (outside torch.compile tracing) also checks that the features are L2-normalised
-    and warns once if not (see :func:`~mgll_loss.validation.warn_if_not_unit_norm`); later calls
-    read nothing on the host.
-    """
-
-    def __init__(
-        self,
-        backend: str,
-        chunk_size: int | None,
-        local_loss: bool,
-        gather_with_grad: bool,
-        rank: int | None,
-        world_size: int | None,
-    ) -> None:
-        super().__init__()
-        self.backend = check_backend(backend)
-        self.chunk_size = check_chunk_size(chunk_size)
-        self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
-        self._norms_checked = False
-
-    def _check_norms_once(self, image_features: Any, text_features: Any) -> None:
-        if _is_compiling() or self._norms_checked:
-            return
-        self._norms_checked = True
-        warn_if_not_unit_norm(image_features, text_features, stacklevel=4)
-
-    def _common_options(self) -> dict[str, Any]:
-        options = self.distributed  # its fields by name (dataclasses.asdict deep-copies: slow on every call)
-        return dict(
-            backend=self.backend,
-            chunk_size=self.chunk_size,
-            local_loss=options.local_loss,
-            gather_with_grad=options.gather_with_grad,
-            rank=options.rank,
-            world_size=options.world_size,
-        )
-
-    def _common_repr(self) -> str:
-        options = self.distributed
-        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
-        distributed = f"local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
-        return f"backend={self.backend!r}{chunk}, {distributed}"
-
-
 @shared_args
-class SoftCLIPLoss(_LossBase):
+class SoftCLIPLoss(LossBase):
     """Soft CLIP loss with multi-positive targets built from labels (paper Eqs. 1-3).
 
     See :func:`mgll_loss.functional.soft_clip_loss` for the math.
@@ -163,7 +105,7 @@ class SoftCLIPLoss(_LossBase):
 
 
 @shared_args
-class PointwiseLoss(_LossBase):
+class PointwiseLoss(LossBase):
     """Point-wise sigmoid (binary cross-entropy) loss on every image-text pair (paper Eq. 4).
 
     See :func:`mgll_loss.functional.pointwise_loss` for the math.
@@ -241,7 +183,7 @@ class PointwiseLoss(_LossBase):
 
 
 @shared_args
-class SmoothKLLoss(_LossBase):
+class SmoothKLLoss(LossBase):
     """Smooth KL divergence between each level's image-to-text distribution and their mean (paper Eqs. 5-6).
 
     See :func:`mgll_loss.functional.smooth_kl_loss` for the math. ``labels`` and ``targets`` are
@@ -310,7 +252,7 @@ class SmoothKLLoss(_LossBase):
 
 
 @shared_args
-class MGLLLoss(_LossBase):
+class MGLLLoss(LossBase):
     """The multi-granular language learning objective (paper Eq. 7).
 
     .. math::

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss
-from mgll_loss import losses as losses_module
+from mgll_loss import loss_base
 from mgll_loss.labels import label_id, normalize_label
 from mgll_loss.targets import LabelSets, labels_from_strings, level_labels_from_strings, positive_mask
 
@@ -187,13 +187,13 @@ def test_features_far_from_unit_norm_warn_once_per_loss_instance():
 
 def test_the_norm_check_reads_the_host_only_on_the_first_call_and_never_while_compiling(monkeypatch):
     calls = []
-    monkeypatch.setattr(losses_module, "warn_if_not_unit_norm", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(loss_base, "warn_if_not_unit_norm", lambda *args, **kwargs: calls.append(args))
     images, texts = unit_features(4, 6), unit_features(2, 4, 6)
     loss = MGLLLoss()
-    monkeypatch.setattr(losses_module, "_is_compiling", lambda: True)
+    monkeypatch.setattr(loss_base, "_is_compiling", lambda: True)
     loss(images, texts, 10.0)
     assert calls == [] and not loss._norms_checked
-    monkeypatch.setattr(losses_module, "_is_compiling", lambda: False)
+    monkeypatch.setattr(loss_base, "_is_compiling", lambda: False)
     for _ in range(3):
         loss(images, texts, 10.0)
     assert len(calls) == 1

@@ -1,0 +1,69 @@
+"""What every loss module shares: the backend and the torch.distributed options, and the norm check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backends import check_backend, check_chunk_size
+from .global_batch import DistributedOptions
+from .validation import warn_if_not_unit_norm
+
+__all__ = ["LossBase"]
+
+
+def _is_compiling() -> bool:
+    """True while torch.compile traces (``torch.compiler.is_compiling``, or its torch < 2.3 name)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())
+
+
+class LossBase(nn.Module):
+    """Holds the backend and the torch.distributed options shared by every loss.
+
+    The first call (outside torch.compile tracing) also checks that the features are L2-normalised
+    and warns once if not (see :func:`~mgll_loss.validation.warn_if_not_unit_norm`); later calls
+    read nothing on the host.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        chunk_size: int | None,
+        local_loss: bool,
+        gather_with_grad: bool,
+        rank: int | None,
+        world_size: int | None,
+    ) -> None:
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
+        self._norms_checked = False
+
+    def _check_norms_once(self, image_features: Any, text_features: Any) -> None:
+        if _is_compiling() or self._norms_checked:
+            return
+        self._norms_checked = True
+        warn_if_not_unit_norm(image_features, text_features, stacklevel=4)
+
+    def _common_options(self) -> dict[str, Any]:
+        options = self.distributed  # its fields by name (dataclasses.asdict deep-copies: slow on every call)
+        return dict(
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            local_loss=options.local_loss,
+            gather_with_grad=options.gather_with_grad,
+            rank=options.rank,
+            world_size=options.world_size,
+        )
+
+    def _common_repr(self) -> str:
+        options = self.distributed
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
+        distributed = f"local_loss={options.local_loss}, gather_with_grad={options.gather_with_grad}"
+        return f"backend={self.backend!r}{chunk}, {distributed}"
