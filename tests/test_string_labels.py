@@ -11,8 +11,7 @@ import warnings
 import pytest
 import torch
 
-from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss
-from mgll_loss import loss_base
+from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss, loss_base
 from mgll_loss.labels import label_id, normalize_label
 from mgll_loss.targets import LabelSets, labels_from_strings, level_labels_from_strings, positive_mask
 
