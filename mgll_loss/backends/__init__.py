@@ -1,8 +1,8 @@
 """Backends compute the loss terms of a :class:`LossInputs`; this module picks one by name.
 
 - ``"batched"``: every level in one [B, G, N] tensor of logits from one matmul, static shapes and
-  plain autograd; no host reads, one graph under ``torch.compile(fullgraph=True)``. Memory
-  O(B * G * N) with autograd's intermediates: for small and medium problems.
+  a hand-written backward (one autograd node); no host reads, one graph under
+  ``torch.compile(fullgraph=True)``. Memory O(B * G * N): for small and medium problems.
 - ``"dense"``: every logit of a direction from one matmul, kept for the hand-written backward.
 - ``"chunked"``: the same algorithm on chunks of rows, recomputed in the backward; memory
   linear in the batch. ``chunk_size`` rows per chunk (default: a 256 MiB chunk of logits).
