@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .validation import check_flag
+
 __all__ = ["accumulate_step"]
 
 #: Model outputs with one row per example (concatenated over micro-batches along dim -2).
@@ -154,6 +156,7 @@ def accumulate_step(
     for name, value in (("model", model), ("loss_fn", loss_fn)):
         if not callable(value):
             raise TypeError(f"{name}: expected a callable (a module or a function), got {type(value).__name__}")
+    check_flag("output_dict", output_dict)
     batches = _check_micro_batches(micro_batches)
     encoder = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 

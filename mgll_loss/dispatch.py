@@ -180,6 +180,8 @@ def _autocast_enabled(device: str) -> bool:
     """Whether autocast is on for ``device`` (entering a context to turn it off costs more than asking)."""
     try:
         return torch.is_autocast_enabled(device)
+    except RuntimeError:  # a device type autocast does not know (e.g. "meta") has no autocast to turn off
+        return False
     except TypeError:  # torch < 2.4: no device argument
         if device == "cuda":
             return torch.is_autocast_enabled()
@@ -204,6 +206,9 @@ def weighted_terms(
         "pointwise_loss": weighted_sum(means.pointwise),
         "smooth_kl_loss": means.smooth_kl,
     }
+    if all(value is None for value in values.values()):  # one level, only the smooth KL weighted: a zero in the graph
+        anchor = (problem.image_features.sum() * 0.0 + 0.0).to(problem.compute_dtype)  # so that backward() runs
+        return dict.fromkeys(values, anchor)
     return {name: zero() if value is None else _times(weights[name], value) for name, value in values.items()}
 
 

@@ -25,7 +25,8 @@ from .validation import (
     NORMALIZATIONS,
     POINTWISE_TARGETS,
     check_choice,
-    check_weight,
+    check_flag,
+    check_term_weights,
 )
 
 __all__ = ["soft_clip_loss", "pointwise_loss", "smooth_kl_loss", "mgll_loss"]
@@ -311,9 +312,12 @@ def mgll_loss(
         ['pointwise_loss', 'smooth_kl_loss', 'soft_clip_loss']
     """
     weights = {
-        "soft_clip_loss": check_weight("soft_clip_weight", soft_clip_weight),
-        "pointwise_loss": check_weight("pointwise_weight", pointwise_weight),
-        "smooth_kl_loss": check_weight("smooth_kl_weight", smooth_kl_weight),
+        name: weight
+        for name, weight in zip(
+            ("soft_clip_loss", "pointwise_loss", "smooth_kl_loss"),
+            check_term_weights(soft_clip_weight, pointwise_weight, smooth_kl_weight),
+            strict=True,
+        )
     }
     check_choice("match", match, MATCH_MODES)
     check_choice("normalization", normalization, NORMALIZATIONS)
@@ -347,4 +351,6 @@ def mgll_loss(
     )
     means = compute(prepared, backend, chunk_size, local_loss)
     terms = weighted_terms(means, weights, prepared.level_weights, prepared.problem)
-    return terms if output_dict else terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
+    if check_flag("output_dict", output_dict):
+        return terms
+    return terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]

@@ -26,7 +26,7 @@ from .backends import LossInputs
 from .distributed import World, all_gather_ints, gather_rows, resolve_world, scale_gradient
 from .labels import PAD, LabelSets
 from .positives import LevelTargets, level_targets
-from .validation import check_labels_or_targets, check_targets
+from .validation import check_flag, check_labels_or_targets, check_targets
 
 __all__ = ["DistributedOptions", "LocalInputs", "build_problem", "describe_levels"]
 
@@ -52,9 +52,8 @@ class DistributedOptions:
     world_size: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("local_loss", "gather_with_grad"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__}")
+        check_flag("local_loss", self.local_loss)
+        check_flag("gather_with_grad", self.gather_with_grad)
         if self.local_loss and not self.gather_with_grad:
             raise ValueError(
                 "local_loss=True needs gather_with_grad=True: without it, the terms other ranks compute "

@@ -27,8 +27,9 @@ from .validation import (
     NORMALIZATIONS,
     POINTWISE_TARGETS,
     check_choice,
+    check_flag,
     check_level_weights,
-    check_weight,
+    check_term_weights,
 )
 
 __all__ = ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss"]
@@ -98,7 +99,7 @@ class SoftCLIPLoss(LossBase):
             match=self.match,
             **self._common_options(),
         )
-        return {"soft_clip_loss": loss} if output_dict else loss
+        return {"soft_clip_loss": loss} if check_flag("output_dict", output_dict) else loss
 
     def extra_repr(self) -> str:
         return f"match={self.match!r}, {self._common_repr()}"
@@ -173,7 +174,7 @@ class PointwiseLoss(LossBase):
             pointwise_target=self.pointwise_target,
             **self._common_options(),
         )
-        return {"pointwise_loss": loss} if output_dict else loss
+        return {"pointwise_loss": loss} if check_flag("output_dict", output_dict) else loss
 
     def extra_repr(self) -> str:
         return (
@@ -245,7 +246,7 @@ class SmoothKLLoss(LossBase):
             kl_direction=self.kl_direction,
             **self._common_options(),
         )
-        return {"smooth_kl_loss": loss} if output_dict else loss
+        return {"smooth_kl_loss": loss} if check_flag("output_dict", output_dict) else loss
 
     def extra_repr(self) -> str:
         return f"kl_direction={self.kl_direction!r}, {self._common_repr()}"
@@ -307,9 +308,9 @@ class MGLLLoss(LossBase):
         world_size: int | None = None,
     ) -> None:
         super().__init__(backend, chunk_size, local_loss, gather_with_grad, rank, world_size)
-        self.soft_clip_weight = check_weight("soft_clip_weight", soft_clip_weight)
-        self.pointwise_weight = check_weight("pointwise_weight", pointwise_weight)
-        self.smooth_kl_weight = check_weight("smooth_kl_weight", smooth_kl_weight)
+        self.soft_clip_weight, self.pointwise_weight, self.smooth_kl_weight = check_term_weights(
+            soft_clip_weight, pointwise_weight, smooth_kl_weight
+        )
         self.level_weights = check_level_weights(level_weights, None)
         self.match = check_choice("match", match, MATCH_MODES)
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)

@@ -192,7 +192,8 @@ def level_targets(
         return LevelTargets(num_images, num_texts, multi_hot=labels, match=match)
     if num_texts != num_images:
         raise ValueError(
-            f"{name}: without labels or targets each image's positive is its own text, which needs N == B; "
-            f"got N={num_texts} texts for B={num_images} images"
+            f"{name.replace('labels', 'text_features')}: without labels or targets each image's positive is its "
+            f"own text, which needs N == B; got N={num_texts} texts for B={num_images} images (targets [B, N] say "
+            "which texts are whose)"
         )
     return LevelTargets(num_images, num_texts, match=match)

@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Real
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor
@@ -61,6 +61,13 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, else raise ``TypeError`` (a string such as "no" is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
 def check_weight(name: str, value: Any) -> float:
     """Return a finite, non-negative weight as a float."""
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -69,6 +76,17 @@ def check_weight(name: str, value: Any) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a finite non-negative number, got {value}")
     return value
+
+
+def check_term_weights(soft_clip_weight: Any, pointwise_weight: Any, smooth_kl_weight: Any) -> tuple[float, ...]:
+    """Return the three term weights of MGLL (each :func:`check_weight`); at least one must be positive."""
+    names = ("soft_clip_weight", "pointwise_weight", "smooth_kl_weight")
+    weights = tuple(
+        check_weight(n, w) for n, w in zip(names, (soft_clip_weight, pointwise_weight, smooth_kl_weight), strict=True)
+    )
+    if not any(weights):
+        raise ValueError(f"{', '.join(names)}: expected at least one positive weight, got {list(weights)}")
+    return weights
 
 
 @overload
@@ -205,12 +223,15 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
         value = value if value.dim() == 0 else value.reshape(())
         detached = value.detach()
         if not _reads_on_host(detached):
-            ok = torch.isfinite(detached) & (detached > 0) if positive else torch.isfinite(detached)
-            require(ok, f"{name}: expected {expected} number{hint}")
+            require(_valid_scalar(detached, positive), f"{name}: expected {expected} number{hint}")
             return value
         number = float(detached)  # eager, CPU: one read, checked below
     elif isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
+    elif torch.compiler.is_compiling():  # a number that changes between calls is symbolic: check it as a tensor
+        tensor = torch.full((), cast(float, value), dtype=torch.float64, device=image_features.device)
+        require(_valid_scalar(tensor, positive), f"{name}: expected {expected} number{hint}")
+        return tensor
     else:
         number = float(value)
     if not math.isfinite(number) or (positive and number <= 0):
@@ -220,15 +241,23 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
     return torch.full((), number, dtype=torch.float64, device=image_features.device)  # a fill: no host-to-device copy
 
 
+def _valid_scalar(value: Tensor, positive: bool) -> Tensor:
+    """bool 0-dim: ``value`` is finite (and > 0 with ``positive``)."""
+    return torch.isfinite(value) & (value > 0) if positive else torch.isfinite(value)
+
+
 def check_per_level(name: str, value: Any, num_levels: int) -> tuple[Any, ...]:
     """Return a per-level argument as a tuple of ``num_levels`` entries (None -> all None)."""
     if value is None:
         return (None,) * num_levels
     if not isinstance(value, (list, tuple)):
         got = f"a Tensor of shape {shape_of(value)}" if isinstance(value, Tensor) else type(value).__name__
+        if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == num_levels:
+            hint = f"for one tensor per level stacked along dim 0, pass list({name})"
+        else:
+            hint = f"for the same {name} at every level, pass [{name}] * {num_levels}"
         raise TypeError(
-            f"{name}: expected a list or tuple with one entry (or None) per level (G={num_levels}), got {got}; "
-            f"wrap a per-level tensor as [t] or list(t)"
+            f"{name}: expected a list or tuple with one entry (or None) per level (G={num_levels}), got {got}; {hint}"
         )
     if len(value) != num_levels:
         raise ValueError(f"{name}: expected {num_levels} entries (one per level, G={num_levels}), got {len(value)}")

@@ -65,3 +65,17 @@ def test_fullgraph_compile_equals_eager_with_bias_and_mask():
 @pytest.mark.parametrize("match", ["exact", "overlap", "jaccard"])
 def test_fullgraph_compile_equals_eager_every_match(match):
     _assert_compiled_equals_eager(match, seed=1, variants=(False, True))
+
+
+def test_fullgraph_compile_with_a_python_number_scale_that_changes():
+    # a temperature schedule: the second distinct number makes dynamo treat it as symbolic (a recompile)
+    images, texts, labels, _, _ = _inputs(2)
+    torch._dynamo.reset()
+    loss = MGLLLoss()
+    compiled = torch.compile(loss, fullgraph=True)
+    for scale in (10.0, 12.0, 14.0):
+        torch.testing.assert_close(
+            compiled(images, texts, scale, labels=labels), loss(images, texts, scale, labels=labels)
+        )
+    with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number"):
+        compiled(images, texts, -1.0, labels=labels)

@@ -137,3 +137,13 @@ def test_torch_compile_matches_eager(batch):
     compiled.backward()
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(compiled_images.grad, eager_images.grad)
+
+
+def test_one_level_with_only_the_smooth_kl_weighted_gives_a_zero_in_the_graph():
+    # the smooth KL is 0 for one level: the loss is identically 0, and a training step still runs
+    images = unit_features(4, 6, requires_grad=True)
+    loss = MGLLLoss(soft_clip_weight=0, pointwise_weight=0)(images, unit_features(1, 4, 6, seed=1), 10.0)
+    assert loss.dtype == torch.float32 and loss.requires_grad and not torch.signbit(loss)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(images.grad, torch.zeros_like(images))

@@ -255,7 +255,8 @@ def test_labels_when_texts_differ_from_images(api):
 def test_identity_targets_when_texts_differ_from_images(api):
     # no labels, no targets: text j is image j's positive, which needs N == B
     call, level = _call_level(api, n_texts=B + 2)
-    with pytest.raises(ValueError, match=literal_regex(f"labels{level}", "N == B", f"N={B + 2}", f"B={B}")):
+    expected = literal_regex(f"text_features{level}: without labels or targets", "N == B", f"N={B + 2}", f"B={B}")
+    with pytest.raises(ValueError, match=expected):
         call()
 
 
@@ -773,3 +774,30 @@ def test_bias_error_does_not_mention_the_logit_scale():
     with pytest.raises(ValueError) as error:
         SoftCLIPLoss()(_images(), _texts(), 10.0, logit_bias=float("nan"))
     assert "logit_bias" in str(error.value) and "logit scale" not in str(error.value)
+
+
+def test_every_term_weight_zero_is_refused():
+    message = "soft_clip_weight, pointwise_weight, smooth_kl_weight: expected at least one positive weight"
+    with pytest.raises(ValueError, match=message):
+        MGLLLoss(soft_clip_weight=0, pointwise_weight=0, smooth_kl_weight=0)
+    images, texts = unit_features(4, 6), unit_features(2, 4, 6)
+    with pytest.raises(ValueError, match=message):
+        MF.mgll_loss(images, texts, 10.0, soft_clip_weight=0.0, pointwise_weight=0, smooth_kl_weight=0)
+
+
+def test_per_level_argument_given_as_one_tensor_gets_the_right_hint():
+    images, texts = unit_features(4, 6), unit_features(3, 4, 6)
+    ids = torch.tensor([0, 1, 0, 2])
+    with pytest.raises(TypeError, match=literal_regex("labels: expected a list or tuple", "[labels] * 3")):
+        MGLLLoss()(images, texts, 10.0, labels=ids)
+    with pytest.raises(TypeError, match=literal_regex("labels: expected a list or tuple", "list(labels)")):
+        MGLLLoss()(images, texts, 10.0, labels=torch.stack([ids] * 3))
+
+
+@pytest.mark.parametrize("api", ["SoftCLIPLoss", "PointwiseLoss", "SmoothKLLoss", "MGLLLoss", "functional.mgll_loss"])
+def test_output_dict_must_be_a_bool(api):
+    images, texts = unit_features(4, 6), unit_features(2, 4, 6)
+    single = api in ("SoftCLIPLoss", "PointwiseLoss")
+    call = MF.mgll_loss if api == "functional.mgll_loss" else getattr(mgll_loss, api)()
+    with pytest.raises(TypeError, match=literal_regex("output_dict: expected a bool, got str")):
+        call(images, texts[0] if single else texts, 10.0, output_dict="no")

@@ -33,6 +33,7 @@ problems, where the per-block bookkeeping of the fused backends costs more than 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,101 +85,157 @@ def _output_names(request: LossTerms) -> list[str]:
 
 
 class _BatchedSums(torch.autograd.Function):
-    """The per-level sums of a [B, G, N] problem, with the backward written out (see the module docstring)."""
+    """The per-level sums of a [B, G, N] problem, with the backward written out (see the module docstring).
+
+    Under ``create_graph=True`` (second derivatives: gradient penalties, Hessian-vector products)
+    the backward instead differentiates the same forward, recomputed with autograd, so that its
+    result is differentiable too.
+    """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        images: Tensor,
-        texts: Tensor,
-        scale: Tensor,
-        bias: Tensor | None,
-        positives: Tensor | None,
-        valid: Tensor | None,
-        columns: Tensor | None,
-        rows: tuple[int, int],
-        request: LossTerms,
-        levels: int,
-    ) -> tuple[Tensor, ...]:
-        products = images @ texts.t()
-        logits = products * scale if bias is None else torch.addcmul(bias, products, scale)
-        z = logits.view(images.shape[0], levels, -1)
-        every_row = rows == (0, z.shape[0])
-        z_rows = _masked(z if every_row else z[rows[0] : rows[1]], valid)
-        log_probs = torch.log_softmax(z_rows, -1)  # [R, G, N], shared by the soft CLIP rows and the smooth KL
-        outputs: list[Tensor] = []
-        p_rows = pointwise_y = ctx.soft_clip = None
-        if positives is not None:  # the soft CLIP and point-wise terms
-            p_rows = positives if every_row else positives[rows[0] : rows[1]]
-            has_row, row_inverse = _inverse_mass(p_rows.sum(-1))
-            if request.soft_clip:  # cross-entropy against P / mass: rows and columns without a positive add 0
-                col_log_probs = torch.log_softmax(z, 0)  # [G, N] over the images
-                has_col, col_inverse = _inverse_mass(positives.sum(0))
-                if columns is not None:  # only this process's columns (local loss)
-                    has_col, col_inverse = has_col & columns, col_inverse * columns
-                outputs += [
-                    ((p_rows * log_probs).sum(-1) * row_inverse).sum(0).neg(),
-                    has_row.sum(0),
-                    ((positives * col_log_probs).sum(0) * col_inverse).sum(1).neg(),
-                    has_col.sum(1),
-                ]
-                ctx.mark_non_differentiable(outputs[1], outputs[3])
-                ctx.soft_clip = (has_row, row_inverse, has_col, col_inverse, col_log_probs)
-            if request.pointwise:
-                normalized = request.pointwise_target != "mask"
-                pointwise_y = p_rows * row_inverse[..., None] if normalized else p_rows
-                target_z = (pointwise_y * z_rows).sum((0, 2))  # y is 0 on absent texts, where z_rows is masked
-                outputs.append(F.softplus(z_rows, threshold=_SOFTPLUS_THRESHOLD).sum((0, 2)) - target_z)
-        kl = _SmoothKL(z_rows, log_probs, valid, request.kl_direction) if request.smooth_kl else None
-        if kl is not None:
-            outputs.append(kl.total)
-        ctx.request, ctx.rows, ctx.every_row, ctx.kl = request, rows, every_row, kl
+    def forward(ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, *layout: Any) -> Any:
+        outputs, state = _forward(images, texts, scale, bias, *layout)
+        if state.soft_clip is not None:
+            ctx.mark_non_differentiable(outputs[1], outputs[3])  # the counts
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(images, texts, scale, z, z_rows, log_probs, positives, p_rows, pointwise_y)
+        ctx.save_for_backward(images, texts, scale, bias)
+        ctx.layout, ctx.state = layout, state
         return tuple(outputs)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        images, texts, scale, z, z_rows, log_probs, positives, p_rows, pointwise_y = ctx.saved_tensors
-        request, (start, stop) = ctx.request, ctx.rows
-        upstream = iter(grads)
-        d_rows: Tensor | None = None  # dL/dz of this process's rows, [R, G, N]
-        d_all: Tensor | None = None  # dL/dz of every row, [B, G, N]
-        if ctx.soft_clip is not None:
-            has_row, row_inverse, has_col, col_inverse, col_log_probs = ctx.soft_clip
-            grad_rows, _, grad_cols, _ = (next(upstream) for _ in range(4))
-            if grad_rows is not None:
-                weight = grad_rows * has_row  # [R, G]
-                probs = ctx.kl.probs if ctx.kl is not None and ctx.kl.common is None else log_probs.exp()
-                d_rows = _plus(d_rows, weight[..., None] * probs - (weight * row_inverse)[..., None] * p_rows)
-            if grad_cols is not None:
-                weight = grad_cols[:, None] * has_col  # [G, N]
-                d_all = weight * col_log_probs.exp() - (weight * col_inverse) * positives
-        if request.pointwise:
-            grad = next(upstream)
-            if grad is not None:
-                d_rows = _plus(d_rows, grad[:, None] * (torch.sigmoid(z_rows) - pointwise_y))
-        if request.smooth_kl:
-            grad = next(upstream)
-            if grad is not None:
-                d_rows = _plus(d_rows, ctx.kl.backward(grad))
-        if d_rows is not None:
-            if ctx.every_row:
-                d_all = _plus(d_all, d_rows)
-            else:
-                d_all = torch.zeros_like(z) if d_all is None else d_all
-                d_all[start:stop] += d_rows
-        if d_all is None:
-            return (None,) * 10
-        d_logits = d_all.view(images.shape[0], -1)
+        images, texts, scale, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the forward again, with autograd
+            return _differentiable_backward(ctx.layout, (images, texts, scale, bias), needs, grads)
+        d_all = _logit_gradient(ctx.state, ctx.layout, grads)
+        if d_all is None:
+            return (None,) * len(needs)
+        d_logits = d_all.view(images.shape[0], -1)
         to_images = d_logits @ texts if needs[0] or needs[2] else None
         return (
             to_images * scale if needs[0] else None,
             (d_logits.t() @ images) * scale if needs[1] else None,
             (to_images * images).sum() if needs[2] else None,
             d_logits.sum() if needs[3] else None,
-        ) + (None,) * 6
+        ) + (None,) * (len(needs) - 4)
+
+
+@dataclass
+class _State:
+    """What the hand-written backward reads from the forward ([R, G, N] unless stated)."""
+
+    z: Tensor  # the logits, [B, G, N]
+    z_rows: Tensor  # this process's rows, absent texts masked
+    log_probs: Tensor  # row log-softmax
+    pointwise_y: Tensor | None  # the point-wise target
+    soft_clip: tuple[Tensor, ...] | None  # has_row, row_inverse, has_col, col_inverse, col_log_probs, P, P of the rows
+    kl: _SmoothKL | None
+    every_row: bool
+
+
+def _forward(
+    images: Tensor,
+    texts: Tensor,
+    scale: Tensor,
+    bias: Tensor | None,
+    positives: Tensor | None,
+    valid: Tensor | None,
+    columns: Tensor | None,
+    rows: tuple[int, int],
+    request: LossTerms,
+    levels: int,
+) -> tuple[list[Tensor], _State]:
+    """The requested sums (:func:`_output_names` order) and the state of the backward."""
+    products = images @ texts.t()
+    logits = products * scale if bias is None else torch.addcmul(bias, products, scale)
+    z = logits.view(images.shape[0], levels, -1)
+    every_row = rows == (0, z.shape[0])
+    z_rows = _masked(z if every_row else z[rows[0] : rows[1]], valid)
+    log_probs = torch.log_softmax(z_rows, -1)  # [R, G, N], shared by the soft CLIP rows and the smooth KL
+    outputs: list[Tensor] = []
+    pointwise_y = soft_clip = None
+    if positives is not None:  # the soft CLIP and point-wise terms
+        p_rows = positives if every_row else positives[rows[0] : rows[1]]
+        has_row, row_inverse = _inverse_mass(p_rows.sum(-1))
+        if request.soft_clip:  # cross-entropy against P / mass: rows and columns without a positive add 0
+            col_log_probs = torch.log_softmax(z, 0)  # [G, N] over the images
+            has_col, col_inverse = _inverse_mass(positives.sum(0))
+            if columns is not None:  # only this process's columns (local loss)
+                has_col, col_inverse = has_col & columns, col_inverse * columns
+            outputs += [
+                ((p_rows * log_probs).sum(-1) * row_inverse).sum(0).neg(),
+                has_row.sum(0),
+                ((positives * col_log_probs).sum(0) * col_inverse).sum(1).neg(),
+                has_col.sum(1),
+            ]
+            soft_clip = (has_row, row_inverse, has_col, col_inverse, col_log_probs, positives, p_rows)
+        if request.pointwise:
+            normalized = request.pointwise_target != "mask"
+            pointwise_y = p_rows * row_inverse[..., None] if normalized else p_rows
+            target_z = (pointwise_y * z_rows).sum((0, 2))  # y is 0 on absent texts, where z_rows is masked
+            outputs.append(F.softplus(z_rows, threshold=_SOFTPLUS_THRESHOLD).sum((0, 2)) - target_z)
+    kl = _SmoothKL(z_rows, log_probs, valid, request.kl_direction) if request.smooth_kl else None
+    if kl is not None:
+        outputs.append(kl.total)
+    return outputs, _State(z, z_rows, log_probs, pointwise_y, soft_clip, kl, every_row)
+
+
+def _logit_gradient(state: _State, layout: tuple[Any, ...], grads: tuple[Tensor | None, ...]) -> Tensor | None:
+    """dL/dz [B, G, N] for the upstream gradients of the sums (None where every one is None)."""
+    (start, stop), request = layout[3], layout[4]
+    upstream = iter(grads)
+    d_rows: Tensor | None = None  # dL/dz of this process's rows, [R, G, N]
+    d_all: Tensor | None = None  # dL/dz of every row, [B, G, N]
+    if state.soft_clip is not None:
+        has_row, row_inverse, has_col, col_inverse, col_log_probs, positives, p_rows = state.soft_clip
+        grad_rows, _, grad_cols, _ = (next(upstream) for _ in range(4))
+        if grad_rows is not None:
+            weight = grad_rows * has_row  # [R, G]
+            kl = state.kl
+            probs = kl.probs if kl is not None and kl.common is None else state.log_probs.exp()
+            d_rows = _plus(d_rows, weight[..., None] * probs - (weight * row_inverse)[..., None] * p_rows)
+        if grad_cols is not None:
+            weight = grad_cols[:, None] * has_col  # [G, N]
+            d_all = weight * col_log_probs.exp() - (weight * col_inverse) * positives
+    if request.pointwise:
+        grad = next(upstream)
+        if grad is not None and state.pointwise_y is not None:
+            d_rows = _plus(d_rows, grad[:, None] * (torch.sigmoid(state.z_rows) - state.pointwise_y))
+    if request.smooth_kl:
+        grad = next(upstream)
+        if grad is not None and state.kl is not None:
+            d_rows = _plus(d_rows, state.kl.backward(grad))
+    if d_rows is None or state.every_row:
+        return d_all if d_rows is None else _plus(d_all, d_rows)
+    d_all = torch.zeros_like(state.z) if d_all is None else d_all
+    d_all[start:stop] += d_rows
+    return d_all
+
+
+def _differentiable_backward(
+    layout: tuple[Any, ...],
+    inputs: tuple[Tensor | None, ...],
+    needs: tuple[bool, ...],
+    grads: tuple[Tensor | None, ...],
+) -> tuple[Tensor | None, ...]:
+    """The input gradients by autograd through a recomputed forward, with ``create_graph=True``."""
+    wanted = {i: tensor for i, tensor in enumerate(inputs) if tensor is not None and needs[i]}
+    with torch.enable_grad():
+        outputs, _ = _forward(*inputs, *layout)  # type: ignore[arg-type]
+    pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=True) if grad is not None and out.requires_grad]
+    result: list[Tensor | None] = [None] * len(needs)
+    if pairs and wanted:
+        found = torch.autograd.grad(
+            [out for out, _ in pairs],
+            list(wanted.values()),
+            [grad for _, grad in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+        for i, gradient in zip(wanted, found, strict=True):
+            result[i] = gradient
+    return tuple(result)
 
 
 class _SmoothKL:
