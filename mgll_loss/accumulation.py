@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .validation import check_flag
+from .options import check_flag
 
 __all__ = ["accumulate_step"]
 

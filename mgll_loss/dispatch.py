@@ -16,12 +16,12 @@ from torch import Tensor
 from .backends import LossInputs, LossTerms, check_backend, check_chunk_size, resolve_backend
 from .distributed import World, raise_on_every_rank
 from .global_batch import DistributedOptions, LocalInputs, build_problem, describe_levels
+from .options import check_level_weights
 from .reduction import LevelMeans, level_means
 from .validation import (
     check_finite_features,
     check_image_features,
     check_level_first,
-    check_level_weights,
     check_multi_level_text,
     check_multi_level_text_mask,
     check_per_level,

@@ -19,7 +19,7 @@ from .backends import LossTerms
 from .dispatch import compute, evaluate, prepare, requested, weighted_terms
 from .docstrings import shared_args
 from .global_batch import DistributedOptions
-from .validation import (
+from .options import (
     KL_DIRECTIONS,
     MATCH_MODES,
     NORMALIZATIONS,

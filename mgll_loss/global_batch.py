@@ -25,8 +25,9 @@ from torch import Tensor
 from .backends import LossInputs
 from .distributed import World, all_gather_ints, gather_rows, resolve_world, scale_gradient
 from .labels import PAD, LabelSets
+from .options import check_flag
 from .positives import LevelTargets, level_targets
-from .validation import check_flag, check_labels_or_targets, check_targets
+from .validation import check_labels_or_targets, check_targets
 
 __all__ = ["DistributedOptions", "LocalInputs", "build_problem", "describe_levels"]
 

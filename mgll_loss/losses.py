@@ -21,7 +21,7 @@ from torch import Tensor
 from . import functional
 from .docstrings import shared_args
 from .loss_base import LossBase
-from .validation import (
+from .options import (
     KL_DIRECTIONS,
     MATCH_MODES,
     NORMALIZATIONS,

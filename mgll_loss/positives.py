@@ -12,15 +12,8 @@ import torch
 from torch import Tensor
 
 from .labels import LabelSets
-from .validation import (
-    MATCH_MODES,
-    check_choice,
-    check_label_sets,
-    check_labels,
-    check_labels_or_targets,
-    check_targets,
-    reject_label_strings,
-)
+from .options import MATCH_MODES, check_choice
+from .validation import check_label_sets, check_labels, check_labels_or_targets, check_targets, reject_label_strings
 
 __all__ = ["Index", "LevelTargets", "level_targets", "multi_hot_from_label_sets"]
 

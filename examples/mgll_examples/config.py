@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mgll_loss.backends import BACKEND_NAMES
-from mgll_loss.validation import KL_DIRECTIONS, MATCH_MODES, NORMALIZATIONS, POINTWISE_TARGETS
+from mgll_loss.options import KL_DIRECTIONS, MATCH_MODES, NORMALIZATIONS, POINTWISE_TARGETS
 
 from .errors import ExampleError
 from .model import TINY

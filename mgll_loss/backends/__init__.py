@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..validation import check_choice
+from ..options import check_choice
 from .base import LevelSums, LossInputs, LossTerms
 from .batched import batched_level_sums
 from .chunked import chunked_level_sums, dense_level_sums
