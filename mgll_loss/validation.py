@@ -24,7 +24,13 @@ from torch import Tensor
 
 
 def shape_of(value: Any) -> str:
-    """Format a tensor's shape as ``[a, b]`` for error messages."""
+    """Format a tensor's shape as ``[a, b]`` for error messages.
+
+    While ``torch.compile`` traces, sizes may be symbolic (after a recompile with dynamic shapes)
+    and cannot be formatted into the constant message of an asynchronous assert: each is then ``?``.
+    """
+    if torch.compiler.is_compiling():
+        return "[" + ", ".join("?" for _ in value.shape) + "]"
     return "[" + ", ".join(str(s) for s in value.shape) + "]"
 
 

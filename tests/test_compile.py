@@ -79,3 +79,15 @@ def test_fullgraph_compile_with_a_python_number_scale_that_changes():
         )
     with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number"):
         compiled(images, texts, -1.0, labels=labels)
+
+
+def test_value_checks_after_a_recompile_with_dynamic_shapes():
+    # a new batch size makes dynamo trace sizes symbolically; the checks' messages must still build
+    images, texts, labels, _, _ = _inputs(3)
+    torch._dynamo.reset()
+    compiled = torch.compile(MGLLLoss(), fullgraph=True)
+    compiled(images, texts, 10.0, labels=labels)
+    compiled(images[:6], texts[:, :6], 10.0, labels=[labels[0][:6], labels[1][:6], None])
+    bad = [torch.full((5, 3), 2), None, None]
+    with pytest.raises(RuntimeError, match=r"labels\[0\]: multi-hot labels \[.*\] must contain only 0 and 1"):
+        compiled(images[:5], texts[:, :5], 10.0, labels=bad)
