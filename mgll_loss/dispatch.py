@@ -1,6 +1,6 @@
 """From the arguments of a loss function to its terms: validate, build the inputs this process
-computes (gathered across ranks when distributed), run the chosen backend, divide its sums into
-means and weight them. :mod:`mgll_loss.functional` holds the public functions over this pipeline.
+computes (gathered across ranks when distributed), run the chosen backend, divide its sums by
+their counts and weight them. :mod:`mgll_loss.functional` holds the public functions over this pipeline.
 """
 
 from __future__ import annotations
@@ -13,11 +13,20 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .backends import LossInputs, LossTerms, check_backend, check_chunk_size, resolve_backend
+from .backends import (
+    LossInputs,
+    LossTerms,
+    TermWeights,
+    batched_weighted_terms,
+    check_backend,
+    check_chunk_size,
+    resolve_backend,
+    resolve_backend_name,
+)
 from .distributed import World, raise_on_every_rank
 from .global_batch import DistributedOptions, LocalInputs, build_problem, describe_levels
 from .options import check_level_weights
-from .reduction import LevelMeans, level_means
+from .reduction import Terms, terms_from_sums
 from .validation import (
     check_finite_features,
     check_image_features,
@@ -30,7 +39,7 @@ from .validation import (
     check_text_mask,
 )
 
-__all__ = ["Prepared", "compute", "evaluate", "prepare", "requested", "weighted_terms"]
+__all__ = ["Prepared", "compute", "evaluate", "loss_output", "prepare", "requested"]
 
 
 def requested(value: Tensor | None, term: str) -> Tensor:
@@ -158,22 +167,31 @@ def _validate(
     return inputs, request, per_level
 
 
-def evaluate(
-    *args: Any, backend: str, chunk_size: int | None, distributed: DistributedOptions, **kwargs: Any
-) -> LevelMeans:
-    """:func:`prepare`, then run the backend and normalise its sums into means."""
+def evaluate(*args: Any, backend: str, chunk_size: int | None, distributed: DistributedOptions, **kwargs: Any) -> Terms:
+    """:func:`prepare`, then :func:`compute` with every term weight 1."""
     prepared = prepare(*args, backend=backend, chunk_size=chunk_size, distributed=distributed, **kwargs)
-    return compute(prepared, backend, chunk_size, distributed.local_loss)
+    return compute(prepared, (1.0, 1.0, 1.0), backend, chunk_size, distributed.local_loss)
 
 
-def compute(prepared: Prepared, backend: str, chunk_size: int | None, local_loss: bool) -> LevelMeans:
-    problem, request = prepared.problem, prepared.request
+def compute(
+    prepared: Prepared,
+    term_weights: tuple[float, float, float],
+    backend: str,
+    chunk_size: int | None,
+    local_loss: bool,
+) -> Terms:
+    """Run the backend on ``prepared`` and return its weighted terms (``term_weights``: a_1, a_2, a_3)."""
+    problem, request, world = prepared.problem, prepared.request, prepared.world
+    weights = TermWeights(*term_weights, levels=prepared.level_weights)
     # The backends pick their compute dtype (fp32 for fp16/bf16 inputs); autocast would run their
     # matmuls in low precision again (and mix dtypes in a hand-written backward), so it is off here.
     device = problem.image_features.device.type
     with torch.autocast(device, enabled=False) if _autocast_enabled(device) else nullcontext():
-        sums = resolve_backend(backend, problem)(problem, request, chunk_size)
-        return level_means(sums, problem, request, prepared.world, local_loss)
+        name = resolve_backend_name(backend, problem)
+        if name == "batched" and not (local_loss and world.is_distributed):  # counts of this process: in the node
+            return batched_weighted_terms(problem, request, weights)
+        sums = resolve_backend(name, problem)(problem, request, chunk_size)
+        return terms_from_sums(sums, problem, request, weights, world, local_loss)
 
 
 def _autocast_enabled(device: str) -> bool:
@@ -188,33 +206,18 @@ def _autocast_enabled(device: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device == "cpu" else True
 
 
-def weighted_terms(
-    means: LevelMeans, weights: dict[str, float], per_level: tuple[float, ...], problem: LossInputs
-) -> dict[str, Tensor]:
-    def zero() -> Tensor:
-        return torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
-
-    def weighted_sum(per_level_means: Tensor | None) -> Tensor | None:
-        if per_level_means is None:
-            return None
-        if len(set(per_level)) == 1:  # Python weights: no host-to-device copy of a weight tensor
-            return _times(per_level[0], per_level_means.sum())
-        return sum((w * level for w, level in zip(per_level, per_level_means.unbind(0), strict=True)), zero())
-
-    values = {
-        "soft_clip_loss": weighted_sum(means.soft_clip),
-        "pointwise_loss": weighted_sum(means.pointwise),
-        "smooth_kl_loss": means.smooth_kl,
-    }
-    if all(value is None for value in values.values()):  # one level, only the smooth KL weighted: a zero in the graph
-        anchor = (problem.image_features.sum() * 0.0 + 0.0).to(problem.compute_dtype)  # so that backward() runs
-        return dict.fromkeys(values, anchor)
-    return {name: zero() if value is None else _times(weights[name], value) for name, value in values.items()}
-
-
-def _times(weight: float, value: Tensor) -> Tensor:
-    """``weight * value``, without an operator for a weight of 1."""
-    return value if weight == 1.0 else weight * value
+def loss_output(terms: Terms, problem: LossInputs, output_dict: bool) -> Tensor | dict[str, Tensor]:
+    """The total of the terms, or with ``output_dict`` the terms by name (a zero where a term is off)."""
+    present = [term for term in terms if term is not None]
+    if not present:  # one level, only the smooth KL weighted: a zero in the graph, so that backward() runs
+        anchor = (problem.image_features.sum() * 0.0 + 0.0).to(problem.compute_dtype)
+        terms = (anchor, anchor, anchor)
+        present = [anchor]
+    if not output_dict:
+        return sum(present[1:], present[0])
+    zero = torch.zeros((), dtype=problem.compute_dtype, device=problem.image_features.device)
+    names = ("soft_clip_loss", "pointwise_loss", "smooth_kl_loss")
+    return {name: zero if term is None else term for name, term in zip(names, terms, strict=True)}
 
 
 def _require_smooth_kl_levels(sizes: tuple[int, ...], name: str, hint: str = "") -> None:

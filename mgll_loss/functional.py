@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .backends import LossTerms
-from .dispatch import compute, evaluate, prepare, requested, weighted_terms
+from .dispatch import compute, evaluate, loss_output, prepare, requested
 from .docstrings import shared_args
 from .global_batch import DistributedOptions
 from .options import (
@@ -91,7 +91,7 @@ def soft_clip_loss(
     """
     check_choice("match", match, MATCH_MODES)
     request = LossTerms(soft_clip=True, pointwise=False, smooth_kl=False)
-    means = evaluate(
+    soft_clip, pointwise, smooth_kl = evaluate(
         image_features,
         text_features,
         logit_scale,
@@ -106,7 +106,7 @@ def soft_clip_loss(
         chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
-    return requested(means.soft_clip, "soft_clip_loss")[0]
+    return requested(soft_clip, "soft_clip_loss")
 
 
 @shared_args
@@ -163,7 +163,7 @@ def pointwise_loss(
     request = LossTerms(
         soft_clip=False, pointwise=True, smooth_kl=False, normalization=normalization, pointwise_target=pointwise_target
     )
-    means = evaluate(
+    soft_clip, pointwise, smooth_kl = evaluate(
         image_features,
         text_features,
         logit_scale,
@@ -178,7 +178,7 @@ def pointwise_loss(
         chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
-    return requested(means.pointwise, "pointwise_loss")[0]
+    return requested(pointwise, "pointwise_loss")
 
 
 @shared_args
@@ -231,7 +231,7 @@ def smooth_kl_loss(
     """
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
     request = LossTerms(soft_clip=False, pointwise=False, smooth_kl=True, kl_direction=kl_direction)
-    means = evaluate(
+    soft_clip, pointwise, smooth_kl = evaluate(
         image_features,
         text_features,
         logit_scale,
@@ -246,7 +246,7 @@ def smooth_kl_loss(
         chunk_size=chunk_size,
         distributed=DistributedOptions(local_loss, gather_with_grad, rank, world_size),
     )
-    return requested(means.smooth_kl, "smooth_kl_loss")
+    return requested(smooth_kl, "smooth_kl_loss")
 
 
 @shared_args
@@ -311,23 +311,17 @@ def mgll_loss(
         >>> sorted(mgll_loss(images, texts, 10.0, labels=labels, output_dict=True))
         ['pointwise_loss', 'smooth_kl_loss', 'soft_clip_loss']
     """
-    weights = {
-        name: weight
-        for name, weight in zip(
-            ("soft_clip_loss", "pointwise_loss", "smooth_kl_loss"),
-            check_term_weights(soft_clip_weight, pointwise_weight, smooth_kl_weight),
-            strict=True,
-        )
-    }
+    weights = check_term_weights(soft_clip_weight, pointwise_weight, smooth_kl_weight)
+    check_flag("output_dict", output_dict)
     check_choice("match", match, MATCH_MODES)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("pointwise_target", pointwise_target, POINTWISE_TARGETS)
     check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
     distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
     request = LossTerms(
-        soft_clip=weights["soft_clip_loss"] > 0,
-        pointwise=weights["pointwise_loss"] > 0,
-        smooth_kl=weights["smooth_kl_loss"] > 0,
+        soft_clip=weights[0] > 0,
+        pointwise=weights[1] > 0,
+        smooth_kl=weights[2] > 0,
         normalization=normalization,
         pointwise_target=pointwise_target,
         kl_direction=kl_direction,
@@ -349,8 +343,5 @@ def mgll_loss(
         kl_hint=" (or set smooth_kl_weight=0)",
         level_weights=level_weights,
     )
-    means = compute(prepared, backend, chunk_size, local_loss)
-    terms = weighted_terms(means, weights, prepared.level_weights, prepared.problem)
-    if check_flag("output_dict", output_dict):
-        return terms
-    return terms["soft_clip_loss"] + terms["pointwise_loss"] + terms["smooth_kl_loss"]
+    terms = compute(prepared, weights, backend, chunk_size, local_loss)
+    return loss_output(terms, prepared.problem, output_dict)

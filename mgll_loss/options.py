@@ -43,11 +43,15 @@ def check_weight(name: str, value: Any) -> float:
     return value
 
 
-def check_term_weights(soft_clip_weight: Any, pointwise_weight: Any, smooth_kl_weight: Any) -> tuple[float, ...]:
+def check_term_weights(
+    soft_clip_weight: Any, pointwise_weight: Any, smooth_kl_weight: Any
+) -> tuple[float, float, float]:
     """Return the three term weights of MGLL (each :func:`check_weight`); at least one must be positive."""
     names = ("soft_clip_weight", "pointwise_weight", "smooth_kl_weight")
-    weights = tuple(
-        check_weight(n, w) for n, w in zip(names, (soft_clip_weight, pointwise_weight, smooth_kl_weight), strict=True)
+    weights = (
+        check_weight(names[0], soft_clip_weight),
+        check_weight(names[1], pointwise_weight),
+        check_weight(names[2], smooth_kl_weight),
     )
     if not any(weights):
         raise ValueError(f"{', '.join(names)}: expected at least one positive weight, got {list(weights)}")

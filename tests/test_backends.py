@@ -22,7 +22,12 @@ import mgll_loss.backends as backends
 import mgll_loss.backends.chunked as fused
 from mgll_loss import MGLLLoss
 from mgll_loss import functional as MF
-from mgll_loss.backends import LossTerms, resolve_backend
+from mgll_loss.backends import LossTerms, TermWeights, batched_weighted_terms, resolve_backend
+from mgll_loss.backends.batched import batched_level_sums
+from mgll_loss.dispatch import prepare
+from mgll_loss.distributed import World
+from mgll_loss.global_batch import DistributedOptions
+from mgll_loss.reduction import terms_from_sums
 from mgll_loss.targets import LevelTargets
 
 from .helpers import (
@@ -251,3 +256,52 @@ def test_triton_without_the_package_raises_at_construction(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     with pytest.raises(ValueError, match=r'triton.*pip install "mgll-loss\[triton\]"'):
         MGLLLoss(backend="triton")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(level_weights=[1.0, 0.5, 2.0], soft_clip_weight=0.3),
+        dict(normalization="rows", pointwise_target="row_normalized", kl_direction="from_mean"),
+        dict(soft_clip_weight=0.0, level_weights=[0.0, 1.0, 3.0]),
+        dict(pointwise_weight=0.0, smooth_kl_weight=0.0),
+    ],
+)
+def test_batched_terms_weighted_in_its_node_equal_its_sums_weighted_outside(options):
+    """The batched backend divides and weights in its autograd node; a local loss across ranks does it outside."""
+    term_weights = tuple(
+        options.get(name, 1.0) for name in ("soft_clip_weight", "pointwise_weight", "smooth_kl_weight")
+    )
+    request = LossTerms(
+        soft_clip=term_weights[0] > 0,
+        pointwise=term_weights[1] > 0,
+        smooth_kl=term_weights[2] > 0,
+        **{k: v for k, v in options.items() if k in ("normalization", "pointwise_target", "kl_direction")},
+    )
+    images = unit_features(7, 5, seed=1, dtype=torch.float64, requires_grad=True)
+    texts = unit_features(3, 7, 5, seed=2, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(6.0, dtype=torch.float64, requires_grad=True)
+    labels = [torch.tensor([0, 0, 1, 2, 2, 2, -1]), None, torch.tensor([1, 0, 1, 0, 1, 0, 1])]
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[0, 2] = mask[2, 5] = False
+    prepared = prepare(
+        images, texts, scale, None, labels, None, mask, single_level=False, match="exact", request=request,
+        backend="batched", chunk_size=None, distributed=DistributedOptions(), kl_hint="",
+        level_weights=options.get("level_weights"),
+    )  # fmt: skip
+    weights = TermWeights(*term_weights, levels=prepared.level_weights)
+    problem = prepared.problem
+    results = []
+    for terms in (
+        batched_weighted_terms(problem, request, weights),
+        terms_from_sums(batched_level_sums(problem, request), problem, request, weights, World(), False),
+    ):
+        present = [t for t in terms if t is not None]
+        assert [t is None for t in terms] == [w == 0 for w in term_weights]
+        total = sum(t * (k + 1) for k, t in enumerate(present))
+        results.append((torch.stack(present), torch.autograd.grad(total, (images, texts, scale))))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)

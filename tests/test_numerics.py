@@ -105,3 +105,20 @@ def test_autocast_changes_nothing_inside_the_loss(backend):
     assert loss_on.dtype == torch.float32 and torch.equal(loss_on, loss_off)
     for on, off in zip(grads_on, grads_off, strict=True):
         torch.testing.assert_close(on, off, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_sum_has_an_absolute_error_of_one_rounding_per_logit(dtype):
+    from mgll_loss.backends.softplus import softplus_sum
+
+    finite = torch.finfo(dtype)
+    z = torch.cat([torch.linspace(-200, 200, 4001), torch.tensor([finite.min, -1e30, -60.0, 0.0, 60.0, 1e30])])
+    z = z.to(dtype)
+    expected = torch.nn.functional.softplus(z.double(), threshold=1000.0)  # log1p(e^z) in float64 everywhere
+    values = torch.stack([softplus_sum(v) for v in z]).double()
+    assert ((values - expected).abs() <= 2 * finite.eps * z.double().abs().clamp_min(1)).all()
+    assert (values >= 0).all()
+    grid = z[:4000].view(40, 100)
+    sums = softplus_sum(grid, 1).double()
+    torch.testing.assert_close(sums, expected[:4000].view(40, 100).sum(1), rtol=4 * finite.eps, atol=100 * finite.eps)
+    assert softplus_sum(grid).shape == ()

@@ -621,13 +621,14 @@ class _BackendCalled(Exception):
 
 @pytest.fixture
 def backend_must_not_run(monkeypatch):
-    """Replace every registered backend by a function that fails."""
+    """Replace every registered backend, and the batched backend's weighted terms, by a function that fails."""
 
-    def forbidden(problem, request, chunk_size):
+    def forbidden(*args):
         raise _BackendCalled("the backend ran although the input is invalid")
 
     for key in list(mgll_loss.backends._BACKENDS):
         monkeypatch.setitem(mgll_loss.backends._BACKENDS, key, forbidden)
+    monkeypatch.setattr(mgll_loss.dispatch, "batched_weighted_terms", forbidden)
 
 
 @pytest.mark.parametrize("api", ALL)

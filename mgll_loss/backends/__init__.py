@@ -21,9 +21,10 @@ from collections.abc import Callable
 
 from ..options import check_choice
 from .base import LevelSums, LossInputs, LossTerms
-from .batched import batched_level_sums
+from .batched import batched_level_sums, batched_weighted_terms
 from .chunked import chunked_level_sums, dense_level_sums
 from .triton_chunked import check_triton_installed, triton_level_sums
+from .weighting import TermWeights, sum_weights, texts_present, weighted_terms
 
 __all__ = [
     "BACKEND_NAMES",
@@ -32,9 +33,15 @@ __all__ = [
     "LevelSums",
     "LossInputs",
     "LossTerms",
+    "TermWeights",
+    "batched_weighted_terms",
     "check_backend",
     "check_chunk_size",
     "resolve_backend",
+    "resolve_backend_name",
+    "sum_weights",
+    "texts_present",
+    "weighted_terms",
 ]
 
 Backend = Callable[[LossInputs, LossTerms, int | None], LevelSums]
@@ -80,11 +87,15 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
 
 def resolve_backend(name: str, problem: LossInputs) -> Backend:
     """Return the backend function for ``name``; ``"auto"`` decides from the size of ``problem``."""
+    return _BACKENDS[resolve_backend_name(name, problem)]
+
+
+def resolve_backend_name(name: str, problem: LossInputs) -> str:
+    """The backend that runs ``problem`` for ``name``: ``name`` itself, or what ``"auto"`` picks."""
     check_backend(name)
-    if name == "auto":
-        logits = (problem.row_range.stop - problem.row_range.start) * sum(problem.level_sizes)
-        if logits <= BATCHED_LIMIT_LOGITS:
-            name = "batched"
-        else:
-            name = "dense" if logits * problem.compute_dtype.itemsize <= DENSE_LIMIT_BYTES else "chunked"
-    return _BACKENDS[name]
+    if name != "auto":
+        return name
+    logits = (problem.row_range.stop - problem.row_range.start) * sum(problem.level_sizes)
+    if logits <= BATCHED_LIMIT_LOGITS:
+        return "batched"
+    return "dense" if logits * problem.compute_dtype.itemsize <= DENSE_LIMIT_BYTES else "chunked"

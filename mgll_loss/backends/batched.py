@@ -42,21 +42,40 @@ from torch import Tensor
 
 from ..positives import LevelTargets
 from .base import LevelSums, LossInputs, LossTerms
+from .softplus import softplus_sum
+from .weighting import SumWeights, TermWeights, sum_gradients, sum_weights, texts_present, weighted_terms
 
-__all__ = ["batched_level_sums"]
-
-_SOFTPLUS_THRESHOLD = 40.0  # softplus(z) = z above it: exact to exp(-40) ~ 4e-18, also for float64
+__all__ = ["batched_level_sums", "batched_weighted_terms"]
 
 
 def batched_level_sums(problem: LossInputs, request: LossTerms, chunk_size: int | None = None) -> LevelSums:
     """The sums of ``problem`` from one [B, G, N] tensor of logits (``chunk_size`` is ignored)."""
+    outputs = _BatchedSums.apply(*_arguments(problem, request, None))
+    return LevelSums(**dict(zip(_output_names(request), outputs, strict=True)))
+
+
+def batched_weighted_terms(
+    problem: LossInputs, request: LossTerms, weights: TermWeights
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The weighted soft CLIP, point-wise and smooth KL terms of ``problem`` (None where off), one autograd node.
+
+    The division by the counts and the weighting (:mod:`.weighting`) happen inside the node, with
+    the counts of this process: not for a local loss across ranks, whose counts span the ranks.
+    """
+    outputs = iter(_BatchedSums.apply(*_arguments(problem, request, weights)))
+    return tuple(next(outputs) if on else None for on in _terms_on(request))  # type: ignore[return-value]
+
+
+def _arguments(problem: LossInputs, request: LossTerms, weights: TermWeights | None) -> tuple[Any, ...]:
+    """The arguments of :class:`_BatchedSums` for ``problem`` (sums when ``weights`` is None, else terms)."""
     width = max(problem.level_sizes)
     dtype = problem.compute_dtype
     valid = _valid_columns(problem, width)
     positives = _positives(problem, width, valid) if request.soft_clip or request.pointwise else None
     columns = _column_range_mask(problem, width) if request.soft_clip and problem.is_local else None
     bias = None if problem.logit_bias is None else _as(problem.logit_bias, dtype)
-    outputs = _BatchedSums.apply(
+    present = 0 if weights is None else texts_present(problem, request)
+    return (
         _as(problem.image_features, dtype),
         _padded_texts(problem, width),
         _as(problem.logit_scale, dtype),
@@ -67,9 +86,13 @@ def batched_level_sums(problem: LossInputs, request: LossTerms, chunk_size: int 
         (problem.row_range.start, problem.row_range.stop),
         request,
         problem.num_levels,
+        weights,
+        present,
     )
-    names = _output_names(request)
-    return LevelSums(**dict(zip(names, outputs, strict=True)))
+
+
+def _terms_on(request: LossTerms) -> tuple[bool, bool, bool]:
+    return request.soft_clip, request.pointwise, request.smooth_kl
 
 
 def _output_names(request: LossTerms) -> list[str]:
@@ -94,12 +117,12 @@ class _BatchedSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, *layout: Any) -> Any:
-        outputs, state = _forward(images, texts, scale, bias, *layout)
-        if state.soft_clip is not None:
+        outputs, state, weights = _outputs(images, texts, scale, bias, *layout)
+        if state.soft_clip is not None and weights is None:
             ctx.mark_non_differentiable(outputs[1], outputs[3])  # the counts
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(images, texts, scale, bias)
-        ctx.layout, ctx.state = layout, state
+        ctx.layout, ctx.state, ctx.weights = layout, state, weights
         return tuple(outputs)
 
     @staticmethod
@@ -108,6 +131,8 @@ class _BatchedSums(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: differentiate the forward again, with autograd
             return _differentiable_backward(ctx.layout, (images, texts, scale, bias), needs, grads)
+        if ctx.weights is not None:  # upstream gradients of the terms: those of the sums
+            grads = _sum_upstream(ctx.weights, ctx.layout[4], grads, ctx.layout[5])
         d_all = _logit_gradient(ctx.state, ctx.layout, grads)
         if d_all is None:
             return (None,) * len(needs)
@@ -132,6 +157,40 @@ class _State:
     soft_clip: tuple[Tensor, ...] | None  # has_row, row_inverse, has_col, col_inverse, col_log_probs, P, P of the rows
     kl: _SmoothKL | None
     every_row: bool
+
+
+def _outputs(
+    images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, *layout: Any
+) -> tuple[list[Tensor], _State, SumWeights | None]:
+    """The sums (weights None), or the requested terms with the weights of their sums; the state of the backward."""
+    sums, state = _forward(images, texts, scale, bias, *layout[:6])
+    weights, present = layout[6:]
+    if weights is None:
+        return sums, state, None
+    request = layout[4]
+    by_name = LevelSums(**dict(zip(_output_names(request), sums, strict=True)))
+    counts = None
+    if by_name.soft_clip_row_count is not None and by_name.soft_clip_col_count is not None:
+        counts = (by_name.soft_clip_row_count, by_name.soft_clip_col_count)
+    scales = sum_weights(request, weights, counts=counts, texts_present=present, num_images=images.shape[0])
+    terms = [term for term in weighted_terms(by_name, scales) if term is not None]
+    return terms, state, scales
+
+
+def _sum_upstream(
+    weights: SumWeights, request: LossTerms, grads: tuple[Tensor | None, ...], levels: int
+) -> tuple[Tensor | None, ...]:
+    """The upstream gradients of the sums (:func:`_output_names` order) from those of the requested terms."""
+    upstream = iter(grads)
+    per_term = tuple(next(upstream) if on else None for on in _terms_on(request))
+    rows, cols, pointwise, smooth_kl = sum_gradients(weights, per_term, levels)  # type: ignore[arg-type]
+    by_name = {
+        "soft_clip_rows": rows,
+        "soft_clip_cols": cols,
+        "pointwise": pointwise,
+        "smooth_kl": smooth_kl,
+    }
+    return tuple(by_name.get(name) for name in _output_names(request))
 
 
 def _forward(
@@ -165,16 +224,16 @@ def _forward(
                 has_col, col_inverse = has_col & columns, col_inverse * columns
             outputs += [
                 ((p_rows * log_probs).sum(-1) * row_inverse).sum(0).neg(),
-                has_row.sum(0),
+                has_row.sum(0, dtype=z.dtype),
                 ((positives * col_log_probs).sum(0) * col_inverse).sum(1).neg(),
-                has_col.sum(1),
+                has_col.sum(1, dtype=z.dtype),
             ]
             soft_clip = (has_row, row_inverse, has_col, col_inverse, col_log_probs, positives, p_rows)
         if request.pointwise:
             normalized = request.pointwise_target != "mask"
             pointwise_y = p_rows * row_inverse[..., None] if normalized else p_rows
             target_z = (pointwise_y * z_rows).sum((0, 2))  # y is 0 on absent texts, where z_rows is masked
-            outputs.append(F.softplus(z_rows, threshold=_SOFTPLUS_THRESHOLD).sum((0, 2)) - target_z)
+            outputs.append(softplus_sum(z_rows, (0, 2)) - target_z)
     kl = _SmoothKL(z_rows, log_probs, valid, request.kl_direction) if request.smooth_kl else None
     if kl is not None:
         outputs.append(kl.total)
@@ -222,7 +281,7 @@ def _differentiable_backward(
     """The input gradients by autograd through a recomputed forward, with ``create_graph=True``."""
     wanted = {i: tensor for i, tensor in enumerate(inputs) if tensor is not None and needs[i]}
     with torch.enable_grad():
-        outputs, _ = _forward(*inputs, *layout)  # type: ignore[arg-type]
+        outputs, _, _ = _outputs(*inputs, *layout)  # type: ignore[arg-type]
     pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=True) if grad is not None and out.requires_grad]
     result: list[Tensor | None] = [None] * len(needs)
     if pairs and wanted:

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import DirectionSums
 from .directions import Direction, DirectionLevel
 from .label_keys import positive_pair_sums
+from .softplus import softplus_sum
 
 
 @dataclass
@@ -204,7 +204,7 @@ def forward_block(z: Tensor, rows: slice, direction: Direction, state: Direction
         if direction.col_ce:
             state.columns.update(level.columns, zg)
         if direction.pointwise:
-            sums.pointwise[g] += pointwise_sum(F.softplus(zg).sum(), row_pz, mass, direction.pointwise_target)
+            sums.pointwise[g] += pointwise_sum(softplus_sum(zg), row_pz, mass, direction.pointwise_target)
     if direction.smooth_kl:
         inputs = kl_inputs if direction.kl_columns is None else _kl_softmax(z, direction.levels, direction.kl_columns)
         _kl_forward(inputs, rows, direction, state)
