@@ -293,7 +293,8 @@ def mgll_loss(
         targets: None or a list with one entry per level: None or explicit positives [B, N_g].
         text_mask: bool [G, N] or a list of G masks (None or bool [N_g]).
         soft_clip_weight, pointwise_weight, smooth_kl_weight: non-negative term weights.
-        level_weights: G non-negative weights of the per-level terms.
+        level_weights: G non-negative weights of the per-level terms (constants: numbers, or a tensor that
+            does not require grad).
         normalization, pointwise_target: as in :func:`pointwise_loss`.
         kl_direction: as in :func:`smooth_kl_loss`.
         output_dict: return ``{"soft_clip_loss", "pointwise_loss", "smooth_kl_loss"}``, already

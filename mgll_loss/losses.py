@@ -266,7 +266,8 @@ class MGLLLoss(LossBase):
         soft_clip_weight: :math:`a_1` (0.5).
         pointwise_weight: :math:`a_2` (1.0).
         smooth_kl_weight: :math:`a_3` (1.0).
-        level_weights: :math:`w_g`, one non-negative number per level (default all 1).
+        level_weights: :math:`w_g`, one non-negative number per level (default all 1); constants (a tensor
+            must not require grad).
         %(match)s
         normalization: point-wise reduction, "pairs" | "rows".
         pointwise_target: point-wise target, "mask" | "row_normalized".

@@ -72,6 +72,11 @@ def check_level_weights(
     if level_weights is None:
         return None if num_levels is None else (1.0,) * num_levels
     if isinstance(level_weights, Tensor):
+        if level_weights.requires_grad:
+            raise TypeError(
+                "level_weights: expected constant weights, got a tensor that requires grad (the level weights "
+                "are constants of the loss and would get no gradient)"
+            )
         level_weights = level_weights.tolist()
     if not isinstance(level_weights, Sequence) or isinstance(level_weights, str):
         raise TypeError(

@@ -91,3 +91,15 @@ def test_value_checks_after_a_recompile_with_dynamic_shapes():
     bad = [torch.full((5, 3), 2), None, None]
     with pytest.raises(RuntimeError, match=r"labels\[0\]: multi-hot labels \[.*\] must contain only 0 and 1"):
         compiled(images[:5], texts[:, :5], 10.0, labels=bad)
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_shape_errors_under_compile_carry_the_eager_message(fullgraph):
+    # while tracing, sizes are written "?" (formatting a symbolic size would specialise the graph);
+    # with fullgraph=True dynamo reports the ValueError raised while tracing as its Unsupported (a RuntimeError)
+    images, texts, labels, _, _ = _inputs(4)
+    torch._dynamo.reset()
+    compiled = torch.compile(MGLLLoss(), fullgraph=fullgraph)
+    message = r"text_features: expected shape \[G, N, D\] .*D=16 \(image_features is \[\?, \?\]\), got \[\?, \?, \?\]"
+    with pytest.raises(RuntimeError if fullgraph else ValueError, match=message):
+        compiled(images, texts[..., :15], 10.0, labels=labels)

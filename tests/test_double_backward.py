@@ -7,6 +7,8 @@ derivatives are exact; the dense and chunked backends do not support them and sa
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,10 +59,19 @@ def test_default_backend_mixed_second_derivative_equals_open_clip_form():
     torch.testing.assert_close(got, mixed(clip(images, text)), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["dense", "chunked"])
-def test_fused_backends_refuse_second_derivatives(backend):
+@pytest.mark.parametrize("backend", ["dense", "chunked", "triton"])
+@pytest.mark.parametrize("penalty", ["gradient only", "gradient and inputs"])
+def test_fused_backends_refuse_second_derivatives(backend, penalty):
+    """Asked for a differentiable gradient, they raise at once (not later, not a constant gradient)."""
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
     images, texts, scale, bias = _leaves()
     loss = MF.mgll_loss(images, texts, scale, bias, labels=LABELS, backend=backend)
-    (grad_images,) = torch.autograd.grad(loss, [images], create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(grad_images.sum(), [texts])
+    with pytest.raises(RuntimeError, match=f"backend='{backend}'.*use backend='batched'"):
+        (grad_images,) = torch.autograd.grad(loss, [images], create_graph=True)
+        total = grad_images.pow(2).sum() + (images.pow(2).sum() if penalty == "gradient and inputs" else 0.0)
+        total.backward()
+    (first_order,) = torch.autograd.grad(
+        MF.mgll_loss(images, texts, scale, bias, labels=LABELS, backend=backend), [images]
+    )
+    assert torch.isfinite(first_order).all()

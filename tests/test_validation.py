@@ -479,6 +479,15 @@ def test_nan_level_weight(api):
         _mgll_with(api, level_weights=[1.0, 1.0, float("nan")])
 
 
+@pytest.mark.parametrize("api", ["functional.mgll_loss", "MGLLLoss"])
+def test_level_weights_tensor_that_requires_grad_is_refused(api):
+    # a learnable weight would silently get no gradient: the level weights are constants of the loss
+    weights = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    with pytest.raises(TypeError, match=literal_regex("level_weights", "constant", "requires grad")):
+        _mgll_with(api, level_weights=weights)
+    _mgll_with(api, level_weights=weights.detach())  # a constant tensor is fine
+
+
 def test_level_weights_wrong_length_functional():
     with pytest.raises(ValueError, match=literal_regex("level_weights", f"G={G}", "got 2")):
         MF.mgll_loss(_images(), _levels(), SCALE, level_weights=[1.0, 2.0])

@@ -138,3 +138,17 @@ class DirectionSums:
         """The gradients a backward receives for the sums, zeros where a sum was unused (None)."""
         zeros = cls.zeros(levels, dtype, device).as_tuple()
         return cls(*(zero if grad is None else grad.to(dtype) for grad, zero in zip(grads, zeros, strict=True)))
+
+
+def refuse_second_derivatives(backend: str) -> None:
+    """Raise in a backward that is not differentiable when autograd asks for one (``create_graph=True``).
+
+    Without this its gradients would come back as constants, and a penalty on them would silently
+    lose its second-order part.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"backend={backend!r}: second derivatives (create_graph=True) are not supported by the dense, "
+            "chunked and triton backends, whose backward is not differentiable; use backend='batched' "
+            "(exact second derivatives)"
+        )

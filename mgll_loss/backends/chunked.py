@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DirectionSums, LevelSums, LossInputs, LossTerms
+from .base import DirectionSums, LevelSums, LossInputs, LossTerms, refuse_second_derivatives
 from .blocks import DirectionState, backward_block, forward_block
 from .directions import Direction, plan_directions, run_directions
 from .label_keys import positive_gradients
@@ -109,8 +109,8 @@ class _ChunkedFunction(torch.autograd.Function):
         return sums.as_tuple()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        refuse_second_derivatives("dense" if ctx.chunk_size is None else "chunked")
         images, texts, scale, bias = ctx.saved_tensors
         direction, state = ctx.direction, ctx.state
         dtype = direction.compute_dtype

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DirectionSums, LevelSums, LossInputs, LossTerms
+from .base import DirectionSums, LevelSums, LossInputs, LossTerms, refuse_second_derivatives
 from .blocks import cross_entropy_sums, pointwise_sum, positive_coefficients
 from .directions import Direction, DirectionLevel, compose, plan_directions, run_directions
 
@@ -175,8 +175,8 @@ class _TritonFunction(torch.autograd.Function):
         return sums.as_tuple()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        refuse_second_derivatives("triton")
         from . import triton_kernels as kernels
 
         images, texts, scale, bias = ctx.saved_tensors
