@@ -206,7 +206,7 @@ def smooth_kl_loss(
         m_i = \\frac1G \\sum_g p^g_i, \\quad
         \\mathcal{L}_{sKL} = \\sum_g \\operatorname{mean}_i \\operatorname{KL}(p^g_i \\,\\|\\, m_i)
 
-    computed in log space (:math:`\\log m = \\operatorname{logsumexp}_g \\log p^g - \\log G`), over the
+    computed from log-probabilities (``log_softmax``, never the log of a raw logit), over the
     columns present in every level. ``kl_direction="from_mean"`` uses
     :math:`\\operatorname{KL}(m_i \\| p^g_i)` (the authors' released code).
 

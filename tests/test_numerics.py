@@ -122,3 +122,24 @@ def test_softplus_sum_has_an_absolute_error_of_one_rounding_per_logit(dtype):
     sums = softplus_sum(grid, 1).double()
     torch.testing.assert_close(sums, expected[:4000].view(40, 100).sum(1), rtol=4 * finite.eps, atol=100 * finite.eps)
     assert softplus_sum(grid).shape == ()
+
+
+@pytest.mark.parametrize("kl_direction", ["to_mean", "from_mean"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_smooth_kl_where_every_level_underflows_matches_the_logsumexp_form(kl_direction, masked):
+    # at a scale of 1e4 most probabilities underflow to 0 in every level (float64 too): the batched
+    # backend's log m from the clamped mean must give what the dense backend's logsumexp gives
+    images = unit_features(B, D, seed=7, dtype=torch.float64, requires_grad=True)
+    texts = unit_features(G, B, D, seed=8, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(G, B, dtype=torch.bool)
+    if masked:
+        mask[0, 2] = mask[2, 7] = False
+    results = []
+    for backend in ("batched", "dense"):
+        loss = functional.smooth_kl_loss(images, texts, 1e4, text_mask=mask, kl_direction=kl_direction, backend=backend)
+        results.append((loss, torch.autograd.grad(loss, (images, texts))))
+    (got, got_grads), (want, want_grads) = results
+    assert torch.isfinite(got) and got > 0
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)

@@ -8,7 +8,8 @@ and the smooth KL, one column log-softmax over the images the soft CLIP columns:
 - soft CLIP row i of level g (``mass_i = sum_j P_ij``): ``-sum_j (P_ij / mass_i) log p_ij``, 0 for
   a row without a positive (and left out of the count); columns likewise;
 - point-wise: ``sum_ij softplus(z_ij) - sum_ij y_ij z_ij``, y = P or P / mass (row-normalised);
-- smooth KL: ``log p^g = log_softmax(z^g)``, ``log m = logsumexp_g log p^g - log G``.
+- smooth KL: ``log p^g = log_softmax(z^g)``, ``m = mean_g p^g`` and ``log m`` from m clamped at the
+  smallest float (m = 0 only where every p^g is 0, whose terms are then 0).
 
 The backward is written out (:class:`_BatchedSums`): one ``dL/dz`` for every level from the
 softmaxes the forward already has, then two matmuls. Per row and level, with upstream gradients
@@ -32,7 +33,6 @@ problems, where the per-block bookkeeping of the fused backends costs more than 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,11 +310,13 @@ class _SmoothKL:
         levels = z_rows.shape[1]
         self.direction, self.log_probs = direction, log_probs
         self.probs = log_probs.exp() if self.common is None else log_probs.exp() * self.common
-        self.log_mean = torch.logsumexp(log_probs, 1, keepdim=True) - math.log(levels)
+        self.mean = self.probs.mean(1, keepdim=True)
+        # log m from m itself (cheaper than a logsumexp over the levels): m is 0 only where every p^g is
+        # (absent, or below the smallest float), and there every term of the KL and its gradient is 0 * finite
+        self.log_mean = self.mean.clamp_min(torch.finfo(self.mean.dtype).tiny).log()
         if direction == "to_mean":
             total = (self.probs * (log_probs - self.log_mean)).sum()
         else:
-            self.mean = self.probs.mean(1, keepdim=True)
             self.gap = self.log_mean - log_probs.mean(1, keepdim=True)  # log m - mean_g log p^g
             total = levels * (self.mean * self.gap).sum()
         self.total = total if self.common is None else total * self.common.any()  # no common column: no KL

@@ -75,7 +75,7 @@ def sum_weights(
     smooth_kl: float | None = None
     if request.soft_clip and counts is not None:
         scale = 0.5 * factor * weights.soft_clip * level
-        rows, cols = (scale / count.clamp_min(1) for count in counts)
+        rows, cols = (count.clamp_min(1).reciprocal() * scale for count in counts)  # not scale / count: slower
     if request.pointwise:
         scale = factor * weights.pointwise * level
         if request.normalization == "rows":
@@ -83,7 +83,7 @@ def sum_weights(
         elif isinstance(texts_present, int):
             pointwise = scale / (num_images * texts_present)
         else:
-            pointwise = scale / (num_images * texts_present).clamp_min(1)
+            pointwise = (num_images * texts_present).clamp_min(1).reciprocal() * scale
     if request.smooth_kl:
         smooth_kl = factor * weights.smooth_kl / num_images
     return SumWeights(rows, cols, pointwise, smooth_kl, None if uniform else weights.levels)
@@ -158,7 +158,8 @@ def _level_sum(per_level: Tensor, levels: tuple[float, ...]) -> Tensor:
 
 def _per_level(value: Tensor, levels: tuple[float, ...] | None, num_levels: int) -> Tensor:
     """``value`` (0-dim or [G]) as [G], times each level's weight when ``levels`` is not None."""
-    value = value.expand(num_levels)
+    if value.dim() == 0:
+        value = value.expand(num_levels)
     if levels is None:
         return value
     return torch.stack([x * w for x, w in zip(value.unbind(0), levels, strict=True)])
