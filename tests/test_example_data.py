@@ -589,6 +589,13 @@ def test_ensure_synthetic_writes_once_and_atomically(tmp_path: Path, monkeypatch
     assert ensure_synthetic("fundus", target, num_train=3, num_test=2) == target
     written = (target / "train.json").read_text()
     assert len(json.loads(written)) == 3 and load_fundus(target).test
+    ensure_synthetic("fundus", target, num_train=3, num_test=2)  # the same arguments: kept
+    assert (target / "train.json").read_text() == written
+    _raises(  # other arguments: refused, not silently reused
+        r"fundus: holds a synthetic set written with num_train=3 \(asked 5\), seed=0 \(asked 9\)",
+        ensure_synthetic, "fundus", target, num_train=5, num_test=2, seed=9,
+    )  # fmt: skip
+    (target / "synthetic.json").unlink()  # a set written before the manifest existed is kept
     ensure_synthetic("fundus", target, num_train=5, num_test=2, seed=9)
     assert (target / "train.json").read_text() == written
     assert [p.name for p in target.parent.iterdir()] == ["fundus"]  # no staging dir left
@@ -605,3 +612,16 @@ def test_ensure_synthetic_writes_once_and_atomically(tmp_path: Path, monkeypatch
     _raises(r"full: has no train\.json and is not an empty directory", ensure_synthetic, "xray", tmp_path / "full")
     _raises(r"unknown synthetic data kind 'ct'; valid kinds: fundus, xray", ensure_synthetic, "ct", tmp_path / "ct")
     _raises(r"image_size must be at least 32", write_synthetic_xray, tmp_path / "tiny", image_size=8)
+
+
+def test_synthetic_downstream_set_is_refused_when_written_with_other_sizes(tmp_path: Path):
+    from mgll_examples.downstream_data import write_synthetic_downstream
+
+    sizes = {"Train": 4, "Val": 2, "Test": 2}
+    write_synthetic_downstream(tmp_path, "RFMiD", sizes, seed=1)
+    train = tmp_path / "All_csv_downstream" / "RFMiD_Train.csv"
+    written = train.read_text()
+    write_synthetic_downstream(tmp_path, "RFMiD", dict(sizes), seed=1)  # the same arguments: kept
+    assert train.read_text() == written
+    _raises(r"holds a synthetic set written with sizes=.*'Train': 4.*\(asked .*'Train': 6", write_synthetic_downstream,
+            tmp_path, "RFMiD", {"Train": 6, "Val": 2, "Test": 2}, seed=1)  # fmt: skip

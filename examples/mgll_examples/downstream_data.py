@@ -15,6 +15,7 @@ A multilabel task has 0/1 columns; a multiclass task one-hot columns or a single
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import numpy as np
 from .data import Sample
 from .data.formats import resolve_image
 from .data.record_files import read_records
+from .data.synthetic import check_written_with
 from .data.synthetic_fundus import FUNDUS_CATEGORIES, fundus_sample
 from .errors import ExampleError
 
@@ -161,10 +163,14 @@ def write_synthetic_downstream(
     """An RFMiD-like multilabel set from the synthetic fundus generator, in the authors' layout.
 
     Columns ``ID`` (an ``/All_data/<name>/...`` path), ``Disease_Risk`` and one 0/1 column per
-    disease; written only when ``<name>_Train.csv`` is absent (it is written last).
+    disease; written only when ``<name>_Train.csv`` is absent (it is written last). What it was
+    written with is recorded next to it; an existing set written with other arguments is refused.
     """
     csv_dir = data_dir / "All_csv_downstream"
+    manifest = csv_dir / f".{name}_synthetic.json"
+    spec = {"name": name, "sizes": dict(sizes), "seed": seed, "image_size": image_size}
     if (csv_dir / f"{name}_Train.csv").is_file():
+        check_written_with(manifest, spec, data_dir)
         return
     image_dir = data_dir / "All_data_npz" / name
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -183,4 +189,6 @@ def write_synthetic_downstream(
         temporary = csv_dir / f".{name}_{split}.csv.tmp"
         with temporary.open("w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([header, *rows])
+        if split == "Train":
+            manifest.write_text(json.dumps(spec) + "\n", encoding="utf-8")
         temporary.replace(csv_dir / f"{name}_{split}.csv")

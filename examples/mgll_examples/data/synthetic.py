@@ -9,6 +9,7 @@ without extension) and X-ray ``<id>.png`` (grayscale, ``ImageID`` ``"images/<id>
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import tempfile
@@ -96,16 +97,23 @@ def write_synthetic_xray(
 
 
 _WRITERS: dict[str, Callable[..., Path]] = {"fundus": write_synthetic_fundus, "xray": write_synthetic_xray}
+_MANIFEST = "synthetic.json"  # what a synthetic set was written with
 
 
 def ensure_synthetic(kind: str, data_dir: Path, **kwargs: Any) -> Path:
     """``data_dir`` holding a synthetic ``kind`` ("fundus" or "xray") data set, written only if it
     has no ``train.json`` yet; ``kwargs`` go to the writer. It is written into a temporary sibling
-    dir that is then renamed, so an interrupted run leaves no half-written set behind."""
+    dir that is then renamed, so an interrupted run leaves no half-written set behind. The set
+    records what it was written with (``synthetic.json``); an existing set written with other
+    arguments is refused rather than silently reused."""
     if kind not in _WRITERS:
         raise ExampleError(f"unknown synthetic data kind {kind!r}; valid kinds: {', '.join(_WRITERS)}")
     data_dir = Path(data_dir)
+    bound = inspect.signature(_WRITERS[kind]).bind(data_dir, **kwargs)
+    bound.apply_defaults()
+    spec = {"kind": kind, **{name: value for name, value in bound.arguments.items() if name != "data_dir"}}
     if (data_dir / "train.json").exists():
+        check_written_with(data_dir / _MANIFEST, spec, data_dir)
         return data_dir
     if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
         raise ExampleError(
@@ -116,6 +124,7 @@ def ensure_synthetic(kind: str, data_dir: Path, **kwargs: Any) -> Path:
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the data set is not
         _WRITERS[kind](staging, **kwargs)
+        _write_json(staging / _MANIFEST, spec)
         try:
             staging.replace(data_dir)  # also replaces an empty data_dir
         except OSError:
@@ -125,3 +134,16 @@ def ensure_synthetic(kind: str, data_dir: Path, **kwargs: Any) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
     return data_dir
+
+
+def check_written_with(path: Path, spec: dict[str, Any], data_dir: Path) -> None:
+    """Raise unless the manifest ``path`` of a synthetic set in ``data_dir`` records ``spec`` (no manifest: kept)."""
+    if not path.exists():
+        return
+    written = json.loads(path.read_text(encoding="utf-8"))
+    if written != spec:
+        differ = ", ".join(f"{k}={written.get(k)!r} (asked {v!r})" for k, v in spec.items() if written.get(k) != v)
+        raise ExampleError(
+            f"--data-dir {data_dir}: holds a synthetic set written with {differ} (from --synthetic-size and "
+            "--seed); pass another --data-dir, or delete this one to write it again"
+        )
