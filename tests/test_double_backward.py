@@ -75,3 +75,17 @@ def test_fused_backends_refuse_second_derivatives(backend, penalty):
         MF.mgll_loss(images, texts, scale, bias, labels=LABELS, backend=backend), [images]
     )
     assert torch.isfinite(first_order).all()
+
+
+def test_batched_second_derivatives_in_float32():
+    """What people train with: float32 on CPU, every term on (the point-wise softplus included)."""
+    images, texts, scale, bias = (leaf.detach().float().requires_grad_() for leaf in _leaves())
+    loss = MF.mgll_loss(images, texts, scale, bias, labels=LABELS)
+    (grad_images,) = torch.autograd.grad(loss, [images], create_graph=True)
+    grad_images.pow(2).sum().backward()
+    images64, texts64, scale64, bias64 = _leaves()
+    loss64 = MF.mgll_loss(images64, texts64, scale64, bias64, labels=LABELS)
+    (grad64,) = torch.autograd.grad(loss64, [images64], create_graph=True)
+    grad64.pow(2).sum().backward()
+    for got, want in ((texts.grad, texts64.grad), (scale.grad, scale64.grad), (bias.grad, bias64.grad)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)

@@ -174,7 +174,7 @@ def load_set(config: DownstreamConfig) -> DownstreamSet:
             raise ExampleError("--synthetic: the synthetic downstream set is multilabel (--task multilabel)")
         sixth = config.synthetic_size // 6
         sizes = {"Train": config.synthetic_size - 3 * sixth, "Val": sixth, "Test": 2 * sixth}
-        write_synthetic_downstream(config.data_dir, config.name, sizes, seed=config.seed + 10_000)
+        write_synthetic_downstream(config.data_dir, config.name, sizes, seed=config.seed)
     files = {split: config.data_dir / "All_csv_downstream" / f"{config.name}_{split}.csv" for split in SPLITS}
     return load_downstream_csvs(files, config.data_dir, config.task, config.image_column, config.label_columns)
 

@@ -157,6 +157,9 @@ def load_downstream_csvs(
     return DownstreamSet(task, names, samples, labels)
 
 
+_SEED_OFFSET = 10_000  # the downstream images differ from the pretraining set of the same --seed
+
+
 def write_synthetic_downstream(
     data_dir: Path, name: str, sizes: dict[str, int], seed: int, image_size: int = 64
 ) -> None:
@@ -175,7 +178,7 @@ def write_synthetic_downstream(
     image_dir = data_dir / "All_data_npz" / name
     image_dir.mkdir(parents=True, exist_ok=True)
     csv_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + _SEED_OFFSET)
     header = ["ID", "Disease_Risk", *(_SHORT_NAMES[c] for c in FUNDUS_CATEGORIES)]
     for split in ("Val", "Test", "Train"):
         rows = []

@@ -34,7 +34,7 @@ problems, where the per-block bookkeeping of the fused backends costs more than 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +75,7 @@ def _arguments(problem: LossInputs, request: LossTerms, weights: TermWeights | N
     columns = _column_range_mask(problem, width) if request.soft_clip and problem.is_local else None
     bias = None if problem.logit_bias is None else _as(problem.logit_bias, dtype)
     present = 0 if weights is None else texts_present(problem, request)
-    return (
-        _as(problem.image_features, dtype),
-        _padded_texts(problem, width),
-        _as(problem.logit_scale, dtype),
-        bias,
+    layout = _Layout(
         positives,
         valid,
         columns,
@@ -89,6 +85,26 @@ def _arguments(problem: LossInputs, request: LossTerms, weights: TermWeights | N
         weights,
         present,
     )
+    return (
+        _as(problem.image_features, dtype),
+        _padded_texts(problem, width),
+        _as(problem.logit_scale, dtype),
+        bias,
+        *layout,
+    )
+
+
+class _Layout(NamedTuple):
+    """What :class:`_BatchedSums` needs of a problem besides its differentiable inputs (passed to it unpacked)."""
+
+    positives: Tensor | None  # P of every level, [B, G, N]; None without soft CLIP and point-wise terms
+    valid: Tensor | None  # bool [G, N]: present texts, not padding; None when all are
+    columns: Tensor | None  # bool [G, N]: a local loss's own columns; None for all
+    rows: tuple[int, int]  # this process's rows (start, stop)
+    request: LossTerms
+    levels: int  # G
+    weights: TermWeights | None  # None: return the sums; else the weighted terms
+    texts_present: int | Tensor  # of :func:`.weighting.sum_weights` (with weights)
 
 
 def _terms_on(request: LossTerms) -> tuple[bool, bool, bool]:
@@ -116,8 +132,9 @@ class _BatchedSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, *layout: Any) -> Any:
-        outputs, state, weights = _outputs(images, texts, scale, bias, *layout)
+    def forward(ctx: Any, images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, *fields: Any) -> Any:
+        layout = _Layout(*fields)
+        outputs, state, weights = _outputs(images, texts, scale, bias, layout)
         if state.soft_clip is not None and weights is None:
             ctx.mark_non_differentiable(outputs[1], outputs[3])  # the counts
         ctx.set_materialize_grads(False)
@@ -132,7 +149,7 @@ class _BatchedSums(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the forward again, with autograd
             return _differentiable_backward(ctx.layout, (images, texts, scale, bias), needs, grads)
         if ctx.weights is not None:  # upstream gradients of the terms: those of the sums
-            grads = _sum_upstream(ctx.weights, ctx.layout[4], grads, ctx.layout[5])
+            grads = _sum_upstream(ctx.weights, ctx.layout.request, grads, ctx.layout.levels)
         d_all = _logit_gradient(ctx.state, ctx.layout, grads)
         if d_all is None:
             return (None,) * len(needs)
@@ -160,19 +177,20 @@ class _State:
 
 
 def _outputs(
-    images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, *layout: Any
+    images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, layout: _Layout
 ) -> tuple[list[Tensor], _State, SumWeights | None]:
     """The sums (weights None), or the requested terms with the weights of their sums; the state of the backward."""
-    sums, state = _forward(images, texts, scale, bias, *layout[:6])
-    weights, present = layout[6:]
+    sums, state = _forward(images, texts, scale, bias, layout)
+    weights, request = layout.weights, layout.request
     if weights is None:
         return sums, state, None
-    request = layout[4]
     by_name = LevelSums(**dict(zip(_output_names(request), sums, strict=True)))
     counts = None
     if by_name.soft_clip_row_count is not None and by_name.soft_clip_col_count is not None:
         counts = (by_name.soft_clip_row_count, by_name.soft_clip_col_count)
-    scales = sum_weights(request, weights, counts=counts, texts_present=present, num_images=images.shape[0])
+    scales = sum_weights(
+        request, weights, counts=counts, texts_present=layout.texts_present, num_images=images.shape[0]
+    )
     terms = [term for term in weighted_terms(by_name, scales) if term is not None]
     return terms, state, scales
 
@@ -194,18 +212,10 @@ def _sum_upstream(
 
 
 def _forward(
-    images: Tensor,
-    texts: Tensor,
-    scale: Tensor,
-    bias: Tensor | None,
-    positives: Tensor | None,
-    valid: Tensor | None,
-    columns: Tensor | None,
-    rows: tuple[int, int],
-    request: LossTerms,
-    levels: int,
+    images: Tensor, texts: Tensor, scale: Tensor, bias: Tensor | None, layout: _Layout
 ) -> tuple[list[Tensor], _State]:
     """The requested sums (:func:`_output_names` order) and the state of the backward."""
+    positives, valid, columns, rows, request, levels = layout[:6]
     products = images @ texts.t()
     logits = products * scale if bias is None else torch.addcmul(bias, products, scale)
     z = logits.view(images.shape[0], levels, -1)
@@ -240,9 +250,9 @@ def _forward(
     return outputs, _State(z, z_rows, log_probs, pointwise_y, soft_clip, kl, every_row)
 
 
-def _logit_gradient(state: _State, layout: tuple[Any, ...], grads: tuple[Tensor | None, ...]) -> Tensor | None:
+def _logit_gradient(state: _State, layout: _Layout, grads: tuple[Tensor | None, ...]) -> Tensor | None:
     """dL/dz [B, G, N] for the upstream gradients of the sums (None where every one is None)."""
-    (start, stop), request = layout[3], layout[4]
+    (start, stop), request = layout.rows, layout.request
     upstream = iter(grads)
     d_rows: Tensor | None = None  # dL/dz of this process's rows, [R, G, N]
     d_all: Tensor | None = None  # dL/dz of every row, [B, G, N]
@@ -273,7 +283,7 @@ def _logit_gradient(state: _State, layout: tuple[Any, ...], grads: tuple[Tensor 
 
 
 def _differentiable_backward(
-    layout: tuple[Any, ...],
+    layout: _Layout,
     inputs: tuple[Tensor | None, ...],
     needs: tuple[bool, ...],
     grads: tuple[Tensor | None, ...],
@@ -281,7 +291,8 @@ def _differentiable_backward(
     """The input gradients by autograd through a recomputed forward, with ``create_graph=True``."""
     wanted = {i: tensor for i, tensor in enumerate(inputs) if tensor is not None and needs[i]}
     with torch.enable_grad():
-        outputs, _, _ = _outputs(*inputs, *layout)  # type: ignore[arg-type]
+        images, texts, scale, bias = inputs
+        outputs, _, _ = _outputs(images, texts, scale, bias, layout)  # type: ignore[arg-type]
     pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=True) if grad is not None and out.requires_grad]
     result: list[Tensor | None] = [None] * len(needs)
     if pairs and wanted:

@@ -130,10 +130,10 @@ def cross_entropy_sums(lse: Tensor, pz: Tensor, mass: Tensor) -> tuple[Tensor, T
     return torch.where(has, lse - pz / _safe(mass), 0.0).sum(), has.sum()
 
 
-def pointwise_sum(softplus_sum: Tensor, pz: Tensor, mass: Tensor, target: str) -> Tensor:
+def pointwise_sum(softplus_total: Tensor, pz: Tensor, mass: Tensor, target: str) -> Tensor:
     """Point-wise sum ``sum softplus(z) - sum y z`` from the per-row positive sums (y = P, or P / mass)."""
     target_z = pz if target == "mask" else (mass > 0) * pz / _safe(mass)
-    return softplus_sum - target_z.sum()
+    return softplus_total - target_z.sum()
 
 
 def positive_coefficients(

@@ -29,10 +29,10 @@ __all__ = ["SumWeights", "TermWeights", "sum_gradients", "sum_weights", "texts_p
 class TermWeights:
     """The weights of the loss terms (a_1, a_2, a_3 of the paper's Eq. 7) and of the levels (w_g)."""
 
-    soft_clip: float = 1.0
-    pointwise: float = 1.0
-    smooth_kl: float = 1.0
-    levels: tuple[float, ...] = (1.0,)
+    soft_clip: float
+    pointwise: float
+    smooth_kl: float
+    levels: tuple[float, ...]
 
 
 @dataclass(frozen=True)
