@@ -42,7 +42,7 @@ def positive_mask(
     labels: Tensor | None = None,
     targets: Tensor | None = None,
     *,
-    num_images: int,
+    num_images: int | None = None,
     num_texts: int | None = None,
     match: str = "exact",
     text_mask: Tensor | None = None,
@@ -51,20 +51,68 @@ def positive_mask(
 
     Columns of absent texts (``text_mask[j]`` False) are zero.
 
+    Args:
+        labels: None, class ids [B], multi-hot labels [B, C] or :class:`~mgll_loss.labels.LabelSets`
+            [B, K] (text j belongs to image j, so N == B).
+        targets: None or an explicit target matrix [B, N] with values in [0, 1].
+        num_images: B. Optional: taken from ``labels`` or ``targets`` (dim 0), or from ``text_mask``
+            when neither is given (the identity mask); where given it must agree with them.
+        num_texts: N. Optional: ``targets.shape[1]``, else ``text_mask``'s length, else B.
+        match: how multi-hot label sets compare: ``"exact"``, ``"overlap"`` or ``"jaccard"``.
+        text_mask: None or a boolean tensor [N] (True = text present).
+
+    Shape:
+        - Output: [B, N], float32, on the device of ``labels`` / ``targets`` (CPU for the identity).
+
+    Raises:
+        ValueError: when no input gives B (no labels, targets, text_mask nor ``num_images``), or the
+            sizes disagree; the checks of :func:`mgll_loss.functional.soft_clip_loss` otherwise.
+
     Example:
-        >>> positive_mask(torch.tensor([0, 1, 0]), num_images=3)
+        >>> positive_mask(torch.tensor([0, 1, 0]))
         tensor([[1., 0., 1.],
                 [0., 1., 0.],
                 [1., 0., 1.]])
+        >>> positive_mask(num_images=2)
+        tensor([[1., 0.],
+                [0., 1.]])
     """
-    num_texts = num_images if num_texts is None else num_texts
     source = labels if labels is not None else targets
+    mask_size = text_mask.shape[0] if isinstance(text_mask, Tensor) and text_mask.dim() == 1 else None
+    if num_images is None:
+        num_images = _batch_size("labels" if labels is not None else "targets", source, mask_size)
+    if num_texts is None:
+        if isinstance(targets, Tensor) and targets.dim() == 2:
+            num_texts = targets.shape[1]
+        else:
+            num_texts = mask_size if labels is None and mask_size is not None else num_images
     device = source.device if isinstance(source, Tensor) else None
     mask = level_targets(labels, targets, num_images=num_images, num_texts=num_texts, match=match, device=device)
     full = mask.full(torch.float32, device if device is not None else torch.device("cpu"))
     if text_mask is not None:
         full = full * check_text_mask("text_mask", text_mask, num_texts, full)
     return full
+
+
+def _batch_size(name: str, source: object, mask_size: int | None) -> int:
+    """B for :func:`positive_mask` from its labels or targets (dim 0), else from the text mask."""
+    if isinstance(source, Tensor) and source.dim() >= 1:
+        return source.shape[0]
+    if source is None and mask_size is not None:
+        return mask_size
+    if source is None:
+        raise ValueError(
+            "num_images: expected an int when no labels, targets or text_mask are given (the identity mask [B, B] "
+            "needs B), got None"
+        )
+    if not isinstance(source, Tensor):
+        raise TypeError(
+            f"{name}: expected a tensor (class ids [B], multi-hot [B, C] or targets [B, N]), got "
+            f"{type(source).__name__}"
+        )
+    raise ValueError(
+        f"num_images: cannot be read from {name} of shape []; pass num_images=B or {name} with a batch dim"
+    )
 
 
 def mask_from_class_ids(class_ids: Tensor) -> Tensor:

@@ -220,6 +220,48 @@ def test_positive_mask_identity():
     torch.testing.assert_close(positive_mask(num_images=4, num_texts=4), torch.eye(4))
 
 
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(labels=CLASS_IDS), CLASS_IDS_MASK),
+        (dict(labels=MULTI_HOT), EXPECTED["exact"]),
+        (dict(targets=DENSE), DENSE),
+        (dict(text_mask=torch.tensor([True, False, True])), torch.diag(torch.tensor([1.0, 0.0, 1.0]))),
+    ],
+    ids=["class-ids", "multi-hot", "targets", "text-mask"],
+)
+def test_positive_mask_infers_its_sizes_from_the_inputs(kwargs, expected):
+    torch.testing.assert_close(positive_mask(**kwargs), expected)
+
+
+def test_positive_mask_infers_sizes_from_label_sets():
+    label_sets = LabelSets(torch.tensor([[0, 1], [1, -1], [0, 1]]))
+    torch.testing.assert_close(positive_mask(label_sets), positive_mask(label_sets, num_images=3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(), ("num_images: expected an int when no labels, targets or text_mask", "got None")),
+        (dict(labels=torch.tensor(3)), ("num_images: cannot be read from labels of shape []", "pass num_images=B")),
+        (dict(labels=CLASS_IDS, num_images=6), ("labels", "B=6", "[7]")),
+        (dict(targets=DENSE, num_texts=4), ("targets", "[7, 4]", "[7, 5]")),
+    ],
+    ids=["nothing", "0-dim-labels", "num-images-disagrees", "num-texts-disagrees"],
+)
+def test_positive_mask_sizes_that_inputs_do_not_give_or_contradict(kwargs, message):
+    with pytest.raises(ValueError, match=literal_regex(*message)):
+        positive_mask(**kwargs)
+
+
+@pytest.mark.parametrize("num_images", [None, 3])
+def test_positive_mask_non_tensor_labels_are_a_type_error(num_images):
+    with pytest.raises(TypeError, match=literal_regex("labels", "expected a tensor", "list")):
+        positive_mask([0, 1, 0], num_images=num_images)
+    with pytest.raises(TypeError, match=literal_regex("targets", "expected a tensor", "list")):
+        positive_mask(targets=[[1.0]], num_images=num_images)
+
+
 def test_positive_mask_identity_needs_square():
     with pytest.raises(ValueError, match=literal_regex("N == B", "N=5", "B=4")):
         positive_mask(num_images=4, num_texts=5)

@@ -769,7 +769,7 @@ def test_non_finite_features(value, where, name):
     else:
         levels[1, 3, 0] = value
     text = list(levels) if where == "list" else levels
-    with pytest.raises(ValueError, match=literal_regex(name, "finite", "NaN or inf")):
+    with pytest.raises(ValueError, match=literal_regex(name, "expected finite values", "NaN and", "inf")):
         MGLLLoss()(images, text, 10.0)
 
 
