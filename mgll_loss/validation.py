@@ -162,10 +162,28 @@ def check_multi_level_text(text_features: Any, image_features: Tensor) -> tuple[
     return stacked, sizes
 
 
+MAX_LOGIT_SCALE = 1e4
+"""The largest logit scale the losses accept (already exponentiated).
+
+With L2-normalised features every logit lies in ``[-s, s]`` (plus the bias), and the losses promise
+finite results for logits up to 1e4 in magnitude. CLIP's learned scale stays far below: open_clip and
+Hugging Face clamp it at 100 (:func:`mgll_loss.utils.clamp_logit_scale`). A larger value is almost
+always the log-scale exponentiated twice or a temperature inverted twice, so it is refused.
+"""
+
+
 def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool = False) -> Tensor:
-    """Return ``value`` (a finite number or one-element tensor, > 0 if ``positive``) as a 0-dim tensor."""
-    expected = "a finite positive" if positive else "a finite"
-    hint = " (the logit scale is already exponentiated)" if positive else ""
+    """Return ``value`` (a finite number or one-element tensor) as a 0-dim tensor.
+
+    With ``positive`` (the logit scale) it must also lie in ``(0, MAX_LOGIT_SCALE]``.
+    """
+    expected = f"a finite positive number <= {MAX_LOGIT_SCALE:g}" if positive else "a finite number"
+    hint = (
+        " (the logit scale is already exponentiated: pass logit_scale.exp() of the log-scale, clamped at "
+        "ln 100 as open_clip does; see mgll_loss.utils.clamp_logit_scale)"
+        if positive
+        else ""
+    )
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(
@@ -177,27 +195,27 @@ def check_scalar(name: str, value: Any, image_features: Tensor, positive: bool =
         value = value if value.dim() == 0 else value.reshape(())
         detached = value.detach()
         if not _reads_on_host(detached):
-            require(_valid_scalar(detached, positive), f"{name}: expected {expected} number{hint}")
+            require(_valid_scalar(detached, positive), f"{name}: expected {expected}{hint}")
             return value
         number = float(detached)  # eager, CPU: one read, checked below
     elif isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number or a one-element tensor, got {type(value).__name__}")
     elif torch.compiler.is_compiling():  # a number that changes between calls is symbolic: check it as a tensor
         tensor = torch.full((), cast(float, value), dtype=torch.float64, device=image_features.device)
-        require(_valid_scalar(tensor, positive), f"{name}: expected {expected} number{hint}")
+        require(_valid_scalar(tensor, positive), f"{name}: expected {expected}{hint}")
         return tensor
     else:
         number = float(value)
-    if not math.isfinite(number) or (positive and number <= 0):
-        raise ValueError(f"{name}: expected {expected} number{hint}, got {number}")
+    if not math.isfinite(number) or (positive and not 0 < number <= MAX_LOGIT_SCALE):
+        raise ValueError(f"{name}: expected {expected}{hint}, got {number}")
     if isinstance(value, Tensor):
         return value
     return torch.full((), number, dtype=torch.float64, device=image_features.device)  # a fill: no host-to-device copy
 
 
 def _valid_scalar(value: Tensor, positive: bool) -> Tensor:
-    """bool 0-dim: ``value`` is finite (and > 0 with ``positive``)."""
-    return torch.isfinite(value) & (value > 0) if positive else torch.isfinite(value)
+    """bool 0-dim: ``value`` is finite (and in ``(0, MAX_LOGIT_SCALE]`` with ``positive``; NaN fails both)."""
+    return (value > 0) & (value <= MAX_LOGIT_SCALE) if positive else torch.isfinite(value)
 
 
 def check_per_level(name: str, value: Any, num_levels: int) -> tuple[Any, ...]:

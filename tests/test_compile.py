@@ -53,8 +53,8 @@ def _assert_compiled_equals_eager(match: str, seed: int, variants: tuple[bool, .
         for g, w in zip(got_grads, want_grads, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     # the value checks stay on in the graph, as asynchronous asserts (no host read, no graph break)
-    with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number"):
-        compiled(images, texts, torch.tensor(-1.0), bias, labels=labels, targets=targets, text_mask=mask)
+    with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number <= 10000"):
+        compiled(images, texts, torch.tensor(1e30), bias, labels=labels, targets=targets, text_mask=mask)
 
 
 def test_fullgraph_compile_equals_eager_with_bias_and_mask():
@@ -77,8 +77,9 @@ def test_fullgraph_compile_with_a_python_number_scale_that_changes():
         torch.testing.assert_close(
             compiled(images, texts, scale, labels=labels), loss(images, texts, scale, labels=labels)
         )
-    with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number"):
-        compiled(images, texts, -1.0, labels=labels)
+    for bad in (-1.0, 1e30):  # the bound MAX_LOGIT_SCALE holds for a symbolic number too
+        with pytest.raises(RuntimeError, match="logit_scale: expected a finite positive number <= 10000"):
+            compiled(images, texts, bad, labels=labels)
 
 
 def test_value_checks_after_a_recompile_with_dynamic_shapes():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 import torch
 
 from mgll_loss import MGLLLoss, functional
+from mgll_loss.validation import MAX_LOGIT_SCALE
 
 from .helpers import level_labels, unit_features
 
@@ -78,6 +80,25 @@ def test_non_finite_or_non_positive_logit_scale_is_rejected(scale):
     images = unit_features(B, D, seed=13)
     with pytest.raises(ValueError, match="logit_scale: expected a finite positive number"):
         MGLLLoss()(images, unit_features(G, B, D, seed=14), scale)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1.0001e4, torch.tensor(1e30), torch.tensor(2e4, dtype=torch.float64)])
+def test_logit_scale_beyond_the_documented_bound_is_rejected(scale):
+    # 1e30 is what an exponentiated-twice log-scale looks like; the bound is MAX_LOGIT_SCALE = 1e4, the
+    # logit range the losses promise finite results for (open_clip clamps the scale at 100).
+    images = unit_features(B, D, seed=13)
+    message = "logit_scale: expected a finite positive number <= 10000 (the logit scale is already exponentiated"
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        MGLLLoss()(images, unit_features(G, B, D, seed=14), scale)
+    assert "clamp_logit_scale" in str(error.value)
+
+
+def test_logit_scale_at_the_bound_is_accepted_and_finite():
+    images = unit_features(B, D, seed=13, requires_grad=True)
+    scale = torch.tensor(MAX_LOGIT_SCALE, requires_grad=True)
+    loss = MGLLLoss()(images, unit_features(G, B, D, seed=14), scale)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(images.grad).all() and torch.isfinite(scale.grad)
 
 
 @pytest.mark.parametrize("bias", [float("nan"), float("-inf"), torch.tensor(float("nan"))])
