@@ -9,7 +9,7 @@ from torch import nn
 
 from .backends import check_backend, check_chunk_size
 from .global_batch import DistributedOptions
-from .validation import warn_if_not_unit_norm
+from .norm_check import UnitNormCheck
 
 __all__ = ["LossBase"]
 
@@ -25,9 +25,9 @@ def _is_compiling() -> bool:
 class LossBase(nn.Module):
     """Holds the backend and the torch.distributed options shared by every loss.
 
-    The first call (outside torch.compile tracing) also checks that the features are L2-normalised
-    and warns once if not (see :func:`~mgll_loss.validation.warn_if_not_unit_norm`); later calls
-    read nothing on the host.
+    Calls outside torch.compile tracing also check that the features are L2-normalised, on the
+    first call and every :data:`~mgll_loss.norm_check.NORM_CHECK_EVERY` calls after, and warn once
+    if not (:class:`~mgll_loss.norm_check.UnitNormCheck`: on CUDA without a synchronisation).
     """
 
     def __init__(
@@ -43,13 +43,11 @@ class LossBase(nn.Module):
         self.backend = check_backend(backend)
         self.chunk_size = check_chunk_size(chunk_size)
         self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
-        self._norms_checked = False
+        self.norm_check = UnitNormCheck()
 
-    def _check_norms_once(self, image_features: Any, text_features: Any) -> None:
-        if _is_compiling() or self._norms_checked:
-            return
-        self._norms_checked = True
-        warn_if_not_unit_norm(image_features, text_features, stacklevel=4)
+    def _check_norms(self, image_features: Any, text_features: Any) -> None:
+        if not _is_compiling():
+            self.norm_check(image_features, text_features, stacklevel=5)  # the caller of loss(...)
 
     def _common_options(self) -> dict[str, Any]:
         options = self.distributed  # its fields by name (dataclasses.asdict deep-copies: slow on every call)

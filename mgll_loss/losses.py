@@ -6,9 +6,10 @@ All share the open_clip call convention::
          labels=None, targets=None, text_mask=None, output_dict=False)
 
 With ``output_dict=True`` each returns a dict keyed by its term name(s), ready for open_clip's
-trainer, which sums every value. Each loss instance checks on its first call that the features
-are L2-normalised and warns once if their norms are off by more than 0.01 (the losses never
-normalise; the check is skipped while torch.compile traces).
+trainer, which sums every value. Each loss instance checks that the features are
+L2-normalised on its first call and every 100 calls after, and warns once if their norms are off by
+more than 0.01 (the losses never normalise; :class:`~mgll_loss.norm_check.UnitNormCheck`, skipped
+while torch.compile traces).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class SoftCLIPLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
-        self._check_norms_once(image_features, text_features)
+        self._check_norms(image_features, text_features)
         loss = functional.soft_clip_loss(
             image_features,
             text_features,
@@ -160,7 +161,7 @@ class PointwiseLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
-        self._check_norms_once(image_features, text_features)
+        self._check_norms(image_features, text_features)
         loss = functional.pointwise_loss(
             image_features,
             text_features,
@@ -234,7 +235,7 @@ class SmoothKLLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
-        self._check_norms_once(image_features, text_features)
+        self._check_norms(image_features, text_features)
         loss = functional.smooth_kl_loss(
             image_features,
             text_features,
@@ -331,7 +332,7 @@ class MGLLLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss, or its three weighted terms with ``output_dict=True``."""
-        self._check_norms_once(image_features, text_features)
+        self._check_norms(image_features, text_features)
         return functional.mgll_loss(
             image_features,
             text_features,

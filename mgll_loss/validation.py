@@ -14,7 +14,6 @@ synchronisation, no graph break, and a failing check still stops the step with t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from numbers import Real
 from typing import Any, cast
@@ -374,32 +373,3 @@ def check_level_first(text_features: Any, image_features: Tensor, targets: Any, 
             f"B={batch} images and G={second} levels; the losses take level-first [G, B, D]: pass "
             "text_features.transpose(0, 1)"
         )
-
-
-UNIT_NORM_TOLERANCE = 1e-2
-"""Features whose L2 norms differ from 1 by more than this get a warning (once per loss instance)."""
-
-
-def warn_if_not_unit_norm(image_features: Any, text_features: Any, stacklevel: int = 3) -> None:
-    """Warn (``UserWarning``) when feature rows are far from unit L2 norm; the losses never normalise.
-
-    Reads the norms on the host (one synchronisation): call it once, not on every step.
-    """
-    texts = text_features if isinstance(text_features, (list, tuple)) else [text_features]
-    for name, value in [("image_features", image_features)] + [("text_features", t) for t in texts]:
-        expected_dims = (2,) if name == "image_features" else (2, 3)
-        if not isinstance(value, Tensor) or not value.is_floating_point() or value.numel() == 0:
-            continue
-        if value.dim() not in expected_dims or value.is_meta:  # malformed: validation names it
-            continue
-        norms = value.detach().float().norm(dim=-1)
-        low, high = float(norms.min()), float(norms.max())
-        if max(abs(low - 1.0), abs(high - 1.0)) > UNIT_NORM_TOLERANCE:
-            warnings.warn(
-                f"{name}: L2 norms range from {low:.3g} to {high:.3g}; the MGLL losses expect L2-normalised "
-                "features (norm 1) and never normalise them: use torch.nn.functional.normalize(x, dim=-1) "
-                "(unnormalised features scale every logit and inflate the loss)",
-                UserWarning,
-                stacklevel=stacklevel,
-            )
-            return

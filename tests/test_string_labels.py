@@ -6,12 +6,11 @@ The distributed proof (every rank labelling its own strings) is in tests/test_di
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 import pytest
 import torch
 
-from mgll_loss import MGLLLoss, PointwiseLoss, SmoothKLLoss, SoftCLIPLoss, loss_base
+from mgll_loss import MGLLLoss, SmoothKLLoss, SoftCLIPLoss
 from mgll_loss.labels import label_id, normalize_label
 from mgll_loss.targets import LabelSets, labels_from_strings, level_labels_from_strings, positive_mask
 
@@ -163,36 +162,3 @@ def test_batch_first_text_features_are_named_as_such():
     targets = [torch.eye(4, 5)] * 4
     assert MGLLLoss(smooth_kl_weight=0.0)(images, vocabulary, 10.0, targets=targets).isfinite()
     assert SmoothKLLoss()(images, vocabulary, 10.0).isfinite()
-
-
-def _caught(call):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        call()
-    return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-
-
-def test_features_far_from_unit_norm_warn_once_per_loss_instance():
-    images, texts = unit_features(4, 6), unit_features(2, 4, 6)
-    loss = MGLLLoss()
-    first = _caught(lambda: loss(20 * images, texts, 10.0))
-    assert len(first) == 1 and first[0].startswith("image_features: L2 norms range from 20 to 20")
-    assert "normalize" in first[0]
-    assert _caught(lambda: loss(20 * images, texts, 10.0)) == []  # once per instance
-    assert len(_caught(lambda: SoftCLIPLoss()(images, 3 * texts[0], 10.0))) == 1  # a new instance checks again
-    assert _caught(lambda: PointwiseLoss()(images.half(), texts[0].half(), 10.0)) == []  # rounding is no reason
-    assert _caught(lambda: MGLLLoss()(images, list(texts), 10.0)) == []
-
-
-def test_the_norm_check_reads_the_host_only_on_the_first_call_and_never_while_compiling(monkeypatch):
-    calls = []
-    monkeypatch.setattr(loss_base, "warn_if_not_unit_norm", lambda *args, **kwargs: calls.append(args))
-    images, texts = unit_features(4, 6), unit_features(2, 4, 6)
-    loss = MGLLLoss()
-    monkeypatch.setattr(loss_base, "_is_compiling", lambda: True)
-    loss(images, texts, 10.0)
-    assert calls == [] and not loss._norms_checked
-    monkeypatch.setattr(loss_base, "_is_compiling", lambda: False)
-    for _ in range(3):
-        loss(images, texts, 10.0)
-    assert len(calls) == 1
