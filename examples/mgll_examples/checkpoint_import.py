@@ -1,4 +1,5 @@
-"""Pretrained CLIP models from checkpoints: this project's ``last.pt`` and the authors' released format.
+"""Pretrained CLIP models from checkpoints: this project's ``last.pt``, the authors' released format,
+and a vision tower exported by ``examples/export_vision_tower.py`` (a directory; image tower only).
 
 The authors' checkpoints (HUANGLIZI/MGLL ``main_pretrain.py``) are
 ``{"model": state_dict, "optimizer", "epoch", "scaler", "args": argparse.Namespace}`` with the
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import ExampleError
+from .exported import load_exported
 from .model import ModelBundle, build_model
 
 __all__ = ["AUTHORS_MODEL", "PretrainedModel", "load_pretrained"]
@@ -73,6 +75,9 @@ def _load_state(bundle: ModelBundle, state: dict[str, Any], path: Path, model_na
 
 def load_pretrained(path: Path, model: str | None = None) -> PretrainedModel:
     """The model in ``path`` (either layout), weights loaded; ``model`` overrides the architecture name."""
+    if path.is_dir():
+        bundle, info = load_exported(path)
+        return PretrainedModel(bundle, "exported", f"CLIPVisionModelWithProjection ({path.name})", info)
     payload = _read(path)
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise ExampleError(
