@@ -278,6 +278,8 @@ def test_bad_arguments_are_named(tmp_path):
         export_vision_tower(model, tmp_path / "a", preprocessing={"size": 32})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="the check compares in float32"):
         export_vision_tower(tiny_vit_clip().half(), tmp_path / "a", preprocessing=prep(32))
+    with pytest.raises(ValueError, match="hidden_act: expected a transformers activation name .*got 'swishy'"):
+        export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), hidden_act="swishy")
     with pytest.raises(TypeError, match="pass the wrapped model"):
         export_vision_tower(nn.DataParallel(model), tmp_path / "a", preprocessing=prep(32))
     (tmp_path / "busy").mkdir()

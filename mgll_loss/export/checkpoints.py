@@ -32,6 +32,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a torch file, truncated, or holding objects ``weights_only`` refuses.
+
+    Example:
+        >>> import argparse, tempfile
+        >>> path = tempfile.mkdtemp() + "/checkpoint.pth"
+        >>> torch.save({"model": {"clip.visual.proj": torch.zeros(2, 2)}, "args": argparse.Namespace(lr=1e-4)}, path)
+        >>> sorted(read_checkpoint(path))
+        ['args', 'model']
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no such file {os.fspath(path)!r}")

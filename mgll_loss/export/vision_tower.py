@@ -43,6 +43,17 @@ def vision_tower(model: nn.Module) -> VisionTower:
     Raises:
         TypeError: a DDP-wrapped model, or neither an open_clip nor a transformers CLIP model.
         ValueError: an open_clip tower a ``CLIPVisionModel`` cannot represent (the message names the part).
+
+    Example:
+        >>> import open_clip
+        >>> model = open_clip.CLIP(
+        ...     embed_dim=8, vision_cfg=dict(layers=(1, 1, 1, 1), width=16, image_size=32),
+        ...     text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1))
+        >>> try:
+        ...     vision_tower(model)
+        ... except ValueError as error:
+        ...     print(str(error)[:60])
+        model: cannot export the ModifiedResNet image tower as a CLI
     """
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise TypeError(f"model: got {type(model).__name__}; pass the wrapped model (model.module)")
@@ -83,6 +94,18 @@ def check_export(
 
     Returns:
         :class:`~mgll_loss.export.ExportCheck` (``passed``, ``max_abs_diff`` per output, ``summary()``).
+
+    Example:
+        >>> import open_clip, tempfile
+        >>> model = open_clip.CLIP(
+        ...     embed_dim=8, vision_cfg=dict(layers=1, width=16, head_width=8, patch_size=8, image_size=16),
+        ...     text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1))
+        >>> prep = ImagePreprocessing(16, (0.5,) * 3, (0.25,) * 3, "bicubic", "shortest", source="doctest")
+        >>> report = export_vision_tower(model, tempfile.mkdtemp() + "/t", preprocessing=prep, check=False)
+        >>> directory = report.output_dir
+        >>> check = check_export(model, directory)
+        >>> check.passed, sorted(check.max_abs_diff)
+        (True, ['hidden_states[0]', 'hidden_states[1]', 'image_embeds', 'pooler_output'])
     """
     tower = vision_tower(model)
     _float32(tower.module)
@@ -150,6 +173,11 @@ def export_vision_tower(
     config = dict(tower.vision_config)
     read_act = config["hidden_act"]
     if hidden_act is not None:
+        names = sorted(require("transformers.activations", "hf", "export_vision_tower").ACT2FN)
+        if hidden_act not in names:
+            raise ValueError(
+                f"hidden_act: expected a transformers activation name ({', '.join(names)}), got {hidden_act!r}"
+            )
         config["hidden_act"] = hidden_act
     if preprocessing.size != config["image_size"] or len(preprocessing.mean) != config["num_channels"]:
         raise ValueError(
