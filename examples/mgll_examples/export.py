@@ -4,7 +4,7 @@ Reads this project's ``last.pt``, the MGLL authors' checkpoint, an ``open_clip_t
 (``--model`` names its architecture) or a Hugging Face ``CLIPModel`` directory (``MGLLTrainer``), and
 calls :func:`mgll_loss.export.export_vision_tower`. The preprocessing written is the one the
 checkpoint was trained with: the examples' transforms (resize to the square input without a crop,
-bilinear, the model's mean/std), the authors' (224 px, ImageNet mean/std), open_clip's
+bilinear, the model's mean/std), the authors' (ImageNet mean/std, 224 px), open_clip's
 ``preprocess_cfg`` for an ``open_clip_train`` checkpoint, or the directory's own
 ``preprocessor_config.json``; ``--mean``/``--std``/``--resample``/``--resize-mode`` override it.
 """
@@ -33,7 +33,8 @@ from .checkpoint_import import AUTHORS_MODEL
 from .errors import ExampleError
 from .model import TINY, TINY_VIT, build_model
 
-#: The authors' transforms: 224 x 224 inputs normalised with the ImageNet mean and std.
+#: The authors' transforms (their main_pretrain.py and models/pretrain.py): resize to 512 x 512 (bicubic),
+#: normalise with the ImageNet mean and std; the model then resizes to 224 x 224 (bilinear).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -128,7 +129,8 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing,
             std=IMAGENET_STD,
             resample="bilinear",
             resize_mode="squash",
-            source="the MGLL authors' transforms (ImageNet mean/std, resized to the square input)",
+            source="the MGLL authors' transforms (512 px bicubic, ImageNet mean/std, then 224 px bilinear in "
+            "their model): one squash resize to the input size, bilinear",
         )
     elif getattr(bundle.model.visual, "preprocess_cfg", None):
         preprocessing = ImagePreprocessing.from_open_clip(bundle.model)
