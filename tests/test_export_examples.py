@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,10 +13,10 @@ pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
 transformers = pytest.importorskip("transformers")
 
+from mgll_examples.checkpoint_import import authors_model  # noqa: E402
 from mgll_examples.cli import main as pretrain_main  # noqa: E402
 from mgll_examples.data import ensure_synthetic  # noqa: E402
 from mgll_examples.downstream import main as downstream_main  # noqa: E402
-from mgll_examples.export import authors_model  # noqa: E402
 from mgll_examples.export import main as export_main  # noqa: E402
 from mgll_examples.model import build_model  # noqa: E402
 from tests.adapter_models import tiny_hf_clip  # noqa: E402
@@ -88,6 +89,17 @@ def test_an_open_clip_train_checkpoint_needs_its_architecture(tmp_path, capsys):
     assert export_main([*flags, "--model", "tiny-vit", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"]) == 0
     prep = json.loads((tmp_path / "out" / "mgll_export.json").read_text())["preprocessing"]
     assert prep["mean"] == [0.5] * 3 and prep["source"].endswith("overridden by flags")
+
+
+def test_an_authors_checkpoint_exports_with_their_preprocessing(tmp_path):
+    state = build_model("tiny-vit", custom_text=True).model.state_dict()
+    payload = {"model": {f"clip.{k}": v for k, v in state.items()}, "epoch": 3, "args": argparse.Namespace(lr=1e-4)}
+    torch.save(payload, tmp_path / "checkpoint-3.pth")
+    flags = ["--checkpoint", str(tmp_path / "checkpoint-3.pth"), "--output-dir", str(tmp_path / "out")]
+    assert export_main([*flags, "--model", "tiny-vit"]) == 0
+    metadata = json.loads((tmp_path / "out" / "mgll_export.json").read_text())
+    assert metadata["source"]["layout"] == "MGLL authors" and metadata["check"]["passed"]
+    assert metadata["preprocessing"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet's, not CLIP's
 
 
 def test_the_authors_activation_follows_their_open_clip_layout():

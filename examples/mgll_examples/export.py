@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from mgll_loss.export import (
     vision_state_dict,
 )
 
-from .checkpoint_import import AUTHORS_MODEL
+from .checkpoint_import import authors_model
 from .errors import ExampleError
 from .model import TINY, TINY_VIT, build_model
 
@@ -71,19 +71,6 @@ def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
         return tuple(float(value) for value in text.split(","))
     except ValueError:
         raise ExampleError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-
-
-def authors_model(state: Mapping[str, Any]) -> tuple[str, str]:
-    """The open_clip architecture of an authors' checkpoint, and why.
-
-    The authors build ``ViT-L-14`` with ``pretrained="openai"`` and ``force_custom_text=True``.
-    open_clip >= 2.29 honours ``force_custom_text`` there (text tower under ``clip.text.``) and
-    keeps the config's plain GELU; older versions load the OpenAI model as is (text tower under
-    ``clip.transformer.``, QuickGELU). No weight records the activation, so the layout decides.
-    """
-    if any(str(key).startswith("clip.text.") for key in state):
-        return AUTHORS_MODEL, "text tower under clip.text.: open_clip >= 2.29, plain GELU"
-    return f"{AUTHORS_MODEL}-quickgelu", "text tower under clip.transformer.: open_clip < 2.29, QuickGELU"
 
 
 def _examples_transforms(bundle: Any, source: str) -> ImagePreprocessing:
