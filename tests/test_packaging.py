@@ -26,7 +26,13 @@ SoftCLIPLoss()(images, texts[0], 10.0).item()
 PointwiseLoss()(images, texts[0], 10.0, -5.0).item()
 SmoothKLLoss()(images, texts, 10.0).item()
 from mgll_loss.adapters import hf, open_clip as open_clip_adapter  # the adapters import their framework lazily
-builds = ((lambda: open_clip_adapter.MultiGranularOpenCLIP(None), "open_clip"), (lambda: hf.MGLLTrainer, "hf"))
+from mgll_loss import export  # so does the vision-tower export
+builds = (
+    (lambda: open_clip_adapter.MultiGranularOpenCLIP(None), "open_clip"),
+    (lambda: hf.MGLLTrainer, "hf"),
+    (lambda: export.export_vision_tower(None, "tower", preprocessing=None), "hf"),
+    (lambda: export.ImagePreprocessing.from_open_clip(None), "open_clip"),
+)
 for build, extra in builds:
     try:
         build()

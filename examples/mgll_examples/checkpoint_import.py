@@ -1,4 +1,5 @@
-"""Pretrained CLIP models from checkpoints: this project's ``last.pt`` and the authors' released format.
+"""Pretrained CLIP models from checkpoints: this project's ``last.pt``, the authors' released format,
+and a vision tower exported by ``examples/export_vision_tower.py`` (a directory; image tower only).
 
 The authors' checkpoints (HUANGLIZI/MGLL ``main_pretrain.py``) are
 ``{"model": state_dict, "optimizer", "epoch", "scaler", "args": argparse.Namespace}`` with the
@@ -10,6 +11,7 @@ plain containers is ``argparse.Namespace`` (for ``"args"``), so a file cannot ru
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ from typing import Any
 import torch
 
 from .errors import ExampleError
+from .exported import load_exported
 from .model import ModelBundle, build_model
 
-__all__ = ["AUTHORS_MODEL", "PretrainedModel", "load_pretrained"]
+__all__ = ["AUTHORS_MODEL", "PretrainedModel", "authors_model", "load_pretrained"]
 
 #: The architecture of the authors' released checkpoints.
 AUTHORS_MODEL = "ViT-L-14"
@@ -28,12 +31,25 @@ _AUTHORS_PREFIX = "clip."
 
 @dataclass
 class PretrainedModel:
-    """A loaded model and where it came from (``source``: "mgll-loss" or "authors")."""
+    """A loaded model and where it came from (``source``: "mgll-loss", "authors" or "exported")."""
 
     bundle: ModelBundle
     source: str
     model_name: str
     info: dict[str, Any]
+
+
+def authors_model(state: Mapping[str, Any]) -> tuple[str, str]:
+    """The open_clip architecture of an authors' checkpoint, and why.
+
+    The authors build ``ViT-L-14`` with ``pretrained="openai"`` and ``force_custom_text=True``.
+    open_clip >= 2.29 honours ``force_custom_text`` there (text tower under ``clip.text.``) and
+    keeps the config's plain GELU; older versions load the OpenAI model as is (text tower under
+    ``clip.transformer.``, QuickGELU). No weight records the activation, so the layout decides.
+    """
+    if any(str(key).startswith("clip.text.") for key in state):
+        return AUTHORS_MODEL, "text tower under clip.text.: open_clip >= 2.29, plain GELU"
+    return f"{AUTHORS_MODEL}-quickgelu", "text tower under clip.transformer.: open_clip < 2.29, QuickGELU"
 
 
 def _read(path: Path) -> Any:
@@ -73,6 +89,9 @@ def _load_state(bundle: ModelBundle, state: dict[str, Any], path: Path, model_na
 
 def load_pretrained(path: Path, model: str | None = None) -> PretrainedModel:
     """The model in ``path`` (either layout), weights loaded; ``model`` overrides the architecture name."""
+    if path.is_dir():
+        bundle, info = load_exported(path)
+        return PretrainedModel(bundle, "exported", f"CLIPVisionModelWithProjection ({path.name})", info)
     payload = _read(path)
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise ExampleError(
@@ -99,7 +118,7 @@ def load_pretrained(path: Path, model: str | None = None) -> PretrainedModel:
         raise ExampleError(
             f"--checkpoint {path}: the authors' format keeps the open_clip model under 'clip.'; no such key in 'model'"
         )
-    name = model or AUTHORS_MODEL
+    name = model or authors_model(payload["model"])[0]
     bias = 0.0 if "logit_bias" in state else None  # the value comes with the state dict
     bundle = build_model(name, init_logit_bias=bias, custom_text=any(key.startswith("text.") for key in state))
     _load_state(bundle, state, path, name)

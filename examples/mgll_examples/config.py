@@ -313,7 +313,10 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
     model = parser.add_argument_group("model and loss")
     model.add_argument(
-        "--model", default=defaults.model, help="'tiny' (trains on CPU) or an open_clip architecture, e.g. ViT-B-32"
+        "--model",
+        default=defaults.model,
+        help="'tiny' (trains on CPU), 'tiny-vit' (its ViT twin, exportable to an MLLM) or an open_clip architecture, "
+        "e.g. ViT-B-32",
     )
     model.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (downloads weights)")
     model.add_argument(

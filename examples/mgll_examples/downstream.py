@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=Path,
         required=True,
-        help="this project's last.pt or an authors' MGLL checkpoint; repeat to compare several",
+        help="this project's last.pt, an authors' MGLL checkpoint, or a directory written by "
+        "export_vision_tower.py; repeat to compare several",
     )
     parser.add_argument("--model", help="architecture override (default: the checkpoint's; authors' format: ViT-L-14)")
     parser.add_argument("--mode", choices=MODES, default="probe", help="linear probe on frozen features, or fine-tune")
@@ -314,8 +315,9 @@ def train_head(
 
 
 def _run_names(checkpoints: Sequence[Path]) -> list[str]:
-    """A short unique name per checkpoint: its folder's name (e.g. runs/demo/mgll/last.pt -> mgll), else its stem."""
-    names = [path.parent.name or path.stem for path in checkpoints]
+    """A short unique name per checkpoint: its folder's name (e.g. runs/demo/mgll/last.pt -> mgll), else its stem;
+    an exported directory's own name."""
+    names = [path.name if path.is_dir() else (path.parent.name or path.stem) for path in checkpoints]
     if len(set(names)) < len(names):
         names = [f"{name}-{i}" for i, name in enumerate(names)]
     return names
