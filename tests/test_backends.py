@@ -275,7 +275,7 @@ def test_auto_on_accelerators_picks_batched_then_chunked(rows, expected):
 def test_device_policy_on_cpu_walks_cache_sized_blocks_and_gathers_pairs():
     cpu = torch.device("cpu")
     dense = policy.device_policy(cpu, num_rows=2048, num_columns=6144, dtype=torch.float32)
-    assert (dense.chunk_rows, dense.block_rows, dense.gather_pairs) == (2048, 85, True)
+    assert (dense.chunk_rows, dense.block_rows, dense.value_dependent) == (2048, 85, True)
     chunked = policy.device_policy(
         cpu, num_rows=2048, num_columns=6144, dtype=torch.float32, chunked=True, chunk_size=300
     )
@@ -288,7 +288,7 @@ def test_device_policy_on_accelerators_walks_one_block_per_chunk():
         budget = policy.device_policy(
             torch.device("cpu"), num_rows=200_000, num_columns=98304, dtype=torch.float32, chunked=True
         )
-    assert (dense.chunk_rows, dense.block_rows, dense.gather_pairs) == (2048, 2048, False)
+    assert (dense.chunk_rows, dense.block_rows, dense.value_dependent) == (2048, 2048, False)
     assert budget.chunk_rows == budget.block_rows == policy.chunk_rows(98304, torch.float32) == 682
     cuda = policy.device_policy(torch.device("cuda"), num_rows=2048, num_columns=6144, dtype=torch.float32)
     assert cuda == dense

@@ -74,7 +74,7 @@ class ColumnStats:
 class DirectionState:
     """Everything the forward accumulates over the blocks of a direction, and what the backward needs."""
 
-    def __init__(self, direction: Direction, device: torch.device, gather_pairs: bool = False) -> None:
+    def __init__(self, direction: Direction, device: torch.device, value_dependent: bool = False) -> None:
         levels, rows, cols, dtype = (
             direction.num_levels,
             direction.num_rows,
@@ -91,7 +91,7 @@ class DirectionState:
         )
         self.sums = DirectionSums.zeros(levels, dtype, device)
         self.column_lse: Tensor | None = None
-        self.gather_pairs = gather_pairs  # positive logits of label keys by their pairs (host read: CPU only)
+        self.value_dependent = value_dependent  # of :class:`.policy.DevicePolicy` (host reads: CPU only)
 
     def add_label_key_masses(self, direction: Direction) -> None:
         """Fill the positive mass of every level with label keys: rows and columns (before the blocks)."""
@@ -189,7 +189,7 @@ def forward_block(z: Tensor, rows: slice, direction: Direction, state: Direction
             if direction.col_ce:
                 state.columns.mass[level.columns] += positives.sum(0)
         else:
-            stats.pz[g, rows], col_pz = positive_pair_sums(level.keys, rows, zg, state.gather_pairs)
+            stats.pz[g, rows], col_pz = positive_pair_sums(level.keys, rows, zg, state.value_dependent)
         if direction.col_ce:
             state.columns.pz[level.columns] += col_pz
         mass, row_pz = stats.mass[g, rows], stats.pz[g, rows]

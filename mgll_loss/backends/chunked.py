@@ -84,7 +84,7 @@ class _ChunkedFunction(torch.autograd.Function):
         columns = texts.to(dtype)
         bias_c = None if bias is None else bias.to(dtype)
         absent = None if direction.column_valid is None else ~direction.column_valid
-        state = DirectionState(direction, images.device, policy.gather_pairs)
+        state = DirectionState(direction, images.device, policy.value_dependent)
         state.add_label_key_masses(direction)
         kept = None
         for rows in _spans(direction.num_rows, policy.chunk_rows):
@@ -131,7 +131,9 @@ class _ChunkedFunction(torch.autograd.Function):
         for g, level in enumerate(direction.levels):
             if level.keys is not None and level.size > 0:
                 row_coef, col_coef = state.positive_coefficients(direction, g, everything, upstream)
-                grads_g = positive_gradients(level.keys, unscaled, columns[level.columns], scale_c, row_coef, col_coef)
+                grads_g = positive_gradients(
+                    level.keys, unscaled, columns[level.columns], scale_c, row_coef, col_coef, policy.value_dependent
+                )
                 grad_images += grads_g[0]
                 grad_texts[level.columns] += grads_g[1]
                 grad_scale += grads_g[2]

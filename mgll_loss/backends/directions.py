@@ -83,7 +83,7 @@ class TargetView:
 
         Keys are renumbered into ``range(num_rows + num_cols)`` by :func:`~mgll_loss.positives.dense_keys`;
         absent texts get keys of their own above that range, so the bound (the keys' ``count``) is
-        ``2 * (num_rows + num_cols)``: known from the shapes.
+        ``num_rows + num_cols``, or twice that with absent texts: known from the shapes.
         """
         rows, cols = compose(self.row_map, slice(0, num_rows)), compose(self.col_map, slice(0, num_cols))
         keys = self.source.keys(cols, rows, device) if self.transposed else self.source.keys(rows, cols, device)
@@ -92,9 +92,10 @@ class TargetView:
         row_keys, col_keys = keys[::-1] if self.transposed else keys
         dense = dense_keys(torch.cat([row_keys, col_keys]))
         total = num_rows + num_cols
-        if self.row_valid is not None or self.col_valid is not None:
-            valid = torch.cat([_present(self.row_valid, num_rows, device), _present(self.col_valid, num_cols, device)])
-            dense = torch.where(valid, dense, total + torch.arange(total, device=device))
+        if self.row_valid is None and self.col_valid is None:
+            return LabelKeys.build(dense[:num_rows], dense[num_rows:], total)
+        valid = torch.cat([_present(self.row_valid, num_rows, device), _present(self.col_valid, num_cols, device)])
+        dense = torch.where(valid, dense, total + torch.arange(total, device=device))
         return LabelKeys.build(dense[:num_rows], dense[num_rows:], 2 * total)
 
 

@@ -101,23 +101,35 @@ def positive_pair_sums(keys: LabelKeys, rows: slice, z: Tensor, gather: bool) ->
 
 
 def positive_gradients(
-    keys: LabelKeys, images: Tensor, texts: Tensor, scale: Tensor, row_coef: Tensor, col_coef: Tensor | None
+    keys: LabelKeys,
+    images: Tensor,
+    texts: Tensor,
+    scale: Tensor,
+    row_coef: Tensor,
+    col_coef: Tensor | None,
+    value_dependent: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``-sum_ij P_ij (a_i + c_j) z_ij`` (a = ``row_coef`` [R], c = ``col_coef`` [n] or 0).
+
+    The per-key feature sums have ``keys.count`` rows (a bound known from the shapes), or with
+    ``value_dependent`` (CPU: the read costs nothing) only as many as the keys present.
 
     Returns:
         d/dV [R, D], d/dT [n, D], d/ds (0-dim), d/db (0-dim).
     """
-    text_sums = _key_sums(keys.cols, keys.count, texts)
-    image_sums = _key_sums(keys.rows, keys.count, images)
-    weighted_images = _key_sums(keys.rows, keys.count, row_coef[:, None] * images)
+    count = keys.count
+    if value_dependent:  # renumbered keys fill range(K): fresh [count, D] buffers would mostly be zeros
+        count = int(torch.maximum(keys.rows.max(), keys.cols.max())) + 1
+    text_sums = _key_sums(keys.cols, count, texts)
+    image_sums = _key_sums(keys.rows, count, images)
+    weighted_images = _key_sums(keys.rows, count, row_coef[:, None] * images)
     row_mass = keys.col_counts.to(images.dtype)[keys.rows]
     grad_images = row_coef[:, None] * text_sums[keys.rows]
     grad_texts = weighted_images[keys.cols]
     grad_scale = (row_coef * (images * text_sums[keys.rows]).sum(1)).sum()
     grad_bias = (row_coef * row_mass).sum()
     if col_coef is not None:
-        weighted_texts = _key_sums(keys.cols, keys.count, col_coef[:, None] * texts)
+        weighted_texts = _key_sums(keys.cols, count, col_coef[:, None] * texts)
         col_mass = keys.row_counts.to(images.dtype)[keys.cols]
         grad_images = grad_images + weighted_texts[keys.rows]
         grad_texts = grad_texts + col_coef[:, None] * image_sums[keys.cols]

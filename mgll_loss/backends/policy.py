@@ -19,15 +19,17 @@ Two functions decide from the device and the problem's sizes. :func:`auto_backen
   for tests): every operator is a kernel launch and every host read a synchronisation, so a
   chunk is processed as **one block** (the dense backend: one chunk, so its operators do not
   grow with the batch; the chunked backend: operators proportional to its number of chunks,
-  whose rows come from :data:`CHUNK_BUDGET_BYTES`), and positive logits of label keys come
-  from a tile of P compared from the keys (static shapes, no host read);
+  whose rows come from :data:`CHUNK_BUDGET_BYTES`), positive logits of label keys come from a
+  tile of P compared from the keys, and per-key feature sums have a size bound by the shapes
+  (static shapes, no host read);
 - **CPUs**: a chunk is processed in blocks of :data:`BLOCK_BYTES` of logits, which stay in
-  cache through the passes of a block, and positive logits of label keys are gathered by their
-  (row, column) pairs (their number is read on the host, which costs nothing on a CPU).
+  cache through the passes of a block, positive logits of label keys are gathered by their
+  (row, column) pairs, and per-key feature sums are sized by the keys present (both read a
+  value on the host, which costs nothing on a CPU).
 
 Example:
     >>> policy = device_policy(torch.device("cpu"), num_rows=2048, num_columns=3 * 2048, dtype=torch.float32)
-    >>> policy.chunk_rows, policy.block_rows, policy.gather_pairs
+    >>> policy.chunk_rows, policy.block_rows, policy.value_dependent
     (2048, 85, True)
 """
 
@@ -109,13 +111,14 @@ class DevicePolicy:
     Attributes:
         chunk_rows: rows per chunk (all of them for the dense backend).
         block_rows: rows per block within a chunk (a whole chunk on accelerators).
-        gather_pairs: positive logits of label keys gathered by pairs (a host read; CPU only),
-            else from a tile of P compared from the keys.
+        value_dependent: tactics whose sizes depend on values, read on the host (CPU only):
+            positive logits of label keys gathered by their pairs (else from a tile of P compared
+            from the keys), and per-key feature sums sized by the keys present (else by their bound).
     """
 
     chunk_rows: int
     block_rows: int
-    gather_pairs: bool
+    value_dependent: bool
 
 
 def device_policy(
@@ -140,5 +143,5 @@ def device_policy(
     rows = max(1, num_rows)
     chunk = min(rows, (chunk_size or chunk_rows(num_columns, dtype)) if chunked else rows)
     if on_accelerator(device):
-        return DevicePolicy(chunk, chunk, gather_pairs=False)
-    return DevicePolicy(chunk, min(chunk, chunk_rows(num_columns, dtype, BLOCK_BYTES)), gather_pairs=True)
+        return DevicePolicy(chunk, chunk, value_dependent=False)
+    return DevicePolicy(chunk, min(chunk, chunk_rows(num_columns, dtype, BLOCK_BYTES)), value_dependent=True)
