@@ -9,7 +9,7 @@ import csv
 
 import torch
 
-from benchmarks import baselines, run
+from benchmarks import baselines, operators, run
 from mgll_loss import MGLLLoss
 
 
@@ -37,3 +37,10 @@ def test_naive_baseline_is_the_mgll_loss():
     labels[1] = None
     want = MGLLLoss()(images, texts, scale, labels=labels)
     torch.testing.assert_close(baselines.naive_mgll(labels)(images, texts, scale), want, rtol=1e-5, atol=1e-6)
+
+
+def test_operators_table_runs_and_finds_no_host_reads(capsys):
+    operators.main(["--batches", "16", "--chunk-size", "4"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == list(operators.BACKENDS)
+    assert all(int(row[2]) > 0 and int(row[3]) > 0 and row[4].strip() == "none" for row in rows)
