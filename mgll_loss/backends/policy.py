@@ -81,7 +81,7 @@ BLOCK_BYTES = 2 * 2**20
 
 def chunk_rows(num_columns: int, dtype: torch.dtype, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
     """Rows per chunk so that a chunk of logits ([rows, num_columns] of ``dtype``) fits ``budget_bytes``."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     return max(1, budget_bytes // max(1, num_columns * itemsize))
 
 
@@ -96,7 +96,7 @@ def auto_backend(device: torch.device, num_logits: int, dtype: torch.dtype) -> s
         >>> auto_backend(torch.device("cuda"), 3 * 2048 * 2048, torch.float32)
         'batched'
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if on_accelerator(device):
         return "batched" if num_logits * itemsize <= BATCHED_DEVICE_LIMIT_BYTES else "chunked"
     if num_logits <= BATCHED_LIMIT_LOGITS:
