@@ -1,7 +1,7 @@
 """Lay a :class:`LossInputs` out as directions: the sub-problems the dense, chunked and triton backends walk.
 
-A direction is image-to-text (rows: images, against the present texts of every level concatenated
-into one column space) or text-to-image (rows: one level's texts, against the images; transposed).
+A direction is image-to-text (rows: images, against the texts of every level concatenated into
+one column space) or text-to-image (rows: one level's texts, against the images; transposed).
 Absent texts (``text_mask``) stay in place and are masked, never dropped, so that every shape
 depends only on the input shapes: their logits are set to the most negative finite number (no
 probability, no softplus, no gradient) and they are nobody's positive. Two layouts:
@@ -105,7 +105,7 @@ def _present(valid: Tensor | None, size: int, device: torch.device) -> Tensor:
 
 @dataclass(frozen=True)
 class DirectionLevel:
-    """One level's present texts in a direction: columns ``offset : offset + size`` of the direction's logits.
+    """One level's texts in a direction: columns ``offset : offset + size`` of the direction's logits.
 
     With ``keys`` the positives are handled in feature space (:mod:`.label_keys`) and never tiled.
     """
@@ -123,7 +123,7 @@ class DirectionLevel:
 
 @dataclass(frozen=True)
 class Direction:
-    """Rows against the concatenated present texts of every level, and the terms to compute.
+    """Rows against the concatenated texts of every level, and the terms to compute.
 
     Attributes:
         images: the rows, [R, D] (texts in a transposed direction).
