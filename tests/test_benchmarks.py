@@ -6,10 +6,12 @@ Its baselines compute the loss.
 from __future__ import annotations
 
 import csv
+import subprocess
 
+import pytest
 import torch
 
-from benchmarks import baselines, operators, run
+from benchmarks import baselines, compare, operators, run
 from mgll_loss import MGLLLoss
 
 
@@ -44,3 +46,11 @@ def test_operators_table_runs_and_finds_no_host_reads(capsys):
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
     assert [row[0].strip() for row in rows] == list(operators.BACKENDS)
     assert all(int(row[2]) > 0 and int(row[3]) > 0 and row[4].strip() == "none" for row in rows)
+
+
+def test_compare_against_a_revision_runs(capsys):
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("needs a git checkout")
+    compare.main(["--against", "HEAD", "--batches", "8", "--dim", "8", "--rounds", "2", "--baselines", "clip"])
+    out = capsys.readouterr().out
+    assert out.startswith("B=8: this ") and "this / HEAD:" in out and "this / clip:" in out
