@@ -9,18 +9,19 @@ Four stages, each printed as it runs and summarised in ``summary.json``:
    float64 reference of ``tests/reference.py`` (on CPU), for the multi-level cases and option sets
    of the CPU tests, in float32, bfloat16 and float16, with the tolerance table of the CPU tests
    (``tests/parity_cases.py``, ``tests/helpers.py``).
-2. **syncs**: forward+backward under ``torch.cuda.set_sync_debug_mode("error")`` (class ids,
-   multi-hot labels, explicit targets, text masks, a bias). The batched backend (what ``"auto"``
-   picks for small and medium problems) must not synchronise; the dense, chunked and triton
-   backends are reported (their planning of directions reads keys and present texts on the host).
+2. **syncs**: forward+backward of every backend under ``torch.cuda.set_sync_debug_mode("error")``
+   (class ids, multi-hot labels, explicit targets, text masks, a bias; with and without the
+   masks and the bias). No backend may synchronise.
 3. **compile**: ``torch.compile(MGLLLoss(), fullgraph=True)`` against eager on the device.
 4. **bench**: forward+backward time, G=3, D=768, float32, B from 32 up to the largest batch that
    runs within the time budget, against open_clip ``ClipLoss`` x 3, the naive formulas and Inf-CL
    (if ``inf_cl`` imports); ``results.csv``, ``time.png``.
 
 The dry run runs the same code on CPU tensors at tiny sizes (the triton backend through the
-Triton interpreter; stage 2 needs CUDA and is skipped), so that the script cannot rot: the test
-suite runs it. Exit status 1 if a parity, compile or batched-sync check fails.
+Triton interpreter), so that the script cannot rot: the test suite runs it. Its stage 2 runs
+the CPU tensors under the accelerator policy (:func:`mgll_loss.devices.accelerator_policy`) and
+fails on any operator that would read a value on the host (:mod:`benchmarks.host_reads`), since
+``set_sync_debug_mode`` needs CUDA. Exit status 1 if a parity, sync or compile check fails.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"device": _device_name(device), "dry_run": args.dry_run}
     started = time.perf_counter()
     report["parity"] = parity(device, args.dry_run)
-    report["syncs"] = syncs(device) if device == "cuda" else {"skipped": "set_sync_debug_mode needs CUDA"}
+    report["syncs"] = syncs(device)
     report["compile"] = compile_check(device)
     report["bench"] = bench(device, args.out, args.dry_run, args.bench_budget_s)
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -78,8 +80,7 @@ def _device_name(device: str) -> str:
 
 def _failures(report: dict[str, Any]) -> list[str]:
     failed = [f"parity {key}" for key, value in report["parity"].items() if value != "ok"]
-    if report["syncs"].get("batched", "ok") != "ok":
-        failed.append("batched syncs")
+    failed += [f"{backend} syncs" for backend, value in report["syncs"].items() if value != "ok"]
     if report["compile"] != "ok":
         failed.append("compile")
     return failed
@@ -204,8 +205,11 @@ def _sync_inputs(device: str) -> dict[str, Any]:
 
 
 def syncs(device: str) -> dict[str, str]:
-    """Forward+backward of each backend under ``set_sync_debug_mode("error")``."""
-    import torch
+    """Forward+backward of each backend without a host synchronisation.
+
+    On CUDA under ``set_sync_debug_mode("error")``; on CPU (the dry run) under the accelerator
+    policy, failing on any operator :func:`benchmarks.host_reads.host_read_reason` names.
+    """
 
     from mgll_loss import MGLLLoss
 
@@ -220,18 +224,37 @@ def syncs(device: str) -> dict[str, str]:
                     leaf.grad = None
                 args = (data["images"], data["texts"], data["scale"], bias)
                 options = dict(labels=data["labels"], targets=data["targets"], text_mask=mask)
-                loss(*args, **options)  # warm-up: allocations, kernel compilation
-                torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("error")
-                try:
+                loss(*args, **options)  # warm-up: allocations, kernel compilation, the first call's checks
+                with _no_host_reads(device):
                     loss(*args, **options).backward()
-                finally:
-                    torch.cuda.set_sync_debug_mode("default")
-                torch.cuda.synchronize()
 
         results[backend] = _attempt(check)
         print(f"syncs {backend}: {results[backend]}", flush=True)
     return results
+
+
+@contextmanager
+def _no_host_reads(device: str) -> Iterator[None]:
+    """Raise if the body synchronises with the host (CUDA) or would (CPU tensors, accelerator policy)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        return
+    from benchmarks.host_reads import OperatorLog
+    from mgll_loss.devices import accelerator_policy
+
+    log = OperatorLog()
+    with accelerator_policy(), log:
+        yield
+    if log.host_reads:
+        raise RuntimeError(f"host reads: {sorted(set(log.host_reads))}")
 
 
 def compile_check(device: str) -> str:

@@ -75,6 +75,11 @@ class LabelSets(Tensor):
     ``torch.Tensor`` (``.to(device)``, slicing and ``torch.cat`` keep the type); build it with
     :func:`labels_from_strings` (``separator``), :meth:`from_lists`, or from ids of your own.
 
+    The one label kind that reads the host: the losses count the distinct ids of the (gathered)
+    batch to lay out multi-hot columns (``torch.unique``), a synchronisation per call on CUDA and
+    a break of a ``torch.compile`` graph. Where that matters, give the level a vocabulary (a
+    multi-hot tensor).
+
     Args:
         ids: int64 [B, K], every entry a label id >= 0 or -1 (padding).
 

@@ -9,13 +9,14 @@ themselves are defined in :mod:`mgll_loss.targets`, whose public builders use th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .labels import LabelSets
 from .options import MATCH_MODES, check_choice
 from .validation import check_label_sets, check_labels, check_labels_or_targets, check_targets, reject_label_strings
 
-__all__ = ["Index", "LevelTargets", "level_targets", "multi_hot_from_label_sets"]
+__all__ = ["Index", "LevelTargets", "dense_keys", "label_set_keys", "level_targets", "multi_hot_from_label_sets"]
 
 Index = slice | Tensor
 """Rows or columns of a mask: a slice with explicit start and stop, or an int64 index tensor."""
@@ -88,7 +89,7 @@ class LevelTargets:
         if self.multi_hot is not None:
             if self.match != "exact":
                 return None
-            label_sets = torch.unique(self.multi_hot.to(torch.uint8), dim=0, return_inverse=True)[1]
+            label_sets = label_set_keys(self.multi_hot)
             return label_sets[rows], label_sets[cols]
         if self.dense is not None:
             return None
@@ -110,6 +111,47 @@ def _class_keys(class_ids: Tensor, index: Index, device: torch.device) -> Tensor
     """Class ids of ``index``, with ``-1 - position`` for unlabelled ones (negative ids): equal keys mean positives."""
     ids = class_ids[index]
     return torch.where(ids >= 0, ids, -1 - _positions(index, device).to(ids.dtype))
+
+
+def dense_keys(keys: Tensor) -> Tensor:
+    """``keys`` [m] (any int64 values) renumbered into ``range(m)``: equal keys get equal numbers.
+
+    A sort and a cumulative sum, so the result's shape depends only on ``keys``' shape (``torch.unique``
+    would read the number of distinct keys on the host).
+
+    Example:
+        >>> dense_keys(torch.tensor([40, -3, 40, 7]))
+        tensor([2, 0, 2, 1])
+    """
+    ordered, order = torch.sort(keys, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(keys).scatter_(0, order, torch.cumsum(starts, 0) - 1)
+
+
+_WORD_BITS = 62  # labels packed per int64 key word (2**61 is the largest weight: no overflow in the sum)
+
+
+def label_set_keys(multi_hot: Tensor) -> Tensor:
+    """int64 keys [B] of the rows of 0/1 labels [B, C]: equal keys exactly for identical label sets.
+
+    The labels are packed into 62-bit words; more than one word is combined by renumbering
+    (sorts), so every shape depends only on the input's shape (no ``torch.unique``, no host read).
+
+    Example:
+        >>> keys = label_set_keys(torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]]))
+        >>> bool(keys[0] == keys[2]), bool(keys[0] == keys[1])
+        (True, False)
+    """
+    rows, width = multi_hot.shape
+    words = max(1, -(-width // _WORD_BITS))
+    bits = F.pad((multi_hot != 0).long(), (0, words * _WORD_BITS - width)).view(rows, words, _WORD_BITS)
+    weights = torch.pow(2, torch.arange(_WORD_BITS, device=multi_hot.device))
+    packed = (bits * weights).sum(-1)  # [B, words]
+    keys = packed[:, 0]
+    for word in range(1, words):  # lexicographic: (rank so far, next word) -> rank
+        keys = dense_keys(dense_keys(keys) * rows + dense_keys(packed[:, word]))
+    return keys
 
 
 def multi_hot_from_label_sets(label_sets: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from .devices import on_accelerator
+
 
 def shape_of(value: Any) -> str:
     """Format a tensor's shape as ``[a, b]`` for error messages.
@@ -49,8 +51,11 @@ def require(condition: Tensor, message: str, eager_message: Callable[[], str] | 
 
 
 def _reads_on_host(tensor: Tensor) -> bool:
-    """True when reading ``tensor``'s values costs no synchronisation and no graph break: eager, on CPU."""
-    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+    """True when reading ``tensor``'s values costs no synchronisation and no graph break: eager, on CPU.
+
+    Inside :func:`~mgll_loss.devices.accelerator_policy` (tests) CPU tensors are checked as on CUDA.
+    """
+    return not on_accelerator(tensor.device) and not torch.compiler.is_compiling()
 
 
 def check_image_features(image_features: Any) -> Tensor:

@@ -20,10 +20,12 @@ import torch
 
 import mgll_loss.backends as backends
 import mgll_loss.backends.chunked as fused
+import mgll_loss.backends.policy as policy
 from mgll_loss import MGLLLoss
 from mgll_loss import functional as MF
 from mgll_loss.backends import LossTerms, TermWeights, batched_weighted_terms, resolve_backend
 from mgll_loss.backends.batched import batched_level_sums
+from mgll_loss.devices import accelerator_policy
 from mgll_loss.dispatch import prepare
 from mgll_loss.distributed import World
 from mgll_loss.global_batch import DistributedOptions
@@ -57,6 +59,8 @@ BACKENDS = {
     "dense-tiny-blocks": dict(backend="dense"),
     "chunked-1": dict(backend="chunked", chunk_size=1),
     "chunked-3": dict(backend="chunked", chunk_size=3),
+    "dense-accelerator": dict(backend="dense"),
+    "chunked-3-accelerator": dict(backend="chunked", chunk_size=3),
     "triton": dict(backend="triton"),
 }
 SLOW_UNDER_INTERPRETER = {"G3_B70", "B70_class_ids", "B70_multihot_overlap"}
@@ -64,10 +68,18 @@ SLOW_UNDER_INTERPRETER = {"G3_B70", "B70_class_ids", "B70_multihot_overlap"}
 
 @pytest.fixture(params=list(BACKENDS))
 def backend(request, monkeypatch):
-    """Keyword arguments selecting a backend configuration."""
+    """Keyword arguments selecting a backend configuration.
+
+    ``-accelerator``: the CPU tensors take the policy of CUDA tensors (one block per chunk,
+    positives from tiles compared from label keys; value checks as asynchronous asserts).
+    """
     if request.param == "dense-tiny-blocks":
-        monkeypatch.setattr(fused, "_BLOCK_BYTES", 1)  # one row per block
-    return BACKENDS[request.param]
+        monkeypatch.setattr(policy, "BLOCK_BYTES", 1)  # one row per block
+    if request.param.endswith("-accelerator"):
+        with accelerator_policy():
+            yield BACKENDS[request.param]
+    else:
+        yield BACKENDS[request.param]
 
 
 def _skip_unsupported(backend, device, case=None):
@@ -221,9 +233,9 @@ def test_chunked_never_builds_a_full_logit_matrix(monkeypatch):
     seen = []
     original = fused._logits
 
-    def recording(scaled_images, texts, bias):
+    def recording(scaled_images, *rest):
         seen.append(scaled_images.shape[0])
-        return original(scaled_images, texts, bias)
+        return original(scaled_images, *rest)
 
     monkeypatch.setattr(fused, "_logits", recording)
     images = unit_features(30, 8, seed=1, requires_grad=True)
@@ -237,12 +249,49 @@ def test_default_chunk_fits_the_budget():
     assert rows * 98304 * 4 <= fused.CHUNK_BUDGET_BYTES < (rows + 1) * 98304 * 4
 
 
+def _sized_problem(rows):
+    return SimpleNamespace(
+        row_range=slice(0, rows),
+        level_sizes=(rows,) * 3,
+        compute_dtype=torch.float32,
+        image_features=torch.empty(0),
+    )
+
+
 @pytest.mark.parametrize(
     "rows, expected", [(8, "batched"), (512, "batched"), (513, "dense"), (1000, "dense"), (200_000, "chunked")]
 )
-def test_auto_picks_batched_then_dense_then_chunked(rows, expected):
-    problem = SimpleNamespace(row_range=slice(0, rows), level_sizes=(rows,) * 3, compute_dtype=torch.float32)
-    assert resolve_backend("auto", problem) is backends._BACKENDS[expected]
+def test_auto_on_cpu_picks_batched_then_dense_then_chunked(rows, expected):
+    assert resolve_backend("auto", _sized_problem(rows)) is backends._BACKENDS[expected]
+
+
+@pytest.mark.parametrize("rows, expected", [(8, "batched"), (2048, "batched"), (9459, "batched"), (9460, "chunked")])
+def test_auto_on_accelerators_picks_batched_then_chunked(rows, expected):
+    """Fewest launches and no host reads: batched while its logits fit 1 GiB (G=3, B=N=9459 in float32)."""
+    with accelerator_policy():
+        assert resolve_backend("auto", _sized_problem(rows)) is backends._BACKENDS[expected]
+
+
+def test_device_policy_on_cpu_walks_cache_sized_blocks_and_gathers_pairs():
+    cpu = torch.device("cpu")
+    dense = policy.device_policy(cpu, num_rows=2048, num_columns=6144, dtype=torch.float32)
+    assert (dense.chunk_rows, dense.block_rows, dense.value_dependent) == (2048, 85, True)
+    chunked = policy.device_policy(
+        cpu, num_rows=2048, num_columns=6144, dtype=torch.float32, chunked=True, chunk_size=300
+    )
+    assert (chunked.chunk_rows, chunked.block_rows) == (300, 85)
+
+
+def test_device_policy_on_accelerators_walks_one_block_per_chunk():
+    with accelerator_policy():
+        dense = policy.device_policy(torch.device("cpu"), num_rows=2048, num_columns=6144, dtype=torch.float32)
+        budget = policy.device_policy(
+            torch.device("cpu"), num_rows=200_000, num_columns=98304, dtype=torch.float32, chunked=True
+        )
+    assert (dense.chunk_rows, dense.block_rows, dense.value_dependent) == (2048, 2048, False)
+    assert budget.chunk_rows == budget.block_rows == policy.chunk_rows(98304, torch.float32) == 682
+    cuda = policy.device_policy(torch.device("cuda"), num_rows=2048, num_columns=6144, dtype=torch.float32)
+    assert cuda == dense
 
 
 def test_triton_on_cpu_tensors_without_the_interpreter_raises(monkeypatch):

@@ -6,10 +6,12 @@ Its baselines compute the loss.
 from __future__ import annotations
 
 import csv
+import subprocess
 
+import pytest
 import torch
 
-from benchmarks import baselines, run
+from benchmarks import baselines, compare, operators, run
 from mgll_loss import MGLLLoss
 
 
@@ -37,3 +39,18 @@ def test_naive_baseline_is_the_mgll_loss():
     labels[1] = None
     want = MGLLLoss()(images, texts, scale, labels=labels)
     torch.testing.assert_close(baselines.naive_mgll(labels)(images, texts, scale), want, rtol=1e-5, atol=1e-6)
+
+
+def test_operators_table_runs_and_finds_no_host_reads(capsys):
+    operators.main(["--batches", "16", "--chunk-size", "4"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == list(operators.BACKENDS)
+    assert all(int(row[2]) > 0 and int(row[3]) > 0 and row[4].strip() == "none" for row in rows)
+
+
+def test_compare_against_a_revision_runs(capsys):
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("needs a git checkout")
+    compare.main(["--against", "HEAD", "--batches", "8", "--dim", "8", "--rounds", "2", "--baselines", "clip"])
+    out = capsys.readouterr().out
+    assert out.startswith("B=8: this ") and "this / HEAD:" in out and "this / clip:" in out

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mgll_loss import MGLLLoss
+from mgll_loss.devices import accelerator_policy
 
 from .helpers import unit_features
 
@@ -37,11 +38,11 @@ def _run(loss, images, texts, scale, bias, **call):
     return out, [leaf.grad for leaf in leaves]
 
 
-def _assert_compiled_equals_eager(match: str, seed: int, variants: tuple[bool, ...]) -> None:
+def _assert_compiled_equals_eager(match: str, seed: int, variants: tuple[bool, ...], **options) -> None:
     """For each variant, with (True) or without (False) a bias and a text mask."""
     images, texts, labels, targets, mask = _inputs(seed)
     torch._dynamo.reset()  # every test's losses share MGLLLoss.forward's cache of compiled graphs (8 at most)
-    loss = MGLLLoss(match=match, level_weights=[1.0, 0.5, 2.0])
+    loss = MGLLLoss(match=match, level_weights=[1.0, 0.5, 2.0], **options)
     compiled = torch.compile(loss, fullgraph=True)
     scale, bias = torch.tensor(14.3), torch.tensor(-2.5)
     for call_bias, text_mask in ((bias, mask) if variant else (None, None) for variant in variants):
@@ -65,6 +66,14 @@ def test_fullgraph_compile_equals_eager_with_bias_and_mask():
 @pytest.mark.parametrize("match", ["exact", "overlap", "jaccard"])
 def test_fullgraph_compile_equals_eager_every_match(match):
     _assert_compiled_equals_eager(match, seed=1, variants=(False, True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(backend="dense"), dict(backend="chunked", chunk_size=3)], ids=str)
+def test_fullgraph_compile_of_the_fused_backends_under_the_cuda_policy(options):
+    """With the policy of CUDA tensors (static shapes, no host reads) dense and chunked compile as one graph too."""
+    with accelerator_policy():
+        _assert_compiled_equals_eager("overlap", seed=2, variants=(True,), **options)
 
 
 def test_fullgraph_compile_with_a_python_number_scale_that_changes():

@@ -17,6 +17,7 @@ def test_dry_run_passes_and_writes_its_results(tmp_path):
     assert summary["dry_run"] and summary["compile"] == "ok"
     assert set(summary["parity"]) == {f"{b} {d}" for b in gpu_check.BACKENDS for d in ("float32", "bfloat16")}
     assert set(summary["parity"].values()) == {"ok"}
+    assert summary["syncs"] == {backend: "ok" for backend in gpu_check.BACKENDS}
     with open(tmp_path / "results.csv") as handle:
         timed = {row["backend"] for row in csv.DictReader(handle)}
     assert {"auto", "batched", "dense", "chunked", "triton", "clip", "naive"} <= timed

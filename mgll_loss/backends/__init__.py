@@ -9,10 +9,17 @@
 - ``"triton"``: the chunked algorithm as Triton kernels (tiles of logits from ``tl.dot``, never
   stored). CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (for tests). Raises a
   ``ValueError`` where it cannot run, never falls back.
-- ``"auto"``: ``"batched"`` while the logits have at most :data:`BATCHED_LIMIT_LOGITS` entries
-  (rows x columns over all levels), then ``"dense"`` while they fit in :data:`DENSE_LIMIT_BYTES`,
-  else ``"chunked"``. It does not pick ``"triton"``: the kernels are validated under the Triton
+- ``"auto"``: per device (:func:`.policy.auto_backend`). On CPUs ``"batched"`` while the logits
+  have at most :data:`BATCHED_LIMIT_LOGITS` entries (rows x columns over all levels), then
+  ``"dense"`` while they fit in :data:`DENSE_LIMIT_BYTES`, else ``"chunked"``. On accelerators
+  the fewest launches without host reads: ``"batched"`` while its logits fit in
+  :data:`BATCHED_DEVICE_LIMIT_BYTES`, else ``"chunked"`` (provisional until ``make gpu-check``
+  has run on a GPU). It does not pick ``"triton"``: the kernels are validated under the Triton
   interpreter only, not yet on a GPU.
+
+No backend reads a tensor value on the host or makes a shape that depends on values, on
+accelerators (CUDA), for every kind of labels but :class:`~mgll_loss.labels.LabelSets` (whose
+distinct ids are counted to lay out their columns); :mod:`.policy` says how each device is served.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from ..options import check_choice
 from .base import LevelSums, LossInputs, LossTerms
 from .batched import batched_level_sums, batched_weighted_terms
 from .chunked import chunked_level_sums, dense_level_sums
+from .policy import BATCHED_DEVICE_LIMIT_BYTES, BATCHED_LIMIT_LOGITS, DENSE_LIMIT_BYTES, auto_backend
 from .triton_chunked import check_triton_installed, triton_level_sums
 from .weighting import TermWeights, sum_weights, texts_present, weighted_terms
 
 __all__ = [
     "BACKEND_NAMES",
+    "BATCHED_DEVICE_LIMIT_BYTES",
     "BATCHED_LIMIT_LOGITS",
     "DENSE_LIMIT_BYTES",
     "LevelSums",
@@ -53,17 +62,6 @@ _BACKENDS: dict[str, Backend] = {
     "batched": batched_level_sums,
 }
 BACKEND_NAMES = ("auto", *_BACKENDS)
-
-BATCHED_LIMIT_LOGITS = 3 * 512 * 512
-"""``backend="auto"`` uses the batched backend up to this many logits (rows x columns, all levels).
-
-Measured on a 2-core CPU (fp32, forward+backward, D=512, G=3, class ids; docs/backends.md): the
-batched backend is faster than the dense one up to B=256 and as fast at B=512 = this limit, where
-its per-op costs stop mattering and the dense backend's fewer passes over memory start to win.
-"""
-
-DENSE_LIMIT_BYTES = 2 * 2**30
-"""``backend="auto"`` uses the dense backend while its logits need at most this much memory (2 GiB)."""
 
 
 def check_backend(name: str) -> str:
@@ -96,6 +94,4 @@ def resolve_backend_name(name: str, problem: LossInputs) -> str:
     if name != "auto":
         return name
     logits = (problem.row_range.stop - problem.row_range.start) * sum(problem.level_sizes)
-    if logits <= BATCHED_LIMIT_LOGITS:
-        return "batched"
-    return "dense" if logits * problem.compute_dtype.itemsize <= DENSE_LIMIT_BYTES else "chunked"
+    return auto_backend(problem.image_features.device, logits, problem.compute_dtype)

@@ -74,7 +74,7 @@ class ColumnStats:
 class DirectionState:
     """Everything the forward accumulates over the blocks of a direction, and what the backward needs."""
 
-    def __init__(self, direction: Direction, device: torch.device) -> None:
+    def __init__(self, direction: Direction, device: torch.device, value_dependent: bool = False) -> None:
         levels, rows, cols, dtype = (
             direction.num_levels,
             direction.num_rows,
@@ -91,6 +91,7 @@ class DirectionState:
         )
         self.sums = DirectionSums.zeros(levels, dtype, device)
         self.column_lse: Tensor | None = None
+        self.value_dependent = value_dependent  # of :class:`.policy.DevicePolicy` (host reads: CPU only)
 
     def add_label_key_masses(self, direction: Direction) -> None:
         """Fill the positive mass of every level with label keys: rows and columns (before the blocks)."""
@@ -174,7 +175,7 @@ def _tile(level: DirectionLevel, rows: slice, z: Tensor) -> Tensor:
 def forward_block(z: Tensor, rows: slice, direction: Direction, state: DirectionState) -> None:
     """Accumulate the sums and statistics of logits ``z`` [r, sum_g n_g] of direction rows ``rows``."""
     sums, stats = state.sums, state.rows
-    shared_kl = direction.smooth_kl and direction.kl_columns is None
+    shared_kl = direction.smooth_kl and direction.kl_common is None
     kl_inputs: list[tuple[Tensor, Tensor, Tensor]] = []  # per level: lse, log p, p
     for g, level in enumerate(direction.levels):
         if level.size == 0:
@@ -188,7 +189,7 @@ def forward_block(z: Tensor, rows: slice, direction: Direction, state: Direction
             if direction.col_ce:
                 state.columns.mass[level.columns] += positives.sum(0)
         else:
-            stats.pz[g, rows], col_pz = positive_pair_sums(level.keys, rows, zg)
+            stats.pz[g, rows], col_pz = positive_pair_sums(level.keys, rows, zg, state.value_dependent)
         if direction.col_ce:
             state.columns.pz[level.columns] += col_pz
         mass, row_pz = stats.mass[g, rows], stats.pz[g, rows]
@@ -206,7 +207,7 @@ def forward_block(z: Tensor, rows: slice, direction: Direction, state: Direction
         if direction.pointwise:
             sums.pointwise[g] += pointwise_sum(softplus_sum(zg), row_pz, mass, direction.pointwise_target)
     if direction.smooth_kl:
-        inputs = kl_inputs if direction.kl_columns is None else _kl_softmax(z, direction.levels, direction.kl_columns)
+        inputs = kl_inputs if direction.kl_common is None else _kl_softmax(z, direction.levels, direction.kl_common)
         _kl_forward(inputs, rows, direction, state)
 
 
@@ -217,7 +218,7 @@ def backward_block(z: Tensor, rows: slice, direction: Direction, state: Directio
     of levels with label keys is left out (see :func:`.label_keys.positive_gradients`).
     """
     stats = state.rows
-    shared_kl = direction.smooth_kl and direction.kl_columns is None
+    shared_kl = direction.smooth_kl and direction.kl_common is None
     dz = torch.zeros_like(z)
     kl_probs: list[Tensor] = []
     for g, level in enumerate(direction.levels):
@@ -245,17 +246,28 @@ def backward_block(z: Tensor, rows: slice, direction: Direction, state: Directio
     return dz
 
 
-def _kl_softmax(
-    z: Tensor, levels: Sequence[DirectionLevel], kl_columns: Sequence[Tensor]
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Per level, on the columns present in every level (``kl_columns``): lse, log-softmax and softmax."""
+def _kl_logits(z: Tensor, level: DirectionLevel, common: Tensor | None) -> Tensor:
+    """A level's logits for the smooth KL: the texts missing from some level set to the most negative number."""
+    logits = z[:, level.columns]
+    return logits if common is None else logits.masked_fill(~common, torch.finfo(z.dtype).min)
+
+
+def _kl_log_probs(logits: Tensor, lse: Tensor, common: Tensor | None) -> Tensor:
+    """``logits - lse``, 0 off ``common`` (where the softmax is 0: every term of the KL is then 0 * 0)."""
+    log_probs = logits - lse[:, None]
+    return log_probs if common is None else log_probs.masked_fill_(~common, 0.0)
+
+
+def _kl_softmax(z: Tensor, levels: Sequence[DirectionLevel], common: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per level, on the columns present in every level (``common``): lse, log-softmax and softmax.
+
+    The softmax is zeroed off ``common``, so a row without a common column has no smooth KL.
+    """
     inputs = []
-    for level, positions in zip(levels, kl_columns, strict=True):
-        logits = z[:, level.offset + positions]
-        if logits.shape[1] == 0:
-            return []
+    for level in levels:
+        logits = _kl_logits(z, level, common)
         lse, probs = _softmax(logits)
-        inputs.append((lse, logits - lse[:, None], probs))
+        inputs.append((lse, _kl_log_probs(logits, lse, common), probs.mul_(common)))
     return inputs
 
 
@@ -311,18 +323,11 @@ def _kl_backward(
 ) -> None:
     """Add the smooth KL's gradient to ``dz``; ``probs`` are the row softmaxes when every level has every column."""
     stats = state.rows
-    if direction.kl_columns is None:
-        logits = [z[:, level.columns] for level in direction.levels]
-    else:
-        logits = [
-            z[:, level.offset + positions]
-            for level, positions in zip(direction.levels, direction.kl_columns, strict=True)
-        ]
-    if logits[0].shape[1] == 0:
-        return
-    log_probs = [x - stats.kl_lse[g, rows, None] for g, x in enumerate(logits)]
+    common = direction.kl_common
+    logits = [_kl_logits(z, level, common) for level in direction.levels]
+    log_probs = [_kl_log_probs(x, stats.kl_lse[g, rows], common) for g, x in enumerate(logits)]
     if probs is None:
-        probs = [lp.exp() for lp in log_probs]
+        probs = [lp.exp() if common is None else lp.exp().mul_(common) for lp in log_probs]
     mean, log_mean = _log_mean(log_probs, probs)
     contrast = None if direction.kl_direction == "to_mean" else log_mean.sub_(_mean_log(log_probs))
     for g, (level, p, lp) in enumerate(zip(direction.levels, probs, log_probs, strict=True)):
@@ -331,7 +336,4 @@ def _kl_backward(
             grad_g = lp.sub_(log_mean).sub_(dot).mul_(p)
         else:
             grad_g = (contrast - dot).mul_(p).add_(p).sub_(mean)
-        if direction.kl_columns is None:
-            dz[:, level.columns].add_(grad_g.mul_(grad))
-        else:
-            dz[:, level.columns].index_add_(1, direction.kl_columns[g], grad_g * grad)
+        dz[:, level.columns].add_(grad_g.mul_(grad))

@@ -1,8 +1,10 @@
 """Lay a :class:`LossInputs` out as directions: the sub-problems the dense, chunked and triton backends walk.
 
-A direction is image-to-text (rows: images, against the present texts of every level concatenated
-into one column space) or text-to-image (rows: one level's texts, against the images; transposed).
-Absent texts are dropped before the matmul, so no backend ever masks a logit. Two layouts:
+A direction is image-to-text (rows: images, against the texts of every level concatenated into
+one column space) or text-to-image (rows: one level's texts, against the images; transposed).
+Absent texts (``text_mask``) stay in place and are masked, never dropped, so that every shape
+depends only on the input shapes: their logits are set to the most negative finite number (no
+probability, no softplus, no gradient) and they are nobody's positive. Two layouts:
 
 - the whole problem (one process, or ``local_loss=False``): one direction over every image
   computes row and column soft CLIP, point-wise and smooth KL terms together;
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..positives import Index, LevelTargets
+from ..positives import Index, LevelTargets, dense_keys
 from .base import DirectionSums, LevelSums, LossInputs, LossTerms
 from .label_keys import LabelKeys
 
@@ -43,37 +45,67 @@ class TargetView:
         row_map: maps direction rows to mask rows (or to mask columns when ``transposed``); None: identity.
         col_map: maps direction columns to mask columns (or to mask rows when ``transposed``); None: identity.
         transposed: the direction runs over texts, so its tile is ``P[cols, rows]^T``.
+        row_valid, col_valid: bool masks of the direction's rows / columns that are present texts
+            (absent ones are nobody's positive); None: all present.
     """
 
     def __init__(
-        self, source: LevelTargets, row_map: Index | None, col_map: Index | None, transposed: bool = False
+        self,
+        source: LevelTargets,
+        row_map: Index | None,
+        col_map: Index | None,
+        transposed: bool = False,
+        row_valid: Tensor | None = None,
+        col_valid: Tensor | None = None,
     ) -> None:
         self.source = source
         self.row_map = row_map
         self.col_map = col_map
         self.transposed = transposed
+        self.row_valid = row_valid
+        self.col_valid = col_valid
 
     def tile(self, rows: Index, cols: Index, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The direction's positives for ``rows`` x ``cols``, [len(rows), len(cols)]."""
         mapped_rows, mapped_cols = compose(self.row_map, rows), compose(self.col_map, cols)
         if self.transposed:
-            return self.source.tile(mapped_cols, mapped_rows, dtype, device).t()
-        return self.source.tile(mapped_rows, mapped_cols, dtype, device)
+            tile = self.source.tile(mapped_cols, mapped_rows, dtype, device).t()
+        else:
+            tile = self.source.tile(mapped_rows, mapped_cols, dtype, device)
+        if self.row_valid is not None:
+            tile = tile * self.row_valid[rows, None]
+        if self.col_valid is not None:
+            tile = tile * self.col_valid[cols]
+        return tile
 
     def keys(self, num_rows: int, num_cols: int, device: torch.device) -> LabelKeys | None:
-        """Label keys of the whole level (see :meth:`LevelTargets.keys`), renumbered 0..K-1; None if P has none."""
+        """Label keys of the whole level (see :meth:`LevelTargets.keys`), renumbered; None if P has none.
+
+        Keys are renumbered into ``range(num_rows + num_cols)`` by :func:`~mgll_loss.positives.dense_keys`;
+        absent texts get keys of their own above that range, so the bound (the keys' ``count``) is
+        ``num_rows + num_cols``, or twice that with absent texts: known from the shapes.
+        """
         rows, cols = compose(self.row_map, slice(0, num_rows)), compose(self.col_map, slice(0, num_cols))
         keys = self.source.keys(cols, rows, device) if self.transposed else self.source.keys(rows, cols, device)
         if keys is None:
             return None
         row_keys, col_keys = keys[::-1] if self.transposed else keys
-        unique, dense = torch.unique(torch.cat([row_keys, col_keys]), return_inverse=True)
-        return LabelKeys.build(dense[:num_rows], dense[num_rows:], unique.shape[0])
+        dense = dense_keys(torch.cat([row_keys, col_keys]))
+        total = num_rows + num_cols
+        if self.row_valid is None and self.col_valid is None:
+            return LabelKeys.build(dense[:num_rows], dense[num_rows:], total)
+        valid = torch.cat([_present(self.row_valid, num_rows, device), _present(self.col_valid, num_cols, device)])
+        dense = torch.where(valid, dense, total + torch.arange(total, device=device))
+        return LabelKeys.build(dense[:num_rows], dense[num_rows:], 2 * total)
+
+
+def _present(valid: Tensor | None, size: int, device: torch.device) -> Tensor:
+    return torch.ones(size, dtype=torch.bool, device=device) if valid is None else valid
 
 
 @dataclass(frozen=True)
 class DirectionLevel:
-    """One level's present texts in a direction: columns ``offset : offset + size`` of the direction's logits.
+    """One level's texts in a direction: columns ``offset : offset + size`` of the direction's logits.
 
     With ``keys`` the positives are handled in feature space (:mod:`.label_keys`) and never tiled.
     """
@@ -91,15 +123,16 @@ class DirectionLevel:
 
 @dataclass(frozen=True)
 class Direction:
-    """Rows against the concatenated present texts of every level, and the terms to compute.
+    """Rows against the concatenated texts of every level, and the terms to compute.
 
     Attributes:
         images: the rows, [R, D] (texts in a transposed direction).
         texts: the columns of every level, concatenated, [sum_g n_g, D] (images in a transposed direction).
         scale, bias: s (0-dim) and b (0-dim or None); logits are ``s * images @ texts.T + b``.
         levels: the column block of each level.
-        kl_columns: per level, the positions (within the level's columns) of the texts present in
-            every level, or None when every level has all of them.
+        column_valid: bool [sum_g n_g], the columns that are present texts; None when all are.
+        kl_common: bool [N], the texts present in every level (the smooth KL's columns; every
+            level has N columns then), or None when every level has all of them.
         row_ce, col_ce, pointwise, smooth_kl: which sums to compute.
         pointwise_target, kl_direction: as in :class:`LossTerms`.
         compute_dtype: float32 or float64.
@@ -110,7 +143,8 @@ class Direction:
     scale: Tensor
     bias: Tensor | None
     levels: tuple[DirectionLevel, ...]
-    kl_columns: tuple[Tensor, ...] | None
+    column_valid: Tensor | None
+    kl_common: Tensor | None
     row_ce: bool
     col_ce: bool
     pointwise: bool
@@ -146,23 +180,24 @@ class DirectionPlan:
 def plan_directions(problem: LossInputs, request: LossTerms) -> DirectionPlan:
     """Split ``problem`` into directions (see the module docstring)."""
     device = problem.image_features.device
-    present = [None if m is None else torch.nonzero(m).flatten() for m in problem.text_masks]
-    level_texts = problem.text_features.split(problem.level_sizes)
-    kept = [t if index is None else t.index_select(0, index) for t, index in zip(level_texts, present, strict=True)]
-    sizes = [t.shape[0] for t in kept]
+    sizes = problem.level_sizes
     offsets = [sum(sizes[:g]) for g in range(len(sizes))]
+    masks = problem.text_masks
     local = problem.is_local
     rows = problem.row_range.stop - problem.row_range.start
     main = Direction(
         images=problem.image_features[problem.row_range],
-        texts=torch.cat(kept),
+        texts=problem.text_features,
         scale=problem.logit_scale,
         bias=problem.logit_bias,
         levels=tuple(
-            _level(offset, size, TargetView(targets, problem.row_range, index), rows, device)
-            for offset, size, targets, index in zip(offsets, sizes, problem.targets, present, strict=True)
+            _level(offset, size, TargetView(targets, problem.row_range, None, col_valid=mask), rows, device)
+            for offset, size, targets, mask in zip(offsets, sizes, problem.targets, masks, strict=True)
         ),
-        kl_columns=_kl_columns(problem.text_masks, device) if request.smooth_kl else None,
+        column_valid=None
+        if all(m is None for m in masks)
+        else torch.cat([_present(m, n, device) for m, n in zip(masks, sizes, strict=True)]),
+        kl_common=_kl_common(masks) if request.smooth_kl else None,
         row_ce=request.soft_clip,
         col_ce=request.soft_clip and not local,
         pointwise=request.pointwise,
@@ -173,6 +208,7 @@ def plan_directions(problem: LossInputs, request: LossTerms) -> DirectionPlan:
     )
     columns: list[Direction | None] = [None] * problem.num_levels
     if request.soft_clip and local:
+        level_texts = problem.text_features.split(sizes)
         columns = [_text_to_image_direction(problem, g, level_texts[g], device) for g in range(problem.num_levels)]
     return DirectionPlan(main, tuple(columns))
 
@@ -196,14 +232,12 @@ def run_directions(plan: DirectionPlan, request: LossTerms, run: Callable[[Direc
 
 
 def _text_to_image_direction(problem: LossInputs, level: int, texts: Tensor, device: torch.device) -> Direction:
-    """This rank's present texts of ``level`` against every image: the soft CLIP column term."""
+    """This rank's texts of ``level`` against every image: the soft CLIP column term (absent texts: no positive)."""
     columns = problem.column_ranges[level]
-    local = torch.arange(columns.start, columns.stop, device=device)
     mask = problem.text_masks[level]
-    if mask is not None:
-        local = local[mask[columns]]
+    valid = None if mask is None else mask[columns]
     return Direction(
-        images=texts.index_select(0, local),
+        images=texts[columns],
         texts=problem.image_features,
         scale=problem.logit_scale,
         bias=problem.logit_bias,
@@ -211,12 +245,13 @@ def _text_to_image_direction(problem: LossInputs, level: int, texts: Tensor, dev
             _level(
                 0,
                 problem.image_features.shape[0],
-                TargetView(problem.targets[level], local, None, True),
-                local.shape[0],
+                TargetView(problem.targets[level], columns, None, True, row_valid=valid),
+                columns.stop - columns.start,
                 device,
             ),
         ),
-        kl_columns=None,
+        column_valid=None,
+        kl_common=None,
         row_ce=True,
         col_ce=False,
         pointwise=False,
@@ -231,12 +266,9 @@ def _level(offset: int, size: int, targets: TargetView, num_rows: int, device: t
     return DirectionLevel(offset, size, targets, targets.keys(num_rows, size, device))
 
 
-def _kl_columns(text_masks: tuple[Tensor | None, ...], device: torch.device) -> tuple[Tensor, ...] | None:
-    """Per level, where the texts present in every level sit among that level's present texts."""
-    if all(m is None for m in text_masks):
+def _kl_common(text_masks: tuple[Tensor | None, ...]) -> Tensor | None:
+    """bool [N]: the texts present in every level; None when no level has a mask."""
+    present = [m for m in text_masks if m is not None]
+    if not present:
         return None
-    size = next(m.shape[0] for m in text_masks if m is not None)
-    full = torch.ones(size, dtype=torch.bool, device=device)
-    masks = [full if m is None else m for m in text_masks]
-    common = torch.stack(masks).all(0)
-    return tuple((torch.cumsum(m.long(), 0) - 1)[common] for m in masks)
+    return torch.stack(present).all(0)

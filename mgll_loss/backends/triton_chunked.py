@@ -2,7 +2,12 @@
 
 Per level, the forward runs a max pass and a sums pass over (row block, column block) tiles,
 then the smooth KL kernel over the columns every level has; the backward recomputes each tile
-and adds its gradient to the features with atomics. Nothing of size B x N is stored. Runs on
+and adds its gradient to the features with atomics. Nothing of size B x N is stored.
+
+Absent texts are masked through the features (every shape static): the features get one more
+dimension, 1 for the images and ``-1e30 / s`` for an absent text (0 for a present one), so an
+absent text's logits are about ``-1e30`` (no probability, softplus or sigmoid, no gradient); its
+labels are replaced by a label no image has, so it is nobody's positive. Runs on
 CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run it).
 """
 
@@ -102,20 +107,47 @@ def _positives(level: DirectionLevel, num_rows: int, dtype: torch.dtype, device:
     view = level.targets
     source = view.source
     if source.multi_hot is not None:
-        rows = source.multi_hot[compose(view.row_map, slice(0, num_rows))].to(dtype).contiguous()
-        cols = source.multi_hot[compose(view.col_map, slice(0, level.size))].to(dtype).contiguous()
+        rows = source.multi_hot[compose(view.row_map, slice(0, num_rows))].to(dtype)
+        cols = source.multi_hot[compose(view.col_map, slice(0, level.size))].to(dtype)
+        if view.row_valid is not None or view.col_valid is not None:
+            rows, cols = _absent_label(rows, view.row_valid), _absent_label(cols, view.col_valid)
+        rows, cols = rows.contiguous(), cols.contiguous()
         tensors = (placeholder_ids, placeholder_ids, rows, cols, rows.sum(1), cols.sum(1), placeholder)
         return _Positives(1, _MATCH_CODES[source.match], tensors, rows.shape[1])
     dense = view.tile(slice(0, num_rows), slice(0, level.size), dtype, device).contiguous()
     return _Positives(2, 0, (placeholder_ids,) * 2 + (placeholder,) * 4 + (dense,), 1)
 
 
-def _tiles(direction: Direction, device: torch.device) -> _Tiles:
+def _absent_label(labels: Tensor, valid: Tensor | None) -> Tensor:
+    """Multi-hot ``labels`` [m, C] with one more label, held alone by the absent texts (nobody's positive)."""
+    if valid is None:
+        return torch.cat([labels, labels.new_zeros(labels.shape[0], 1)], 1)
+    return torch.cat([labels * valid[:, None], (~valid)[:, None].to(labels.dtype)], 1)
+
+
+_MASKED_LOGIT = 1e30  # |logit| of an absent text: exp underflows to 0, and sums of G such logits stay finite
+
+
+def _features(
+    images: Tensor, texts: Tensor, scale: Tensor, dtype: torch.dtype, valid: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Images and texts in ``dtype``; with ``valid`` (bool over the texts) one more dimension masks the absent."""
+    images, texts = images.to(dtype), texts.to(dtype)
+    if valid is None:
+        return images.contiguous(), texts.contiguous()
+    masked = torch.where(valid, 0.0, -_MASKED_LOGIT / scale.detach().to(dtype))
+    return (
+        torch.cat([images, images.new_ones(images.shape[0], 1)], 1).contiguous(),
+        torch.cat([texts, masked[:, None].to(dtype)], 1).contiguous(),
+    )
+
+
+def _tiles(direction: Direction, dim: int, device: torch.device) -> _Tiles:
     import triton.language as tl
 
     acc = tl.float64 if direction.compute_dtype == torch.float64 else tl.float32
     size = 16 if device.type == "cpu" else 64
-    return _Tiles(direction.num_rows, direction.images.shape[1], size, size, 16 if device.type == "cpu" else 32, acc)
+    return _Tiles(direction.num_rows, dim, size, size, 16 if device.type == "cpu" else 32, acc)
 
 
 class _TritonFunction(torch.autograd.Function):
@@ -128,9 +160,9 @@ class _TritonFunction(torch.autograd.Function):
         from . import triton_kernels as kernels
 
         dtype, device = direction.compute_dtype, images.device
-        features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
+        features = _features(images, texts, scale, dtype, direction.column_valid)
         scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
-        tiles = _tiles(direction, device)
+        tiles = _tiles(direction, features[0].shape[1], device)
         levels, rows = direction.num_levels, direction.num_rows
 
         def zeros(*shape: int) -> Tensor:
@@ -166,8 +198,10 @@ class _TritonFunction(torch.autograd.Function):
                 sums.col_ce[g], sums.col_count[g] = cross_entropy_sums(lse_c, pz_c, mass_c)
             if direction.pointwise:
                 sums.pointwise[g] = pointwise_sum(softplus.sum(), pz, mass, direction.pointwise_target)
-        kl = _kl_forward(kernels, features, scalars, tiles, direction, row_lse, common) if direction.smooth_kl else None
-        if kl is not None:
+        kl = None
+        if direction.smooth_kl:
+            kl_features = _kl_features(images, texts, scale, direction, features)
+            kl = _kl_forward(kernels, kl_features, scalars, tiles, direction, row_lse, common)
             sums.smooth_kl.copy_(kl[3])
         ctx.save_for_backward(images, texts, scale, bias)
         ctx.direction, ctx.stats, ctx.kl = direction, (row_lse, row_mass, col_lse, col_mass), kl
@@ -184,9 +218,9 @@ class _TritonFunction(torch.autograd.Function):
         dtype, device = direction.compute_dtype, images.device
         levels = direction.num_levels
         upstream = DirectionSums.upstream(grads, levels, dtype, device)
-        features = (images.to(dtype).contiguous(), texts.to(dtype).contiguous())
+        features = _features(images, texts, scale, dtype, direction.column_valid)
         scalars = (scale.to(dtype).reshape(1), (bias if bias is not None else scale).to(dtype).reshape(1))
-        tiles = _tiles(direction, device)
+        tiles = _tiles(direction, features[0].shape[1], device)
         grad_images, grad_texts = torch.zeros_like(features[0]), torch.zeros_like(features[1])
         grad_bias = torch.zeros(1, dtype=dtype, device=device)
         outputs = (grad_images, grad_texts, grad_bias)
@@ -229,16 +263,19 @@ class _TritonFunction(torch.autograd.Function):
                 BC=16,
                 **common,
             )
-        if ctx.kl is not None and ctx.kl[0].shape[1]:
+        if ctx.kl is not None:
             text_rows, kl_lse, kl_dot, _ = ctx.kl
+            kl_grad = (
+                upstream.smooth_kl if direction.kl_common is None else upstream.smooth_kl * direction.kl_common.any()
+            )
             kernels.smooth_kl_grad_kernel[tiles.grid(text_rows.shape[1])](
-                *features,
+                *_kl_features(images, texts, scale, direction, features),
                 *scalars,
                 *outputs,
                 text_rows,
                 kl_lse,
                 kl_dot,
-                upstream.smooth_kl.reshape(1),
+                kl_grad.reshape(1),
                 direction.num_rows,
                 text_rows.shape[1],
                 tiles.dim,
@@ -249,8 +286,8 @@ class _TritonFunction(torch.autograd.Function):
         scale_c = scalars[0][0]
         grad_scale = (features[0] * grad_images).sum() / scale_c
         return (
-            grad_images.to(images.dtype) if ctx.needs_input_grad[0] else None,
-            grad_texts.to(texts.dtype) if ctx.needs_input_grad[1] else None,
+            grad_images[:, : images.shape[1]].to(images.dtype) if ctx.needs_input_grad[0] else None,
+            grad_texts[:, : texts.shape[1]].to(texts.dtype) if ctx.needs_input_grad[1] else None,
             grad_scale.to(scale.dtype) if ctx.needs_input_grad[2] else None,
             grad_bias[0].to(bias.dtype) if bias is not None and ctx.needs_input_grad[3] else None,
             None,
@@ -316,6 +353,16 @@ def _level_statistics(
     return row_lse, col_lse, row_vectors[1], row_vectors[2], col_vectors[1], col_vectors[2], row_vectors[3]
 
 
+def _kl_features(
+    images: Tensor, texts: Tensor, scale: Tensor, direction: Direction, features: tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """The features of the smooth KL: the texts missing from some level masked (``features`` when none is)."""
+    if direction.kl_common is None:
+        return features
+    valid = direction.kl_common.repeat(direction.num_levels)
+    return _features(images, texts, scale, direction.compute_dtype, valid)
+
+
 def _kl_forward(
     kernels: Any,
     features: tuple[Tensor, Tensor],
@@ -324,57 +371,40 @@ def _kl_forward(
     direction: Direction,
     row_lse: Tensor,
     common: dict,
-) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """(text rows [G, Nc], lse [G, R], per-row dots [G, R], total): the smooth KL over the columns every level has."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(text rows [G, N], lse [G, R], per-row dots [G, R], total): the smooth KL over the columns every level has.
+
+    ``features`` are those of :func:`_kl_features`; without a common column the total is 0.
+    """
     device = features[0].device
-    if direction.kl_columns is None:
-        text_rows = torch.stack(
-            [torch.arange(lv.offset, lv.offset + lv.size, device=device) for lv in direction.levels]
+    text_rows = torch.stack([torch.arange(lv.offset, lv.offset + lv.size, device=device) for lv in direction.levels])
+    kl_lse = row_lse
+    if direction.kl_common is not None:
+        kl_lse = torch.stack(
+            [
+                _level_statistics(
+                    kernels, features, scalars, tiles, 0, text_rows.shape[1], text_rows[g], False, None, False, common
+                )[0]
+                for g in range(direction.num_levels)
+            ]
         )
-        kl_lse = row_lse
-    else:
-        text_rows = torch.stack(
-            [lv.offset + positions for lv, positions in zip(direction.levels, direction.kl_columns, strict=True)]
-        )
-        kl_lse = (
-            torch.stack(
-                [
-                    _level_statistics(
-                        kernels,
-                        features,
-                        scalars,
-                        tiles,
-                        0,
-                        text_rows.shape[1],
-                        text_rows[g].contiguous(),
-                        False,
-                        None,
-                        False,
-                        common,
-                    )[0]
-                    for g in range(direction.num_levels)
-                ]
-            )
-            if text_rows.shape[1]
-            else row_lse
-        )
-    text_rows = text_rows.contiguous()
     kl_dot = torch.zeros_like(kl_lse)
     kl_total = torch.zeros(direction.num_rows, dtype=kl_lse.dtype, device=device)
-    if text_rows.shape[1]:
-        kernels.smooth_kl_kernel[tiles.grid(text_rows.shape[1])](
-            *features,
-            *scalars,
-            text_rows,
-            kl_lse.contiguous(),
-            kl_dot,
-            kl_total,
-            direction.num_rows,
-            text_rows.shape[1],
-            tiles.dim,
-            direction.num_levels,
-            TO_MEAN=direction.kl_direction == "to_mean",
-            **common,
-        )
+    kernels.smooth_kl_kernel[tiles.grid(text_rows.shape[1])](
+        *features,
+        *scalars,
+        text_rows,
+        kl_lse.contiguous(),
+        kl_dot,
+        kl_total,
+        direction.num_rows,
+        text_rows.shape[1],
+        tiles.dim,
+        direction.num_levels,
+        TO_MEAN=direction.kl_direction == "to_mean",
+        **common,
+    )
     total = kl_dot.sum() if direction.kl_direction == "to_mean" else kl_total.sum()
+    if direction.kl_common is not None:
+        total = total * direction.kl_common.any()
     return text_rows, kl_lse.contiguous(), kl_dot, total
