@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .devices import on_accelerator
+
 __all__ = ["NORM_CHECK_EVERY", "UNIT_NORM_TOLERANCE", "UnitNormCheck"]
 
 UNIT_NORM_TOLERANCE = 1e-2
@@ -118,5 +120,8 @@ class UnitNormCheck:
 
 
 def _reads_now(device: torch.device) -> bool:
-    """True where reading a value costs no synchronisation (CPU): the sample is read at once."""
-    return device.type == "cpu"
+    """True where reading a value costs no synchronisation (CPU): the sample is read at once.
+
+    Inside :func:`~mgll_loss.devices.accelerator_policy` (tests) CPU tensors are read as on CUDA: later.
+    """
+    return not on_accelerator(device)
