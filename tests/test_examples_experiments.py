@@ -1,6 +1,6 @@
 """The paper's experiments as example commands.
 
-Loss flags, missing texts, logit bias, downstream evaluation, ablation.
+Loss flags, missing texts, logit bias, downstream evaluation (the ablation: test_examples_ablation.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 pytest.importorskip("open_clip")
 pytest.importorskip("sklearn")
 
-from mgll_examples.ablation import main as ablation_main
 from mgll_examples.checkpoint_import import load_pretrained
 from mgll_examples.cli import main, run
 from mgll_examples.config import parse_config
 from mgll_examples.data import Sample, ensure_synthetic
 from mgll_examples.downstream import main as downstream_main
+from mgll_examples.downstream import parse_config as parse_downstream_config
 from mgll_examples.downstream_data import load_downstream_csvs
 from mgll_examples.errors import ExampleError
 from mgll_examples.missing_texts import TextDropper, text_mask
@@ -269,6 +269,28 @@ def test_downstream_on_synthetic_data_scores_both_checkpoint_layouts(tmp_path, m
     assert len((tmp_path / "out" / "downstream.csv").read_text().splitlines()) == 1 + 2 * 7
 
 
+def test_downstream_defaults_stop_early_on_the_validation_auc(tmp_path, mgll_run):
+    """The documented defaults: at most 500 probe epochs, stopping 30 epochs after the best validation AUC."""
+    flags = ["--synthetic", "--data-dir", str(tmp_path / "ds"), "--synthetic-size", "36", "--batch-size", "8"]
+    flags += ["--checkpoint", str(mgll_run / "last.pt")]
+    config = parse_downstream_config(flags)
+    assert (config.epochs, config.patience, config.lr) == (500, 30, 1e-2)
+    finetune = parse_downstream_config([*flags, "--mode", "finetune"])
+    assert (finetune.epochs, finetune.patience, finetune.lr) == (30, 3, 1e-4)
+    assert downstream_main([*flags, "--output-dir", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / mgll_run.name / "metrics.json").read_text())
+    assert report["stopped_early"] and report["patience"] == 30
+    assert report["epochs_run"] == len(report["history"]) == report["best_epoch"] + 30 < 500
+    best = max(epoch["val_auc"] for epoch in report["history"])
+    assert report["val_auc"] == best == report["history"][report["best_epoch"] - 1]["val_auc"]
+    assert all(epoch["val_auc"] < best for epoch in report["history"][: report["best_epoch"] - 1])
+    # --patience 0 trains every epoch (the fixed schedule before early stopping)
+    assert downstream_main([*flags, "--patience", "0", "--epochs", "4", "--output-dir", str(tmp_path / "all")]) == 0
+    report = json.loads((tmp_path / "all" / mgll_run.name / "metrics.json").read_text())
+    assert report["epochs_run"] == 4 and not report["stopped_early"]
+    assert downstream_main([*flags, "--patience", "-1"]) == 2
+
+
 def _write_generic(folder: Path, rows: dict) -> dict:
     files = {}
     for split, labels in rows.items():
@@ -295,29 +317,6 @@ def test_generic_multiclass_csv_with_class_ids_and_its_errors(tmp_path):
     (tmp_path / "Test1.npz").unlink()
     with pytest.raises(ExampleError, match=r"1 of 2 image files missing \(first: Test.csv\[1\]"):
         load_downstream_csvs(files, tmp_path, "multiclass")
-
-
-def test_ablation_trains_each_configuration_tabulates_and_reuses_finished_runs(tmp_path, fundus_dir, capsys):
-    flags = [
-        "--data-dir",
-        str(fundus_dir),
-        *TINY_RUN,
-        "--output-dir",
-        str(tmp_path),
-        "--configs",
-        "clip,mgll-missing30",
-    ]
-    assert ablation_main(flags) == 0
-    table = (tmp_path / "ablation.md").read_text().splitlines()
-    assert table[0].startswith("| configuration | linear-probe AUC |") and len(table) == 4
-    assert table[2].startswith("| CLIP (joined captions) |") and table[3].startswith("| MGLL, 30% texts missing |")
-    assert json.loads((tmp_path / "mgll-missing30" / "metrics.json").read_text())["drop_texts"] == 0.3
-    assert len((tmp_path / "ablation.csv").read_text().splitlines()) == 3 and (tmp_path / "ablation.png").is_file()
-    capsys.readouterr()
-    assert ablation_main(flags) == 0
-    assert capsys.readouterr().out.count("reusing its metrics") == 2
-    assert ablation_main([*flags[:-1], "clip", "--lr", "0.5"]) == 2
-    assert "holds a run with other flags" in capsys.readouterr().err
 
 
 def test_drop_texts_trains_the_clip_baseline_and_resumes_exactly(tmp_path, fundus_dir):

@@ -1,4 +1,4 @@
-"""The paper's loss ablation (its Table 3) as one command: the same model, data, seed and steps per configuration.
+"""The paper's loss ablation (its Table 3) as one command: the same model, data, seeds and steps per configuration.
 
 Configurations (``--configs`` picks some by key): the plain CLIP baseline, L_P only, L_sCLIP only,
 L_sCLIP + L_P, full MGLL (each a set of ``MGLLLoss`` weights), MGLL with 30% of the texts missing,
@@ -7,6 +7,12 @@ initialisation, -10; the softmax terms do not see a bias). Each run goes to ``<o
 a finished run with the same flags is reused, an interrupted one resumed. The table (Markdown and
 CSV) holds the held-out metrics' mean over levels, and, with ``--downstream``, the linear-probe AUC
 of each model on the synthetic RFMiD-like downstream set.
+
+``--seeds 0,1,2`` trains every configuration once per seed, into ``<output-dir>/seed-<N>/<key>``
+(with ``--synthetic`` each seed draws its own synthetic sets, as ``--seed`` does for one run: in
+``<output-dir>/seed-<N>/`` or, with ``--data-dir D``, in ``D/seed-<N>``); the table then holds the
+mean and sample standard deviation over the seeds (``ablation_report``). Without ``--seeds`` one
+seed (``--seed``, default 0) runs into ``<output-dir>/<key>`` as before.
 """
 
 from __future__ import annotations
@@ -19,16 +25,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .ablation_report import PerSeed, ablation_table, write_outputs
 from .checkpoint import MUST_MATCH
 from .cli import METRICS_NAME, run
 from .config import KINDS, LOSS_OPTIONS, TrainConfig, build_parser
 from .downstream import parse_config as downstream_config
 from .downstream import run as downstream_run
 from .errors import ExampleError
-from .report import plt
 from .train import CHECKPOINT_NAME
 
-__all__ = ["ABLATION", "Configuration", "ablation_table", "main"]
+__all__ = ["ABLATION", "Configuration", "ablation_table", "main", "parse_seeds"]
 
 _BIAS = -10.0
 
@@ -70,8 +76,14 @@ def build_ablation_parser() -> argparse.ArgumentParser:
     """The pretraining flags (minus the loss choice, which the configurations set) plus the ablation's own."""
     parser = build_parser("fundus")
     parser.prog, parser.description = "ablation.py", __doc__.splitlines()[0]
-    parser.set_defaults(output_dir="runs/ablation")
+    parser.set_defaults(output_dir="runs/ablation", seed=None)
     group = parser.add_argument_group("ablation")
+    group.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help="comma-separated seeds, e.g. 0,1,2: each configuration trained per seed, the table with mean ± std "
+        "(replaces --seed)",
+    )
     group.add_argument("--kind", choices=KINDS, default="fundus", help="which pretraining data layout")
     group.add_argument("--configs", help=f"comma-separated keys (default all): {', '.join(c.key for c in ABLATION)}")
     group.add_argument(
@@ -80,6 +92,18 @@ def build_ablation_parser() -> argparse.ArgumentParser:
         help="also a linear probe of each model on the synthetic RFMiD-like downstream set",
     )
     return parser
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: distinct whole numbers, comma-separated (``"0,1,2"`` -> ``[0, 1, 2]``)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        seeds = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"expected one or more distinct seeds, got {text!r}")
+    return seeds
 
 
 def _select(keys: str | None) -> list[Configuration]:
@@ -116,68 +140,45 @@ def _train_or_reuse(config: TrainConfig) -> dict[str, Any]:
     return report
 
 
-def ablation_table(rows: dict[str, dict[str, float | None]]) -> list[str]:
-    """Markdown lines: one row per configuration, one column per value (mean over levels)."""
-    headers = [header for _, header in COLUMNS] + ([DOWNSTREAM] if any(DOWNSTREAM in r for r in rows.values()) else [])
-    lines = ["| configuration | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
-    for label, values in rows.items():
-        cells = ["-" if values.get(h) is None else f"{values[h]:.3f}" for h in headers]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _write_outputs(rows: dict[str, dict[str, float | None]], output: Path) -> list[str]:
-    table = ablation_table(rows)
-    (output / "ablation.md").write_text("\n".join(table) + "\n")
-    headers = [h.strip() for h in table[0].strip("|").split("|")]
-    lines = [",".join(headers)] + [
-        ",".join([f'"{label}"'] + ["" if values.get(h) is None else f"{values[h]:.6f}" for h in headers[1:]])
-        for label, values in rows.items()
-    ]
-    (output / "ablation.csv").write_text("\n".join(lines) + "\n")
-    figure, axis = plt.subplots(figsize=(max(8, 1.4 * len(rows)), 4))
-    width = 0.8 / len(headers[1:])
-    for k, header in enumerate(headers[1:]):
-        axis.bar(
-            [i + k * width for i in range(len(rows))],
-            [v.get(header) or 0.0 for v in rows.values()],
-            width,
-            label=header,
-        )
-    axis.set_xticks(
-        [i + width * (len(headers) - 2) / 2 for i in range(len(rows))], list(rows), rotation=20, fontsize=7, ha="right"
-    )
-    axis.set_ylim(0, 1)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axis.set_title("loss ablation (mean over levels, held-out split)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(output / "ablation.png", dpi=110)
-    plt.close(figure)
-    return table
+def _seed_base(args: argparse.Namespace, seed: int, folder: Path) -> TrainConfig:
+    """The pretraining flags of one seed, its runs under ``folder`` (its own synthetic set with ``--seeds``)."""
+    values = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "kind"}
+    values.update(seed=seed, output_dir=str(folder))
+    if values["synthetic"]:
+        if not values["data_dir"]:
+            values["data_dir"] = str(folder / f"synthetic-{args.kind}")
+        elif args.seeds:
+            values["data_dir"] = str(Path(values["data_dir"]) / f"seed-{seed}")
+    return TrainConfig(kind=args.kind, **values)
 
 
 def ablation(argv: Sequence[str] | None = None) -> list[str]:
-    """Train, evaluate and tabulate the selected configurations; returns the Markdown table."""
+    """Train, evaluate and tabulate the selected configurations for every seed; returns the Markdown table."""
     args = build_ablation_parser().parse_args(argv)
-    values = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if name != "kind"}
-    if values["synthetic"] and not values["data_dir"]:
-        values["data_dir"] = str(Path(args.output_dir) / f"synthetic-{args.kind}")
-    base = TrainConfig(kind=args.kind, **values)
-    if base.loss != "mgll" or base.resume:
-        raise ExampleError("--loss and --resume: the ablation sets the loss per configuration and resumes by itself")
-    output = Path(base.output_dir)
-    rows: dict[str, dict[str, float | None]] = {}
-    for configuration in _select(args.configs):
-        print(f"== {configuration.label} ({configuration.key})", flush=True)
-        config = replace(base, output_dir=str(output / configuration.key), **configuration.overrides)
-        if config.loss == "clip":  # the MGLL loss flags do not apply to it
-            config = replace(config, **{name: getattr(TrainConfig(kind=args.kind), name) for name in LOSS_OPTIONS})
-        mean = _train_or_reuse(config)["levels"]["mean"]
-        rows[configuration.label] = {header: mean.get(key) for key, header in COLUMNS}
-        if args.downstream:
-            rows[configuration.label][DOWNSTREAM] = _downstream_probe(config, output, args.seed)
+    if args.seeds and args.seed is not None:
+        raise ExampleError("--seed and --seeds: pass one (--seeds 0,1,2 trains each configuration per seed)")
+    output = Path(args.output_dir)
+    configurations = _select(args.configs)
+    per_seed: PerSeed = {}
+    for seed in args.seeds or [0 if args.seed is None else args.seed]:
+        folder = output / f"seed-{seed}" if args.seeds else output
+        base = _seed_base(args, seed, folder)
+        if base.loss != "mgll" or base.resume:
+            raise ExampleError(
+                "--loss and --resume: the ablation sets the loss per configuration and resumes by itself"
+            )
+        for configuration in configurations:
+            print(f"== {configuration.label} ({configuration.key}), seed {seed}", flush=True)
+            config = replace(base, output_dir=str(folder / configuration.key), **configuration.overrides)
+            if config.loss == "clip":  # the MGLL loss flags do not apply to it
+                config = replace(config, **{name: getattr(TrainConfig(kind=args.kind), name) for name in LOSS_OPTIONS})
+            mean = _train_or_reuse(config)["levels"]["mean"]
+            values: dict[str, float | None] = {header: mean.get(key) for key, header in COLUMNS}
+            if args.downstream:
+                values[DOWNSTREAM] = _downstream_probe(config, folder, seed)
+            per_seed.setdefault(configuration.label, {})[seed] = values
     output.mkdir(parents=True, exist_ok=True)
-    return _write_outputs(rows, output)
+    return write_outputs(per_seed, output)
 
 
 def _downstream_probe(config: TrainConfig, output: Path, seed: int) -> float | None:

@@ -4,7 +4,9 @@ For each ``--checkpoint``: a linear head on the image features (``--mode probe``
 its features computed once and standardised with the training split's mean and deviation;
 ``--mode finetune``: the whole image tower trained with the head), trained with binary (multilabel)
 or softmax (multiclass) cross-entropy, AdamW at a constant rate; after every epoch the validation
-split's macro AUC picks the epoch whose head (and tower) score the test split.
+split's macro AUC picks the epoch whose head (and tower) score the test split. Training stops early
+when ``--patience`` epochs in a row have not raised the best validation AUC (``--epochs`` is the
+cap; ``--patience 0`` trains every epoch).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from .evaluate import macro_auc
 
 MODES = ("probe", "finetune")
 SYNTHETIC_NAME = "SyntheticRFMiD"
-_DEFAULT_EPOCHS = {"probe": 60, "finetune": 6}
-_DEFAULT_LR = {"probe": 1e-3, "finetune": 1e-4}
+# Early stopping on the validation macro AUC ends a run; the epochs are a cap (docs/examples.md, measured).
+_DEFAULT_EPOCHS = {"probe": 500, "finetune": 30}
+_DEFAULT_PATIENCE = {"probe": 30, "finetune": 3}
+_DEFAULT_LR = {"probe": 1e-2, "finetune": 1e-4}
 
 
 @dataclass
@@ -52,6 +56,7 @@ class DownstreamConfig:
     label_columns: list[str] | None
     model: str | None
     epochs: int
+    patience: int
     max_steps: int | None
     batch_size: int
     lr: float
@@ -96,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label-columns", help="label columns, comma-separated (default: every other column)")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument(
-        "--epochs", type=int, help=f"default: probe {_DEFAULT_EPOCHS['probe']}, finetune {_DEFAULT_EPOCHS['finetune']}"
+        "--epochs",
+        type=int,
+        help=f"most epochs (default: probe {_DEFAULT_EPOCHS['probe']}, finetune {_DEFAULT_EPOCHS['finetune']})",
+    )
+    optim.add_argument(
+        "--patience",
+        type=int,
+        help="stop after this many epochs without a better validation AUC; 0: train every epoch "
+        f"(default: probe {_DEFAULT_PATIENCE['probe']}, finetune {_DEFAULT_PATIENCE['finetune']})",
     )
     optim.add_argument("--max-steps", type=int, help="cap on the optimiser steps")
     optim.add_argument("--batch-size", type=int, default=64)
@@ -135,6 +148,7 @@ def parse_config(argv: Sequence[str] | None = None) -> DownstreamConfig:
         ("--max-steps", args.max_steps, 1),
         ("--batch-size", args.batch_size, 1),
         ("--synthetic-size", args.synthetic_size, 12),
+        ("--patience", args.patience, 0),
     ):
         if value is not None and value < least:
             raise ExampleError(f"{flag}: expected at least {least}, got {value}")
@@ -152,6 +166,7 @@ def parse_config(argv: Sequence[str] | None = None) -> DownstreamConfig:
         label_columns=[c.strip() for c in args.label_columns.split(",") if c.strip()] if args.label_columns else None,
         model=args.model,
         epochs=args.epochs or _DEFAULT_EPOCHS[args.mode],
+        patience=_DEFAULT_PATIENCE[args.mode] if args.patience is None else args.patience,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr or _DEFAULT_LR[args.mode],
@@ -288,6 +303,8 @@ def train_head(
                 "head": copy.deepcopy(head.state_dict()),
                 "visual": copy.deepcopy(visual.state_dict()) if finetune else None,
             }
+        if config.patience and epoch - best["epoch"] >= config.patience:
+            break
     head.load_state_dict(best["head"])
     if finetune:
         visual.load_state_dict(best["visual"])
@@ -301,6 +318,9 @@ def train_head(
         "classes": data.class_names,
         "sizes": {split: len(data.samples[split]) for split in SPLITS},
         "epochs": config.epochs,
+        "patience": config.patience,
+        "epochs_run": len(history),
+        "stopped_early": len(history) < config.epochs and (config.max_steps is None or step < config.max_steps),
         "steps": step,
         "lr": config.lr,
         "batch_size": size,
@@ -343,7 +363,8 @@ def run(config: DownstreamConfig) -> dict[str, dict[str, Any]]:
         runs[name] = report
         macro = report["test"]["macro"]
         print(
-            f"{name}: epoch {report['best_epoch']} (val AUC {report['val_auc']:.3f}), test AUC {macro['auc']:.3f}, "
+            f"{name}: epoch {report['best_epoch']} of {report['epochs_run']} (val AUC {report['val_auc']:.3f}), "
+            f"test AUC {macro['auc']:.3f}, "
             f"ACC {macro['acc']:.3f}, mAP {macro['map']:.3f} ({report['train_seconds']:.0f} s)",
             flush=True,
         )
