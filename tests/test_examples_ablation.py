@@ -113,3 +113,20 @@ def test_parse_seeds():
     for bad in ("", "0,0", "a,1", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="seeds|whole numbers"):
             parse_seeds(bad)
+
+
+def test_the_downstream_probe_is_reused_only_with_the_same_probe_settings(tmp_path, fundus_dir, capsys):
+    flags = ["--data-dir", str(fundus_dir), *TINY_RUN, "--output-dir", str(tmp_path), "--configs", "sclip"]
+    assert main([*flags, "--downstream"]) == 0
+    done = tmp_path / "sclip" / "downstream" / "sclip" / "metrics.json"
+    report = json.loads(done.read_text())
+    assert report["patience"] == 30 and report["seed"] == 0
+    row = _rows(tmp_path / "ablation_seeds.csv")[0]
+    assert float(row["downstream probe AUC"]) == pytest.approx(report["test"]["macro"]["auc"], abs=1e-6)
+    capsys.readouterr()
+    assert main([*flags, "--downstream"]) == 0
+    assert "running it again" not in capsys.readouterr().out
+    done.write_text(json.dumps({**report, "patience": 0, "epochs": 60, "lr": 1e-3}))  # a probe of the old defaults
+    assert main([*flags, "--downstream"]) == 0
+    assert "a probe with other settings, running it again" in capsys.readouterr().out
+    assert json.loads(done.read_text())["patience"] == 30

@@ -182,11 +182,12 @@ def ablation(argv: Sequence[str] | None = None) -> list[str]:
 
 
 def _downstream_probe(config: TrainConfig, output: Path, seed: int) -> float | None:
-    """The macro test AUC of a linear probe on the synthetic downstream set (reused when the probe has run)."""
+    """The macro test AUC of a linear probe on the synthetic downstream set.
+
+    Reused when the probe has run on this checkpoint with the same schedule (seed, epochs, patience,
+    learning rate); a probe of an older checkpoint or with other settings runs again.
+    """
     checkpoint = Path(config.output_dir) / CHECKPOINT_NAME
-    done = Path(config.output_dir) / "downstream" / Path(config.output_dir).name / METRICS_NAME
-    if done.is_file() and done.stat().st_mtime >= checkpoint.stat().st_mtime:
-        return json.loads(done.read_text())["test"]["macro"]["auc"]
     flags = [
         "--synthetic",
         "--data-dir",
@@ -198,8 +199,14 @@ def _downstream_probe(config: TrainConfig, output: Path, seed: int) -> float | N
         "--output-dir",
         str(Path(config.output_dir) / "downstream"),
     ]
-    report = downstream_run(downstream_config(flags))
-    return next(iter(report.values()))["test"]["macro"]["auc"]
+    probe = downstream_config(flags)
+    done = Path(config.output_dir) / "downstream" / Path(config.output_dir).name / METRICS_NAME
+    if done.is_file() and done.stat().st_mtime >= checkpoint.stat().st_mtime:
+        report = json.loads(done.read_text())
+        if all(report.get(name) == getattr(probe, name) for name in ("seed", "epochs", "patience", "lr")):
+            return report["test"]["macro"]["auc"]
+        print(f"{done}: a probe with other settings, running it again", flush=True)
+    return next(iter(downstream_run(probe).values()))["test"]["macro"]["auc"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
