@@ -3,9 +3,11 @@
 #   make install    create .venv (if missing) and install the package editable with the dev extras
 #   make test       fast test suite (everything not marked slow), 2 pytest-xdist workers
 #   make test-slow  only the tests marked slow
+#   make test-min   the library's tests on the oldest declared versions (tests/min-versions.txt), in .venv-min
 #   make lint       ruff: lint, import order and formatting check (`make format` rewrites)
 #   make typecheck  mypy on the package (it ships py.typed)
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
+#   make docs-check make docs, then check in headless Chromium, network off, that every formula renders
 #   make demo       the main job: MGLL vs plain CLIP pretraining on synthetic fundus data (a few minutes on CPU)
 #   make ablation   the paper's loss ablation (Table 3) on the synthetic fundus set, 3 seeds: table, CSV and plot
 #   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
@@ -27,7 +29,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow lint format typecheck docs demo ablation bench bench-accumulation gpu-check dist clean
+.PHONY: install test test-slow test-min lint format typecheck docs docs-check demo ablation bench bench-accumulation gpu-check dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -64,9 +66,37 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) || [ $$? -eq 5 ]
 
+# The oldest versions pyproject.toml declares (torch and the open_clip and hf extras' floors, pinned in
+# tests/min-versions.txt with what they need and the test tools), in a venv of their own, and the tests
+# of the library on them: the core, distributed and adapter tests and the doctests. Tests of other
+# extras (examples, docs, benchmarks) are not collected; those that need a package this venv lacks
+# skip (pytest.importorskip). The install is several GB (CUDA builds of torch from PyPI).
+MIN_VENV ?= .venv-min
+MIN_PY = $(MIN_VENV)/bin/python
+MIN_STAMP = $(MIN_VENV)/.installed-min
+MIN_TESTS = tests/test_versions.py tests/test_backends.py tests/test_modules.py tests/test_targets.py \
+	tests/test_validation.py tests/test_numerics.py tests/test_parity_reference.py tests/test_parity_external.py \
+	tests/test_properties.py tests/test_compile.py tests/test_double_backward.py tests/test_finite_features.py \
+	tests/test_norm_check.py tests/test_string_labels.py tests/test_accumulation.py \
+	tests/test_distributed.py tests/test_distributed_strings.py tests/test_adapters.py tests/test_hf_trainer.py \
+	mgll_loss
+
+$(MIN_PY):
+	python3 -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install --upgrade pip
+
+$(MIN_STAMP): pyproject.toml tests/min-versions.txt | $(MIN_PY)
+	$(MIN_PY) -m pip install -e ".[open_clip,hf]" -r tests/min-versions.txt
+	@touch $@
+
+test-min: export HF_HUB_OFFLINE = 1
+test-min: export TRANSFORMERS_OFFLINE = 1
+test-min: $(MIN_STAMP)
+	$(MIN_PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) $(MIN_TESTS)
+
 # --- lint and types --------------------------------------------------------------------
 
-LINT_PATHS = mgll_loss tests benchmarks examples docs/conf.py conftest.py
+LINT_PATHS = mgll_loss tests benchmarks examples docs/conf.py docs/check_offline_math.py conftest.py
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -85,6 +115,13 @@ typecheck: install
 # not track) always show up and warnings are never hidden by a cached build. Works offline.
 docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -E -b html docs docs/_build/html
+
+# The built pages render their formulas with no network: MathJax comes from the docs extra
+# (sphinx-mathjax-offline), and docs/check_offline_math.py opens every page with math in headless
+# Chromium (CHROMIUM=..., else chromium on the PATH; Debian: apt-get install chromium) with the
+# network off and fails on any formula left as TeX source.
+docs-check: docs
+	$(PY) docs/check_offline_math.py docs/_build/html
 
 # --- demo --------------------------------------------------------------------------------
 
@@ -138,4 +175,4 @@ dist: $(BUILD_STAMP)
 
 clean:
 	rm -rf build/ dist/ *.egg-info .pytest_cache .hypothesis docs/_build
-	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -path ./$(MIN_VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,7 +1,9 @@
 """Sphinx configuration of the mgll-loss documentation.
 
-The build needs no network: no intersphinx inventories are fetched, and MathJax is loaded by
-the reader's browser, not at build time. Build with ``make docs`` (warnings are errors).
+The build needs no network (no intersphinx inventories are fetched), and neither do the built pages:
+MathJax is copied into ``_static/mathjax`` from the ``sphinx-mathjax-offline`` package (the ``docs``
+extra), not loaded from a CDN, so the formulas render on a machine without internet
+(``make docs-check`` proves it in headless Chromium). Build with ``make docs`` (warnings are errors).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 from the package into _static/mathjax; sets mathjax_path to it
     "sphinx.ext.viewcode",
     "myst_parser",
     "sphinx_copybutton",

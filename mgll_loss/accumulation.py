@@ -215,11 +215,7 @@ def _autocast_off() -> contextlib.ExitStack:
     """A context with autocast disabled on every device type where the caller enabled it."""
     stack = contextlib.ExitStack()
     for device_type in ("cpu", "cuda"):
-        try:
-            enabled = torch.is_autocast_enabled(device_type)
-        except TypeError:  # torch < 2.4
-            enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-        if enabled:
+        if torch.is_autocast_enabled(device_type):
             stack.enter_context(torch.autocast(device_type, enabled=False))
     return stack
 

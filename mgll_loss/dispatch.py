@@ -200,10 +200,6 @@ def _autocast_enabled(device: str) -> bool:
         return torch.is_autocast_enabled(device)
     except RuntimeError:  # a device type autocast does not know (e.g. "meta") has no autocast to turn off
         return False
-    except TypeError:  # torch < 2.4: no device argument
-        if device == "cuda":
-            return torch.is_autocast_enabled()
-        return torch.is_autocast_cpu_enabled() if device == "cpu" else True
 
 
 def loss_output(terms: Terms, problem: LossInputs, output_dict: bool) -> Tensor | dict[str, Tensor]:

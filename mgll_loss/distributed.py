@@ -128,7 +128,7 @@ def gather_rows(tensor: Tensor, sizes: list[int], world: World, *, with_grad: bo
 
 
 def _autograd_all_gather(tensor: Tensor) -> Tensor:
-    """All-gather along dim 0 whose backward sums gradients across ranks (newest torch API first)."""
+    """All-gather along dim 0 whose backward sums gradients across ranks (newest torch API first: torch >= 2.9)."""
     from torch.distributed import _functional_collectives as collectives
 
     tensor = tensor.contiguous()
@@ -137,12 +137,8 @@ def _autograd_all_gather(tensor: Tensor) -> Tensor:
         raise RuntimeError("gather_with_grad: torch.distributed has no default process group (call init_process_group)")
     if hasattr(collectives, "all_gather_single_autograd"):
         gathered = collectives.all_gather_single_autograd(tensor, 0, group)
-    elif hasattr(collectives, "all_gather_tensor_autograd"):
+    else:  # its name before torch 2.10
         gathered = collectives.all_gather_tensor_autograd(tensor, 0, group)
-    else:  # torch < 2.3
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(tensor))
     return collectives.wait_tensor(gathered)
 
 

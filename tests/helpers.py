@@ -76,6 +76,18 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+def skip_without_triton() -> None:
+    """Skip the calling test unless the triton backend can run here (triton >= 3.5 importable)."""
+    import pytest  # only the tests skip; benchmarks/gpu_check.py imports this module without pytest
+
+    from mgll_loss.backends.triton_chunked import check_triton_installed
+
+    try:
+        check_triton_installed()
+    except ValueError as error:
+        pytest.skip(str(error))
+
+
 def literal_regex(*parts: str) -> str:
     """A regex that matches the literal ``parts`` in this order (anything in between), for ``pytest.raises``."""
     return ".*".join(re.escape(p) for p in parts)

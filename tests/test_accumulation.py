@@ -225,7 +225,9 @@ def test_open_clip_adapter_with_bias_multi_hot_labels_and_text_mask():
 
 
 def test_hugging_face_adapter_with_attention_mask():
-    pytest.importorskip("transformers")
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers < 5 fills CLIP's causal mask in float32: a float64 model overflows there")
     from mgll_loss.adapters.hf import MultiGranularHFCLIP
 
     from .adapter_models import HF_VOCAB, tiny_hf_clip

@@ -10,8 +10,8 @@ interpreter is slow, so the B=70 cases are left to the other backends when it is
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import re
 import sys
 from types import SimpleNamespace
 
@@ -37,6 +37,7 @@ from .helpers import (
     check_grads,
     check_value,
     same_dtype_tol,
+    skip_without_triton,
     to_device,
     unit_features,
 )
@@ -87,8 +88,7 @@ def _skip_unsupported(backend, device, case=None):
     interpreter, and the B=70 cases under the (slow) interpreter."""
     if backend["backend"] != "triton":
         return
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("the triton backend needs the triton package")
+    skip_without_triton()
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if device.type == "cpu" and not interpreting:
         pytest.skip("the triton backend runs on CPU tensors only under TRITON_INTERPRET=1")
@@ -295,6 +295,7 @@ def test_device_policy_on_accelerators_walks_one_block_per_chunk():
 
 
 def test_triton_on_cpu_tensors_without_the_interpreter_raises(monkeypatch):
+    skip_without_triton()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     images, texts = unit_features(4, 8, seed=1), unit_features(3, 4, 8, seed=2)
     with pytest.raises(ValueError, match="triton.*CUDA tensors.*cpu.*TRITON_INTERPRET=1"):
@@ -305,6 +306,17 @@ def test_triton_without_the_package_raises_at_construction(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     with pytest.raises(ValueError, match=r'triton.*pip install "mgll-loss\[triton\]"'):
         MGLLLoss(backend="triton")
+
+
+@pytest.mark.parametrize("version", ["2.1.0", "3.4.0", "unknown"])
+def test_triton_older_than_3_5_raises_at_construction(monkeypatch, version):
+    """Older triton rejects the kernels (non-constexpr tl.arange before 3.2, fp64 tl.dot before 3.5): a clear error."""
+    monkeypatch.setitem(sys.modules, "triton", SimpleNamespace(__version__=version))
+    expected = f"needs triton>=3.5 (which torch>=2.9 comes with), found triton {version}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        MGLLLoss(backend="triton")
+    monkeypatch.setitem(sys.modules, "triton", SimpleNamespace(__version__="3.5.0"))
+    assert MGLLLoss(backend="triton").backend == "triton"
 
 
 @pytest.mark.parametrize(

@@ -7,15 +7,13 @@ derivatives are exact; the dense and chunked backends do not support them and sa
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mgll_loss import functional as MF
 
-from .helpers import unit_features
+from .helpers import skip_without_triton, unit_features
 
 LABELS = [torch.tensor([0, 1, 0, -1, 1]), None, torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]])]
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 1, 1], [1, 1, 1, 0, 1]], dtype=torch.bool)
@@ -63,8 +61,8 @@ def test_default_backend_mixed_second_derivative_equals_open_clip_form():
 @pytest.mark.parametrize("penalty", ["gradient only", "gradient and inputs"])
 def test_fused_backends_refuse_second_derivatives(backend, penalty):
     """Asked for a differentiable gradient, they raise at once (not later, not a constant gradient)."""
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
+    if backend == "triton":
+        skip_without_triton()
     images, texts, scale, bias = _leaves()
     loss = MF.mgll_loss(images, texts, scale, bias, labels=LABELS, backend=backend)
     with pytest.raises(RuntimeError, match=f"backend='{backend}'.*use backend='batched'"):

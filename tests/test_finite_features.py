@@ -9,8 +9,6 @@ and an error that names the argument holding them.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,14 +17,14 @@ from mgll_loss import MGLLLoss, SoftCLIPLoss
 from mgll_loss import functional as MF
 from mgll_loss.validation import check_finite_features
 
-from .helpers import literal_regex, unit_features
+from .helpers import literal_regex, skip_without_triton, unit_features
 
 BACKENDS = ["batched", "dense", "chunked", "triton"]
 
 
 def _skip_without_triton(backend: str) -> None:
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
+    if backend == "triton":
+        skip_without_triton()
 
 
 def _naive_sum_overflows(*tensors: torch.Tensor) -> bool:

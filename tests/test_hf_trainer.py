@@ -98,7 +98,8 @@ def test_mgll_trainer_trains_evaluates_saves_and_reloads_a_clip_model(tmp_path):
     trainer.train()
     assert any(not torch.equal(before[k], v) for k, v in wrapper.model.state_dict().items())
     evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
-    assert [entry["step"] for entry in evaluations] == [2, 3] and all(e["eval_loss"] > 0 for e in evaluations)
+    steps = [entry["step"] for entry in evaluations]  # transformers >= 5 also evaluates after the last step
+    assert steps in ([2], [2, 3]) and all(e["eval_loss"] > 0 for e in evaluations)
 
     metrics = trainer.evaluate()
     wrapper.eval()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from mgll_loss import MGLLLoss, functional
 from mgll_loss.validation import MAX_LOGIT_SCALE
 
-from .helpers import level_labels, unit_features
+from .helpers import level_labels, skip_without_triton, unit_features
 
 B, D, G = 12, 8, 3
 
@@ -152,8 +151,8 @@ def test_softplus_sum_is_exact_to_rounding_over_the_whole_range(dtype):
 @pytest.mark.parametrize("bias_value", [-14.0, -8.0])
 def test_pointwise_sum_of_mostly_negative_pairs_keeps_float32_accuracy(backend, bias_value):
     # a bias of -14 (-8) puts every logit near it, where softplus ~ 1e-6 (3e-4): the sum must keep its digits
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
+    if backend == "triton":
+        skip_without_triton()
     images = unit_features(32, D, seed=9, dtype=torch.float64)
     texts = unit_features(32, D, seed=10, dtype=torch.float64)
     bias, targets = torch.tensor(bias_value), torch.zeros(32, 32)

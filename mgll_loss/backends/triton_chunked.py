@@ -14,6 +14,7 @@ CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from .base import DirectionSums, LevelSums, LossInputs, LossTerms, refuse_second
 from .blocks import cross_entropy_sums, pointwise_sum, positive_coefficients
 from .directions import Direction, DirectionLevel, compose, plan_directions, run_directions
 
-__all__ = ["triton_level_sums", "interpreting", "check_triton_device"]
+__all__ = ["triton_level_sums", "interpreting", "check_triton_device", "check_triton_installed"]
 
 _MATCH_CODES = {"overlap": 1, "jaccard": 2}
 
@@ -34,12 +35,23 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+TRITON_FLOOR = (3, 5)
+"""The oldest triton the kernels run on (the ``triton`` extra's floor; torch 2.9 comes with triton 3.5)."""
+
+
 def check_triton_installed() -> None:
-    """Raise ``ValueError`` unless the triton package can be imported."""
+    """Raise ``ValueError`` unless triton >= :data:`TRITON_FLOOR` (older ones reject the kernels) can be imported."""
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
         raise ValueError('backend: "triton" needs the triton package (pip install "mgll-loss[triton]")') from None
+    found = str(getattr(triton, "__version__", "unknown"))
+    release = re.match(r"(\d+)(?:\.(\d+))?", found)
+    if release is None or (int(release[1]), int(release[2] or 0)) < TRITON_FLOOR:
+        raise ValueError(
+            f'backend: "triton" needs triton>=3.5 (which torch>=2.9 comes with), found triton {found}; '
+            'upgrade torch and pip install "mgll-loss[triton]", or use backend="dense" or "chunked"'
+        )
 
 
 def check_triton_device(device: torch.device) -> None:
