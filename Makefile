@@ -9,6 +9,7 @@
 #   make docs       build the Sphinx documentation into docs/_build/html (warnings are errors)
 #   make docs-check make docs, then check in headless Chromium, network off, that every formula renders
 #   make demo       the main job: MGLL vs plain CLIP pretraining on synthetic fundus data (a few minutes on CPU)
+#   make export-demo  a short MGLL run of the ViT example model, its image tower exported for an MLLM
 #   make ablation   the paper's loss ablation (Table 3) on the synthetic fundus set, 3 seeds: table, CSV and plot
 #   make bench      benchmarks (CPU presets, tens of minutes): CSV + PNG into benchmarks/results
 #   make bench-accumulation   one effective step of B=512: full batch vs accumulate_step vs naive (minutes)
@@ -29,7 +30,7 @@ DEMO_STAMP = $(VENV)/.installed-examples
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := test
-.PHONY: install test test-slow test-min lint format typecheck docs docs-check demo ablation bench bench-accumulation gpu-check dist clean
+.PHONY: install test test-slow test-min lint format typecheck docs docs-check demo export-demo ablation bench bench-accumulation gpu-check dist clean
 
 # --- environment -------------------------------------------------------------------------
 
@@ -140,6 +141,16 @@ demo: $(DEMO_STAMP)
 	$(PY) examples/compare_runs.py $(DEMO_DIR)/mgll $(DEMO_DIR)/clip --plot $(DEMO_DIR)/comparison.png
 	$(PY) examples/finetune_downstream.py --synthetic --data-dir $(DEMO_DIR)/synthetic-downstream --mode probe \
 		--checkpoint $(DEMO_DIR)/mgll/last.pt --checkpoint $(DEMO_DIR)/clip/last.pt --output-dir $(DEMO_DIR)/downstream
+
+# The vision-tower export (docs/guides/mllm-vision-tower.md): an MGLL run of the demo's set with the
+# ViT example model (the demo's 'tiny' tower is a ResNet, which no CLIPVisionModel holds), then its image
+# tower written as a Hugging Face CLIPVisionModel directory, reloaded and compared with the checkpoint.
+EXPORT_DIR ?= runs/export-demo
+EXPORT_FLAGS ?= --synthetic --data-dir $(DEMO_DIR)/synthetic-fundus --epochs 4 --batch-size 50 --overwrite
+export-demo: $(DEMO_STAMP)
+	$(PY) examples/pretrain_fundus.py $(EXPORT_FLAGS) --model tiny-vit --loss mgll --output-dir $(EXPORT_DIR)/mgll
+	$(PY) examples/export_vision_tower.py --checkpoint $(EXPORT_DIR)/mgll/last.pt \
+		--output-dir $(EXPORT_DIR)/vision-tower --overwrite
 
 # The loss ablation: nine configurations (CLIP, L_P, L_sCLIP, L_sCLIP + L_P, MGLL, MGLL with 30% texts
 # missing, and the point-wise ones with a logit bias), same model, data and steps, each trained per seed
