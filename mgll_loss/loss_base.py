@@ -42,9 +42,9 @@ class LossBase(nn.Module):
         self.distributed = DistributedOptions(local_loss, gather_with_grad, rank, world_size)
         self.norm_check = UnitNormCheck()
 
-    def _check_norms(self, image_features: Any, text_features: Any) -> None:
-        if not _is_compiling():
-            self.norm_check(image_features, text_features, stacklevel=5)  # the caller of loss(...)
+    def _check_norms(self, image_features: Any, text_features: Any, text_mask: Any) -> None:
+        if not _is_compiling():  # stacklevel 5: the caller of loss(...); absent texts' rows are not checked
+            self.norm_check(image_features, text_features, stacklevel=5, text_mask=text_mask)
 
     def _common_options(self) -> dict[str, Any]:
         options = self.distributed  # its fields by name (dataclasses.asdict deep-copies: slow on every call)

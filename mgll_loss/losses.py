@@ -88,7 +88,7 @@ class SoftCLIPLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
-        self._check_norms(image_features, text_features)
+        self._check_norms(image_features, text_features, text_mask)
         loss = functional.soft_clip_loss(
             image_features,
             text_features,
@@ -161,7 +161,7 @@ class PointwiseLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
-        self._check_norms(image_features, text_features)
+        self._check_norms(image_features, text_features, text_mask)
         loss = functional.pointwise_loss(
             image_features,
             text_features,
@@ -235,7 +235,7 @@ class SmoothKLLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss (arguments and shapes in the class docstring)."""
-        self._check_norms(image_features, text_features)
+        self._check_norms(image_features, text_features, text_mask)
         loss = functional.smooth_kl_loss(
             image_features,
             text_features,
@@ -332,7 +332,7 @@ class MGLLLoss(LossBase):
         output_dict: bool = False,
     ) -> LossOutput:
         """Compute the loss, or its three weighted terms with ``output_dict=True``."""
-        self._check_norms(image_features, text_features)
+        self._check_norms(image_features, text_features, text_mask)
         return functional.mgll_loss(
             image_features,
             text_features,

@@ -26,19 +26,51 @@ NORM_CHECK_EVERY = 100
 """Calls between two samples of the norms (the first call is always checked)."""
 
 
-def _named_features(image_features: Any, text_features: Any) -> list[tuple[str, Tensor]]:
-    """The well-formed feature tensors of a call, by argument name (malformed ones: validation names them)."""
-    texts = text_features if isinstance(text_features, (list, tuple)) else [text_features]
-    named = [("image_features", image_features, (2,))] + [("text_features", t, (2, 3)) for t in texts]
+def _named_features(image_features: Any, text_features: Any, text_mask: Any) -> list[tuple[str, Tensor, Any]]:
+    """The well-formed feature tensors of a call by argument name, each with the mask of its present rows.
+
+    Malformed features are left out (validation names them); a text mask that does not fit its
+    features is ignored (validation names it too), so placeholder rows of absent texts never warn.
+    """
+    if isinstance(text_features, (list, tuple)):
+        levels = list(text_features)
+        if isinstance(text_mask, (list, tuple)) and len(text_mask) == len(levels):
+            masks = list(text_mask)
+        elif isinstance(text_mask, Tensor) and text_mask.dim() == 2 and text_mask.shape[0] == len(levels):
+            masks = list(text_mask.unbind(0))
+        else:
+            masks = [None] * len(levels)
+    else:
+        levels, masks = [text_features], [text_mask]
+    named: list[tuple[str, Any, tuple[int, ...], Any]] = [("image_features", image_features, (2,), None)]
+    named += [("text_features", t, (2, 3), m) for t, m in zip(levels, masks, strict=True)]
     return [
-        (name, value)
-        for name, value, dims in named
+        (name, value, mask if _fits(mask, value) else None)
+        for name, value, dims, mask in named
         if isinstance(value, Tensor)
         and value.is_floating_point()
         and value.numel() > 0
         and value.dim() in dims
         and not value.is_meta
     ]
+
+
+def _fits(mask: Any, features: Tensor) -> bool:
+    """A boolean mask with one entry per feature row, on the features' device."""
+    return (
+        isinstance(mask, Tensor)
+        and mask.dtype == torch.bool
+        and tuple(mask.shape) == tuple(features.shape[:-1])
+        and mask.device == features.device
+    )
+
+
+def _norm_extremes(features: Tensor, mask: Tensor | None) -> Tensor:
+    """[min, max] of the rows' L2 norms; rows of absent texts count as norm 1."""
+    norms = features.detach().float().norm(dim=-1)
+    if mask is not None:
+        norms = torch.where(mask, norms, torch.ones_like(norms))
+    return torch.stack(torch.aminmax(norms))
 
 
 class UnitNormCheck:
@@ -72,21 +104,21 @@ class UnitNormCheck:
         """A copy (deepcopy, pickling) forgets a sample in flight: a CUDA event does not copy."""
         return {**self.__dict__, "_pending": None}
 
-    def __call__(self, image_features: Any, text_features: Any, stacklevel: int) -> None:
+    def __call__(self, image_features: Any, text_features: Any, stacklevel: int, text_mask: Any = None) -> None:
         """Sample this call's norms if it is due; warn about a sample whose values have reached the host."""
         if self.warned or self.every <= 0:
             return
         self._read_pending(stacklevel + 1)
         if self.calls % self.every == 0 and not self.warned:
-            self._sample(_named_features(image_features, text_features), stacklevel + 1)
+            self._sample(_named_features(image_features, text_features, text_mask), stacklevel + 1)
         self.calls += 1
 
-    def _sample(self, named: list[tuple[str, Tensor]], stacklevel: int) -> None:
+    def _sample(self, named: list[tuple[str, Tensor, Any]], stacklevel: int) -> None:
         if not named:
             return
         with torch.no_grad():
-            extremes = torch.stack([torch.stack(torch.aminmax(v.detach().float().norm(dim=-1))) for _, v in named])
-        names = [name for name, _ in named]
+            extremes = torch.stack([_norm_extremes(value, mask) for _, value, mask in named])
+        names = [name for name, _, _ in named]
         if _reads_now(extremes.device):
             self._pending = (names, extremes.cpu(), None)
             self._read_pending(stacklevel + 1)

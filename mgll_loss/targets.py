@@ -77,6 +77,9 @@ def positive_mask(
         tensor([[1., 0.],
                 [0., 1.]])
     """
+    for name, size in (("num_images", num_images), ("num_texts", num_texts)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"{name}: expected a positive int or None, got {size!r}")
     source = labels if labels is not None else targets
     mask_size = text_mask.shape[0] if isinstance(text_mask, Tensor) and text_mask.dim() == 1 else None
     if num_images is None:
@@ -86,6 +89,11 @@ def positive_mask(
             num_texts = targets.shape[1]
         else:
             num_texts = mask_size if labels is None and mask_size is not None else num_images
+    if source is None and num_texts != num_images:
+        raise ValueError(
+            f"num_texts: without labels or targets the mask is the identity, which needs num_texts == num_images, "
+            f"got num_texts={num_texts} and num_images={num_images}; pass targets [B, N] for other pairs"
+        )
     device = source.device if isinstance(source, Tensor) else None
     mask = level_targets(labels, targets, num_images=num_images, num_texts=num_texts, match=match, device=device)
     full = mask.full(torch.float32, device if device is not None else torch.device("cpu"))

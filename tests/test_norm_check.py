@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import pytest
 import torch
 
 from mgll_loss import MGLLLoss, PointwiseLoss, SoftCLIPLoss, loss_base
@@ -90,3 +91,20 @@ def test_a_copy_of_a_loss_forgets_a_sample_in_flight():
     loss.norm_check._pending = (["image_features"], torch.tensor([[2.0, 2.0]]), object())
     copied = copy.deepcopy(loss)
     assert copied.norm_check._pending is None and loss.norm_check._pending is not None
+
+
+def test_placeholder_rows_of_absent_texts_do_not_warn():
+    # zero rows for missing texts are what the docs suggest; their norms are not the model's
+    images, texts = unit_features(4, 6), unit_features(3, 4, 6)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    texts[1, 2] = 0.0
+    mask[1, 2] = False
+    assert _caught(lambda: MGLLLoss()(images, texts, 10.0, text_mask=mask)) == []
+    assert _caught(lambda: MGLLLoss()(images, list(texts), 10.0, text_mask=list(mask))) == []
+    assert _caught(lambda: MGLLLoss()(images, list(texts), 10.0, text_mask=mask)) == []
+    assert _caught(lambda: SoftCLIPLoss()(images, texts[1], 10.0, text_mask=mask[1])) == []
+    # a present text with a zero row still warns
+    assert len(_caught(lambda: MGLLLoss()(images, texts, 10.0))) == 1
+    # a mask that does not fit is ignored by the norm check; validation refuses it, naming it
+    with pytest.raises(ValueError, match="text_mask"):
+        MGLLLoss()(images, texts, 10.0, text_mask=mask[:2])

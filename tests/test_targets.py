@@ -246,8 +246,21 @@ def test_positive_mask_infers_sizes_from_label_sets():
         (dict(labels=torch.tensor(3)), ("num_images: cannot be read from labels of shape []", "pass num_images=B")),
         (dict(labels=CLASS_IDS, num_images=6), ("labels", "B=6", "[7]")),
         (dict(targets=DENSE, num_texts=4), ("targets", "[7, 4]", "[7, 5]")),
+        (dict(num_images=3, num_texts=4), ("num_texts: without labels or targets", "num_texts=4", "num_images=3")),
+        (dict(num_images=-2), ("num_images: expected a positive int or None, got -2",)),
+        (dict(num_images=2.0), ("num_images: expected a positive int or None, got 2.0",)),
+        (dict(labels=CLASS_IDS, num_texts=True), ("num_texts: expected a positive int or None, got True",)),
     ],
-    ids=["nothing", "0-dim-labels", "num-images-disagrees", "num-texts-disagrees"],
+    ids=[
+        "nothing",
+        "0-dim-labels",
+        "num-images-disagrees",
+        "num-texts-disagrees",
+        "identity-not-square",
+        "negative",
+        "float",
+        "bool",
+    ],
 )
 def test_positive_mask_sizes_that_inputs_do_not_give_or_contradict(kwargs, message):
     with pytest.raises(ValueError, match=literal_regex(*message)):
@@ -263,7 +276,7 @@ def test_positive_mask_non_tensor_labels_are_a_type_error(num_images):
 
 
 def test_positive_mask_identity_needs_square():
-    with pytest.raises(ValueError, match=literal_regex("N == B", "N=5", "B=4")):
+    with pytest.raises(ValueError, match=literal_regex("num_texts == num_images", "num_texts=5", "num_images=4")):
         positive_mask(num_images=4, num_texts=5)
 
 
