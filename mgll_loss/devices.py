@@ -14,18 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 
 __all__ = ["accelerator_policy", "on_accelerator"]
 
-_SIMULATED: ContextVar[bool] = ContextVar("mgll_loss_accelerator_policy", default=False)
+_SIMULATED = [False]
+"""Set inside :func:`accelerator_policy`. A module-level flag, not a ``ContextVar``: torch.compile
+of torch 2.9 (the floor) cannot trace ``ContextVar.get``; it reads a module-level value as a guard."""
 
 
 def on_accelerator(device: torch.device) -> bool:
     """True when tensors on ``device`` follow the accelerator policy (not CPU, or inside :func:`accelerator_policy`)."""
-    return device.type != "cpu" or _SIMULATED.get()
+    return device.type != "cpu" or _SIMULATED[0]
 
 
 @contextmanager
@@ -42,8 +43,9 @@ def accelerator_policy() -> Iterator[None]:
         >>> on_accelerator(torch.device("cpu"))
         False
     """
-    token = _SIMULATED.set(True)
+    before = _SIMULATED[0]
+    _SIMULATED[0] = True
     try:
         yield
     finally:
-        _SIMULATED.reset(token)
+        _SIMULATED[0] = before
