@@ -51,7 +51,7 @@ def test_last_pt_exports_to_a_directory_clip_vision_model_loads(exported, vit_ru
     assert tower.config.image_size == 64 and tower.config.num_hidden_layers == 2
     # a second export needs --overwrite; a wrong activation fails the check and writes nothing
     assert export_main(["--checkpoint", str(vit_run / "last.pt"), "--output-dir", str(exported)]) == 2
-    assert "pass overwrite=True" in capsys.readouterr().err
+    assert "pass --overwrite" in capsys.readouterr().err
     wrong = exported.parent / "wrong"
     flags = ["--checkpoint", str(vit_run / "last.pt"), "--output-dir", str(wrong), "--hidden-act", "quick_gelu"]
     assert export_main(flags) == 1
@@ -124,3 +124,35 @@ def test_a_hugging_face_directory_exports_with_its_own_or_given_preprocessing(tm
     assert export_main(["--checkpoint", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "b")]) == 0
     assert "check passed" in capsys.readouterr().out
     assert transformers.CLIPImageProcessor.from_pretrained(tmp_path / "b").image_mean == pytest.approx([0.1] * 3)
+
+
+def test_a_hugging_face_directory_the_cli_cannot_read_is_one_line(tmp_path, capsys):
+    tiny_hf_clip().save_pretrained(tmp_path / "trained")
+    flags = ["--checkpoint", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "out")]
+    for kwargs in (
+        dict(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16}),
+        dict(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_center_crop=False),
+        dict(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_normalize=False),
+    ):
+        transformers.CLIPImageProcessor(**kwargs).save_pretrained(tmp_path / "trained")
+        assert export_main(flags) == 2
+        err = capsys.readouterr().err
+        assert "error: --checkpoint" in err and "processor:" in err and "Traceback" not in err
+    config = json.loads((tmp_path / "trained" / "config.json").read_text())
+    del config["model_type"]
+    (tmp_path / "trained" / "config.json").write_text(json.dumps(config))
+    assert export_main(flags) == 2
+    assert "not a readable Hugging Face directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_atol_is_refused_before_the_export(tmp_path, capsys):
+    tiny_hf_clip().save_pretrained(tmp_path / "trained")
+    transformers.CLIPImageProcessor(size={"height": 16, "width": 16}, do_center_crop=False).save_pretrained(
+        tmp_path / "trained"
+    )
+    flags = ["--checkpoint", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "out")]
+    for atol in ("nan", "0", "-1"):
+        assert export_main([*flags, "--atol", atol]) == 2
+        assert "atol: expected a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

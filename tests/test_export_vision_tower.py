@@ -290,6 +290,12 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         export_vision_tower(model, tmp_path / "a", preprocessing=prep(32))
     assert export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), overwrite=True).check.passed
+    for atol in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="atol: expected a positive finite number"):
+            export_vision_tower(model, tmp_path / "c", preprocessing=prep(32), atol=atol)
+        with pytest.raises(ValueError, match="atol: expected a positive finite number"):
+            check_export(model, tmp_path / "a", atol=atol)
+    assert not (tmp_path / "c").exists()
     for changes, message in (
         (dict(size=0), "size: expected a positive int"),
         (dict(std=(1.0, 0.0, 1.0)), "positive stds"),
@@ -299,6 +305,31 @@ def test_bad_arguments_are_named(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             ImagePreprocessing(**{**prep(32).to_dict(), **changes})
+
+
+def test_overwrite_replaces_only_an_exports_files(tmp_path):
+    model = tiny_vit_clip()
+    export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), check=False)
+    (tmp_path / "a" / "notes.txt").write_text("mine")
+    (tmp_path / "a" / "runs").mkdir()
+    with pytest.raises(FileExistsError, match=r"other entries \(notes.txt, runs\)"):
+        export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), check=False, overwrite=True)
+    assert (tmp_path / "a" / "notes.txt").read_text() == "mine" and (tmp_path / "a" / "runs").is_dir()
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+
+
+def test_an_image_processor_setting_an_export_cannot_write_is_refused():
+    square = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    assert ImagePreprocessing.from_image_processor(transformers.CLIPImageProcessor(**square), "t").size == 32
+    for change, named in (
+        (dict(do_normalize=False), "do_normalize=False"),
+        (dict(do_rescale=False), "do_rescale=False"),
+        (dict(rescale_factor=1.0), "rescale_factor=1.0"),
+        (dict(do_resize=False), "do_resize=False"),
+    ):
+        processor = transformers.CLIPImageProcessor(**square, **change)
+        with pytest.raises(ValueError, match=f"processor: {named} is not supported"):
+            ImagePreprocessing.from_image_processor(processor, "t")
 
 
 def test_preprocessing_from_open_clip_reads_the_models_transform_config():

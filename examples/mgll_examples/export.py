@@ -130,7 +130,11 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing,
 def _from_directory(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing | None, dict[str, Any]]:
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(args.checkpoint)
+    try:
+        config = transformers.AutoConfig.from_pretrained(args.checkpoint)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExampleError(f"--checkpoint {args.checkpoint}: not a readable Hugging Face directory: {first}") from None
     classes = {"clip": transformers.CLIPModel, "clip_vision_model": transformers.CLIPVisionModelWithProjection}
     if config.model_type not in classes:
         raise ExampleError(
@@ -141,7 +145,10 @@ def _from_directory(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing |
     if (args.checkpoint / "preprocessor_config.json").is_file():
         processor = transformers.CLIPImageProcessor.from_pretrained(args.checkpoint)
         source = f"{args.checkpoint / 'preprocessor_config.json'}"
-        preprocessing = ImagePreprocessing.from_image_processor(processor, source=source)
+        try:
+            preprocessing = ImagePreprocessing.from_image_processor(processor, source=source)
+        except ValueError as error:
+            raise ExampleError(f"--checkpoint {args.checkpoint}: {error}") from None
     return model, preprocessing, {"checkpoint": str(args.checkpoint), "layout": "Hugging Face directory"}
 
 
@@ -199,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hint = f" (the examples' '{TINY}' model; pretrain with --model {TINY_VIT} for an exportable ViT)"
         raise ExampleError(f"{error}{hint}") from None
     except FileExistsError as error:
-        raise ExampleError(f"--output-dir: {error}") from None
+        raise ExampleError(f"--output-dir: {str(error).replace('pass overwrite=True', 'pass --overwrite')}") from None
     metadata = report.metadata
     config = metadata["vision_config"]
     prep = metadata["preprocessing"]
