@@ -83,9 +83,10 @@ def test_an_open_clip_train_checkpoint_needs_its_architecture(tmp_path, capsys):
     torch.save({"epoch": 1, "name": "run", "state_dict": state}, tmp_path / "epoch_1.pt")
     flags = ["--checkpoint", str(tmp_path / "epoch_1.pt"), "--output-dir", str(tmp_path / "out")]
     assert export_main(flags) == 2
-    assert "--model: required for an open_clip_train checkpoint" in capsys.readouterr().err
+    assert "--model: required for a checkpoint of layout 'open_clip_train'" in capsys.readouterr().err
     assert export_main([*flags, "--model", "tiny", "--no-check"]) == 2  # the wrong architecture is named
-    assert "does not fit the model's" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not fit the model's" in err and "the given --model tiny does not match the checkpoint" in err
     assert export_main([*flags, "--model", "tiny-vit", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"]) == 0
     prep = json.loads((tmp_path / "out" / "mgll_export.json").read_text())["preprocessing"]
     assert prep["mean"] == [0.5] * 3 and prep["source"].endswith("overridden by flags")
@@ -156,3 +157,14 @@ def test_a_bad_atol_is_refused_before_the_export(tmp_path, capsys):
         assert export_main([*flags, "--atol", atol]) == 2
         assert "atol: expected a positive finite number" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_last_pt_without_its_config_and_a_non_torch_file_are_named(tmp_path, capsys):
+    state = build_model("tiny-vit").model.state_dict()
+    torch.save({"step": 1, "model": state}, tmp_path / "last.pt")  # the config key removed
+    assert export_main(["--checkpoint", str(tmp_path / "last.pt"), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "layout 'model state dict'" in err and "MGLL authors" not in err
+    (tmp_path / "notes.pt").write_text("hello")
+    assert export_main(["--checkpoint", str(tmp_path / "notes.pt"), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "not a readable checkpoint (not a torch.save file)" in capsys.readouterr().err

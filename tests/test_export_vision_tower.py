@@ -282,6 +282,17 @@ def test_bad_arguments_are_named(tmp_path):
         export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), hidden_act="swishy")
     with pytest.raises(TypeError, match="pass the wrapped model"):
         export_vision_tower(nn.DataParallel(model), tmp_path / "a", preprocessing=prep(32))
+    with pytest.raises(TypeError, match="model: expected an open_clip CLIP.*got str"):
+        export_vision_tower("model.pt", tmp_path / "a", preprocessing=prep(32))  # type: ignore[arg-type]
+    tampered = tiny_vit_clip()
+    tampered.visual.image_size = (64, 64)
+    with pytest.raises(ValueError, match="image_size 64 .* the positional embedding has 17 positions"):
+        export_vision_tower(tampered, tmp_path / "a", preprocessing=prep(64))
+    broken = tiny_vit_clip()
+    with torch.no_grad():
+        broken.visual.transformer.resblocks[1].ln_1.weight[0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN/inf \(first: transformer.resblocks.1.ln_1.weight\)"):
+        export_vision_tower(broken, tmp_path / "a", preprocessing=prep(32))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="is not an export of this function"):

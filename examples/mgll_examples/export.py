@@ -99,14 +99,19 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing,
         name, note = authors_model(payload["model"])
     else:
         raise ExampleError(
-            f"--model: required for an {layout} checkpoint: the open_clip architecture it was trained with "
+            f"--model: required for a checkpoint of layout {layout!r}: the open_clip architecture it was trained with "
             "(e.g. ViT-B-16, or ViT-B-16-quickgelu: the activation is in no weight)"
         )
     bundle = build_model(name)
     try:
         load_open_clip_checkpoint(bundle.model, payload)
     except ValueError as error:
-        raise ExampleError(f"--checkpoint {args.checkpoint}: {error}; pass the architecture as --model") from None
+        hint = (
+            f"the given --model {name} does not match the checkpoint"
+            if args.model
+            else f"pass the architecture it was trained with as --model (not {name})"
+        )
+        raise ExampleError(f"--checkpoint {args.checkpoint}: {error}; {hint}") from None
     if layout == "mgll-loss examples":
         preprocessing = _examples_transforms(bundle, "the examples' transforms (mgll_examples/data/images.py)")
     elif layout == "MGLL authors":

@@ -79,6 +79,12 @@ def _float32(model: nn.Module) -> None:
         )
 
 
+def _finite(model: nn.Module) -> None:
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise ValueError(f"model: the weights contain NaN/inf (first: {name}); export a model with finite weights")
+
+
 def check_export(
     model: nn.Module, directory: str | os.PathLike[str], pixel_values: Tensor | None = None, atol: float = 1e-5
 ) -> ExportCheck:
@@ -153,7 +159,7 @@ def export_vision_tower(
         :class:`ExportReport`.
 
     Raises:
-        ValueError: a non-positive or non-finite ``atol``, a tower a ``CLIPVisionModel`` cannot
+        ValueError: a non-positive or non-finite ``atol``, NaN/inf weights, a tower a ``CLIPVisionModel`` cannot
             represent (the part is named), a preprocessing whose size or channels differ from the
             model's, a non-float32 model with ``check=True``.
         TypeError: not a CLIP model, or ``preprocessing`` not an :class:`ImagePreprocessing`.
@@ -193,6 +199,7 @@ def export_vision_tower(
         )
     if check:
         _float32(tower.module)
+    _finite(tower.module)
     output = Path(output_dir)
     _check_target(output, overwrite)
     target = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**config)).float()
