@@ -284,6 +284,10 @@ def test_bad_arguments_are_named(tmp_path):
         export_vision_tower(nn.DataParallel(model), tmp_path / "a", preprocessing=prep(32))
     with pytest.raises(TypeError, match="model: expected an open_clip CLIP.*got str"):
         export_vision_tower("model.pt", tmp_path / "a", preprocessing=prep(32))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model: expected an open_clip model .*got str"):
+        load_open_clip_checkpoint("model.pt", model.state_dict())  # type: ignore[arg-type]
+    visual_only = export_vision_tower(model.visual, tmp_path / "visual", preprocessing=prep(32))
+    assert visual_only.check.passed and check_export(model.visual, tmp_path / "visual").passed
     tampered = tiny_vit_clip()
     tampered.visual.image_size = (64, 64)
     with pytest.raises(ValueError, match="image_size 64 .* the positional embedding has 17 positions"):

@@ -121,6 +121,7 @@ def load_open_clip_checkpoint(model: nn.Module, checkpoint: str | os.PathLike[st
     Raises:
         ValueError: unreadable file, no image tower, or weights that do not fit (missing and
             unexpected keys and other shapes are named).
+        TypeError: ``model`` is not a module.
 
     Example:
         >>> import open_clip
@@ -131,9 +132,11 @@ def load_open_clip_checkpoint(model: nn.Module, checkpoint: str | os.PathLike[st
         >>> load_open_clip_checkpoint(model, payload)
         'MGLL authors'
     """
+    visual = getattr(model, "visual", model)
+    if not isinstance(visual, nn.Module):
+        raise TypeError(f"model: expected an open_clip model (or its .visual), got {type(model).__name__}")
     payload = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
     state, layout = vision_state_dict(payload)
-    visual: nn.Module = getattr(model, "visual", model)
     expected = visual.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     shapes = sorted(key for key in set(expected) & set(state) if tuple(expected[key].shape) != tuple(state[key].shape))
