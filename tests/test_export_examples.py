@@ -51,7 +51,7 @@ def test_last_pt_exports_to_a_directory_clip_vision_model_loads(exported, vit_ru
     assert tower.config.image_size == 64 and tower.config.num_hidden_layers == 2
     # a second export needs --overwrite; a wrong activation fails the check and writes nothing
     assert export_main(["--checkpoint", str(vit_run / "last.pt"), "--output-dir", str(exported)]) == 2
-    assert "pass overwrite=True" in capsys.readouterr().err
+    assert "pass --overwrite" in capsys.readouterr().err
     wrong = exported.parent / "wrong"
     flags = ["--checkpoint", str(vit_run / "last.pt"), "--output-dir", str(wrong), "--hidden-act", "quick_gelu"]
     assert export_main(flags) == 1
@@ -83,9 +83,10 @@ def test_an_open_clip_train_checkpoint_needs_its_architecture(tmp_path, capsys):
     torch.save({"epoch": 1, "name": "run", "state_dict": state}, tmp_path / "epoch_1.pt")
     flags = ["--checkpoint", str(tmp_path / "epoch_1.pt"), "--output-dir", str(tmp_path / "out")]
     assert export_main(flags) == 2
-    assert "--model: required for an open_clip_train checkpoint" in capsys.readouterr().err
+    assert "--model: required for a checkpoint of layout 'open_clip_train'" in capsys.readouterr().err
     assert export_main([*flags, "--model", "tiny", "--no-check"]) == 2  # the wrong architecture is named
-    assert "does not fit the model's" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not fit the model's" in err and "the given --model tiny does not match the checkpoint" in err
     assert export_main([*flags, "--model", "tiny-vit", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"]) == 0
     prep = json.loads((tmp_path / "out" / "mgll_export.json").read_text())["preprocessing"]
     assert prep["mean"] == [0.5] * 3 and prep["source"].endswith("overridden by flags")
@@ -124,3 +125,46 @@ def test_a_hugging_face_directory_exports_with_its_own_or_given_preprocessing(tm
     assert export_main(["--checkpoint", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "b")]) == 0
     assert "check passed" in capsys.readouterr().out
     assert transformers.CLIPImageProcessor.from_pretrained(tmp_path / "b").image_mean == pytest.approx([0.1] * 3)
+
+
+def test_a_hugging_face_directory_the_cli_cannot_read_is_one_line(tmp_path, capsys):
+    tiny_hf_clip().save_pretrained(tmp_path / "trained")
+    flags = ["--checkpoint", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "out")]
+    for kwargs in (
+        dict(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16}),
+        dict(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_center_crop=False),
+        dict(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_normalize=False),
+    ):
+        transformers.CLIPImageProcessor(**kwargs).save_pretrained(tmp_path / "trained")
+        assert export_main(flags) == 2
+        err = capsys.readouterr().err
+        assert "error: --checkpoint" in err and "processor:" in err and "Traceback" not in err
+    config = json.loads((tmp_path / "trained" / "config.json").read_text())
+    del config["model_type"]
+    (tmp_path / "trained" / "config.json").write_text(json.dumps(config))
+    assert export_main(flags) == 2
+    assert "not a readable Hugging Face directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_atol_is_refused_before_the_export(tmp_path, capsys):
+    tiny_hf_clip().save_pretrained(tmp_path / "trained")
+    transformers.CLIPImageProcessor(size={"height": 16, "width": 16}, do_center_crop=False).save_pretrained(
+        tmp_path / "trained"
+    )
+    flags = ["--checkpoint", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "out")]
+    for atol in ("nan", "0", "-1"):
+        assert export_main([*flags, "--atol", atol]) == 2
+        assert "atol: expected a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_last_pt_without_its_config_and_a_non_torch_file_are_named(tmp_path, capsys):
+    state = build_model("tiny-vit").model.state_dict()
+    torch.save({"step": 1, "model": state}, tmp_path / "last.pt")  # the config key removed
+    assert export_main(["--checkpoint", str(tmp_path / "last.pt"), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "layout 'model state dict'" in err and "MGLL authors" not in err
+    (tmp_path / "notes.pt").write_text("hello")
+    assert export_main(["--checkpoint", str(tmp_path / "notes.pt"), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "not a readable checkpoint (not a torch.save file)" in capsys.readouterr().err

@@ -282,6 +282,21 @@ def test_bad_arguments_are_named(tmp_path):
         export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), hidden_act="swishy")
     with pytest.raises(TypeError, match="pass the wrapped model"):
         export_vision_tower(nn.DataParallel(model), tmp_path / "a", preprocessing=prep(32))
+    with pytest.raises(TypeError, match="model: expected an open_clip CLIP.*got str"):
+        export_vision_tower("model.pt", tmp_path / "a", preprocessing=prep(32))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model: expected an open_clip model .*got str"):
+        load_open_clip_checkpoint("model.pt", model.state_dict())  # type: ignore[arg-type]
+    visual_only = export_vision_tower(model.visual, tmp_path / "visual", preprocessing=prep(32))
+    assert visual_only.check.passed and check_export(model.visual, tmp_path / "visual").passed
+    tampered = tiny_vit_clip()
+    tampered.visual.image_size = (64, 64)
+    with pytest.raises(ValueError, match="image_size 64 .* the positional embedding has 17 positions"):
+        export_vision_tower(tampered, tmp_path / "a", preprocessing=prep(64))
+    broken = tiny_vit_clip()
+    with torch.no_grad():
+        broken.visual.transformer.resblocks[1].ln_1.weight[0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN/inf \(first: transformer.resblocks.1.ln_1.weight\)"):
+        export_vision_tower(broken, tmp_path / "a", preprocessing=prep(32))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="is not an export of this function"):
@@ -290,6 +305,12 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
         export_vision_tower(model, tmp_path / "a", preprocessing=prep(32))
     assert export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), overwrite=True).check.passed
+    for atol in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="atol: expected a positive finite number"):
+            export_vision_tower(model, tmp_path / "c", preprocessing=prep(32), atol=atol)
+        with pytest.raises(ValueError, match="atol: expected a positive finite number"):
+            check_export(model, tmp_path / "a", atol=atol)
+    assert not (tmp_path / "c").exists()
     for changes, message in (
         (dict(size=0), "size: expected a positive int"),
         (dict(std=(1.0, 0.0, 1.0)), "positive stds"),
@@ -299,6 +320,31 @@ def test_bad_arguments_are_named(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             ImagePreprocessing(**{**prep(32).to_dict(), **changes})
+
+
+def test_overwrite_replaces_only_an_exports_files(tmp_path):
+    model = tiny_vit_clip()
+    export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), check=False)
+    (tmp_path / "a" / "notes.txt").write_text("mine")
+    (tmp_path / "a" / "runs").mkdir()
+    with pytest.raises(FileExistsError, match=r"other entries \(notes.txt, runs\)"):
+        export_vision_tower(model, tmp_path / "a", preprocessing=prep(32), check=False, overwrite=True)
+    assert (tmp_path / "a" / "notes.txt").read_text() == "mine" and (tmp_path / "a" / "runs").is_dir()
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+
+
+def test_an_image_processor_setting_an_export_cannot_write_is_refused():
+    square = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    assert ImagePreprocessing.from_image_processor(transformers.CLIPImageProcessor(**square), "t").size == 32
+    for change, named in (
+        (dict(do_normalize=False), "do_normalize=False"),
+        (dict(do_rescale=False), "do_rescale=False"),
+        (dict(rescale_factor=1.0), "rescale_factor=1.0"),
+        (dict(do_resize=False), "do_resize=False"),
+    ):
+        processor = transformers.CLIPImageProcessor(**square, **change)
+        with pytest.raises(ValueError, match=f"processor: {named} is not supported"):
+            ImagePreprocessing.from_image_processor(processor, "t")
 
 
 def test_preprocessing_from_open_clip_reads_the_models_transform_config():

@@ -99,14 +99,19 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing,
         name, note = authors_model(payload["model"])
     else:
         raise ExampleError(
-            f"--model: required for an {layout} checkpoint: the open_clip architecture it was trained with "
+            f"--model: required for a checkpoint of layout {layout!r}: the open_clip architecture it was trained with "
             "(e.g. ViT-B-16, or ViT-B-16-quickgelu: the activation is in no weight)"
         )
     bundle = build_model(name)
     try:
         load_open_clip_checkpoint(bundle.model, payload)
     except ValueError as error:
-        raise ExampleError(f"--checkpoint {args.checkpoint}: {error}; pass the architecture as --model") from None
+        hint = (
+            f"the given --model {name} does not match the checkpoint"
+            if args.model
+            else f"pass the architecture it was trained with as --model (not {name})"
+        )
+        raise ExampleError(f"--checkpoint {args.checkpoint}: {error}; {hint}") from None
     if layout == "mgll-loss examples":
         preprocessing = _examples_transforms(bundle, "the examples' transforms (mgll_examples/data/images.py)")
     elif layout == "MGLL authors":
@@ -130,7 +135,11 @@ def _from_checkpoint(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing,
 def _from_directory(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing | None, dict[str, Any]]:
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(args.checkpoint)
+    try:
+        config = transformers.AutoConfig.from_pretrained(args.checkpoint)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExampleError(f"--checkpoint {args.checkpoint}: not a readable Hugging Face directory: {first}") from None
     classes = {"clip": transformers.CLIPModel, "clip_vision_model": transformers.CLIPVisionModelWithProjection}
     if config.model_type not in classes:
         raise ExampleError(
@@ -141,7 +150,10 @@ def _from_directory(args: argparse.Namespace) -> tuple[Any, ImagePreprocessing |
     if (args.checkpoint / "preprocessor_config.json").is_file():
         processor = transformers.CLIPImageProcessor.from_pretrained(args.checkpoint)
         source = f"{args.checkpoint / 'preprocessor_config.json'}"
-        preprocessing = ImagePreprocessing.from_image_processor(processor, source=source)
+        try:
+            preprocessing = ImagePreprocessing.from_image_processor(processor, source=source)
+        except ValueError as error:
+            raise ExampleError(f"--checkpoint {args.checkpoint}: {error}") from None
     return model, preprocessing, {"checkpoint": str(args.checkpoint), "layout": "Hugging Face directory"}
 
 
@@ -199,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hint = f" (the examples' '{TINY}' model; pretrain with --model {TINY_VIT} for an exportable ViT)"
         raise ExampleError(f"{error}{hint}") from None
     except FileExistsError as error:
-        raise ExampleError(f"--output-dir: {error}") from None
+        raise ExampleError(f"--output-dir: {str(error).replace('pass overwrite=True', 'pass --overwrite')}") from None
     metadata = report.metadata
     config = metadata["vision_config"]
     prep = metadata["preprocessing"]

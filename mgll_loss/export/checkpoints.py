@@ -50,6 +50,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or objects weights_only refuses
         detail = " ".join(str(error).split())[:300]
+        if isinstance(error, KeyError) or not detail:  # pickle's KeyError(<first byte>) for a non-torch file
+            detail = "not a torch.save file"
         raise ValueError(f"checkpoint {os.fspath(path)!r}: not a readable checkpoint ({detail})") from error
 
 
@@ -61,7 +63,8 @@ def vision_state_dict(payload: Mapping[str, Any]) -> tuple[dict[str, Tensor], st
 
     Returns:
         ``(state, layout)`` with ``layout`` one of ``"open_clip_train"``, ``"mgll-loss examples"``,
-        ``"MGLL authors"``, ``"state dict"``.
+        ``"MGLL authors"`` (``model`` keys under ``clip.``), ``"model state dict"`` (a ``model`` entry
+        of another kind), ``"state dict"``.
 
     Raises:
         ValueError: no ``visual.*`` keys under any known prefix (the message lists what there is).
@@ -78,7 +81,12 @@ def vision_state_dict(payload: Mapping[str, Any]) -> tuple[dict[str, Tensor], st
         state, layout = payload["state_dict"], "open_clip_train"
     elif isinstance(payload.get("model"), Mapping):
         state = payload["model"]
-        layout = "mgll-loss examples" if isinstance(payload.get("config"), Mapping) else "MGLL authors"
+        if isinstance(payload.get("config"), Mapping):
+            layout = "mgll-loss examples"
+        elif any(str(key).startswith("clip.") for key in state):
+            layout = "MGLL authors"
+        else:
+            layout = "model state dict"
     else:
         state, layout = payload, "state dict"
     keys = [str(key) for key in state]
@@ -113,6 +121,7 @@ def load_open_clip_checkpoint(model: nn.Module, checkpoint: str | os.PathLike[st
     Raises:
         ValueError: unreadable file, no image tower, or weights that do not fit (missing and
             unexpected keys and other shapes are named).
+        TypeError: ``model`` is not a module.
 
     Example:
         >>> import open_clip
@@ -123,9 +132,11 @@ def load_open_clip_checkpoint(model: nn.Module, checkpoint: str | os.PathLike[st
         >>> load_open_clip_checkpoint(model, payload)
         'MGLL authors'
     """
+    visual = getattr(model, "visual", model)
+    if not isinstance(visual, nn.Module):
+        raise TypeError(f"model: expected an open_clip model (or its .visual), got {type(model).__name__}")
     payload = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
     state, layout = vision_state_dict(payload)
-    visual: nn.Module = getattr(model, "visual", model)
     expected = visual.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     shapes = sorted(key for key in set(expected) & set(state) if tuple(expected[key].shape) != tuple(state[key].shape))

@@ -16,6 +16,7 @@ into ``out_proj`` and ``fc2``. Everything else a ``CLIPVisionModel`` cannot comp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,7 +68,8 @@ class OpenCLIPVisionTower(VisionTower):
 
     Raises:
         ValueError: naming the part a ``CLIPVisionModel`` cannot represent: a ModifiedResNet or
-            timm trunk, non-square images or patches, no ``ln_pre``, attentional or average
+            timm trunk, non-square images or patches, an image size that does not fit the positional
+            embedding, no ``ln_pre``, attentional or average
             pooling, custom blocks (qk-norm, scaled cosine attention, head scaling, extra
             LayerNorms), an activation transformers has no name for, LayerNorms with different
             eps or without affine parameters.
@@ -81,6 +83,13 @@ class OpenCLIPVisionTower(VisionTower):
             raise _refuse(
                 f"image size {image_size} with patches {patch_size}",
                 "CLIPVisionConfig has one square image_size and patch_size",
+            )
+        tokens = visual.positional_embedding.shape[0]
+        if image_size[0] % patch_size[0] or (image_size[0] // patch_size[0]) ** 2 + 1 != tokens:
+            raise _refuse(
+                f"image_size {image_size[0]} with patch_size {patch_size[0]}",
+                f"the positional embedding has {tokens} positions (a class token and a "
+                f"{math.isqrt(tokens - 1)}x{math.isqrt(tokens - 1)} grid); image_size does not match the weights",
             )
         if isinstance(visual.ln_pre, nn.Identity):
             raise _refuse("a tower without ln_pre (no_ln_pre=True)", "CLIPVisionModel always applies pre_layrnorm")

@@ -110,9 +110,25 @@ class ImagePreprocessing:
         """The preprocessing of a Hugging Face ``CLIPImageProcessor`` (e.g. the one a model was trained with).
 
         Raises:
-            ValueError: a size without ``shortest_edge`` or square ``height``/``width``, or a
-                centre crop of another size than the resize.
+            ValueError: a size without ``shortest_edge`` or square ``height``/``width``, a
+                centre crop of another size than the resize, or ``do_resize``, ``do_rescale``
+                (with ``rescale_factor`` 1/255) or ``do_normalize`` off: an export writes them on,
+                so such a processor is refused rather than changed.
         """
+        changed = {
+            name: getattr(processor, name, default)
+            for name, default in (("do_resize", True), ("do_rescale", True), ("do_normalize", True))
+            if getattr(processor, name, default) is not True
+        }
+        factor = getattr(processor, "rescale_factor", 1 / 255)
+        if not math.isclose(float(factor), 1 / 255, rel_tol=1e-9):
+            changed["rescale_factor"] = factor
+        if changed:
+            settings = ", ".join(f"{name}={value!r}" for name, value in changed.items())
+            raise ValueError(
+                f"processor: {settings} is not supported (an export writes do_resize, do_rescale with "
+                "rescale_factor 1/255 and do_normalize on); pass ImagePreprocessing(...) for what it does"
+            )
         size = dict(_items(processor.size))
         crop = dict(_items(getattr(processor, "crop_size", None) or {}))
         cropped = bool(getattr(processor, "do_center_crop", False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -26,6 +27,8 @@ __all__ = ["METADATA_FILE", "ExportReport", "export_vision_tower", "vision_tower
 
 #: The metadata file written next to ``config.json``: source, activation, preprocessing, the check.
 METADATA_FILE = "mgll_export.json"
+#: Every file an export writes; ``overwrite`` replaces these and nothing else.
+EXPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", METADATA_FILE)
 
 
 @dataclass
@@ -76,6 +79,12 @@ def _float32(model: nn.Module) -> None:
         )
 
 
+def _finite(model: nn.Module) -> None:
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise ValueError(f"model: the weights contain NaN/inf (first: {name}); export a model with finite weights")
+
+
 def check_export(
     model: nn.Module, directory: str | os.PathLike[str], pixel_values: Tensor | None = None, atol: float = 1e-5
 ) -> ExportCheck:
@@ -107,6 +116,7 @@ def check_export(
         >>> check.passed, sorted(check.max_abs_diff)
         (True, ['hidden_states[0]', 'hidden_states[1]', 'image_embeds', 'pooler_output'])
     """
+    _check_atol(atol)
     tower = vision_tower(model)
     _float32(tower.module)
     config = tower.vision_config
@@ -141,18 +151,20 @@ def export_vision_tower(
         source: what to record as the source (e.g. the checkpoint path and layout).
         check: reload the directory and compare every output with ``model`` (float32).
         atol: the check's largest absolute difference.
-        overwrite: replace an ``output_dir`` that holds an earlier export.
+        overwrite: replace an ``output_dir`` that holds an earlier export (only the files an export
+            writes, :data:`EXPORT_FILES`; a directory holding anything else is refused).
         hidden_act: override the activation read from the model (for diagnosis: a wrong one fails the check).
 
     Returns:
         :class:`ExportReport`.
 
     Raises:
-        ValueError: a tower a ``CLIPVisionModel`` cannot represent (the part is named), a
-            preprocessing whose size or channels differ from the model's, a non-float32 model
-            with ``check=True``.
+        ValueError: a non-positive or non-finite ``atol``, NaN/inf weights, a tower a ``CLIPVisionModel`` cannot
+            represent (the part is named), a preprocessing whose size or channels differ from the
+            model's, a non-float32 model with ``check=True``.
         TypeError: not a CLIP model, or ``preprocessing`` not an :class:`ImagePreprocessing`.
-        FileExistsError: ``output_dir`` exists and ``overwrite`` is off, or it is not an export.
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is off, or it is not an export, or it
+            holds entries besides the export's files.
         ExportCheckError: the reloaded directory differs from the model (nothing is written).
 
     Example:
@@ -169,6 +181,7 @@ def export_vision_tower(
     transformers = require("transformers", "hf", "export_vision_tower")
     if not isinstance(preprocessing, ImagePreprocessing):
         raise TypeError(f"preprocessing: expected an ImagePreprocessing, got {type(preprocessing).__name__}")
+    _check_atol(atol)
     tower = vision_tower(model)
     config = dict(tower.vision_config)
     read_act = config["hidden_act"]
@@ -186,6 +199,7 @@ def export_vision_tower(
         )
     if check:
         _float32(tower.module)
+    _finite(tower.module)
     output = Path(output_dir)
     _check_target(output, overwrite)
     target = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**config)).float()
@@ -208,11 +222,18 @@ def export_vision_tower(
         metadata = _metadata(tower, config, read_act, preprocessing, source, result)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if output.exists():
-            shutil.rmtree(output)
+            for name in EXPORT_FILES:
+                (output / name).unlink(missing_ok=True)
+            output.rmdir()  # fails rather than delete anything an export did not write
         os.replace(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportReport(output, metadata, result)
+
+
+def _check_atol(atol: float) -> None:
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) or atol <= 0:
+        raise ValueError(f"atol: expected a positive finite number (the check's largest difference), got {atol!r}")
 
 
 def _check_target(output: Path, overwrite: bool) -> None:
@@ -220,6 +241,12 @@ def _check_target(output: Path, overwrite: bool) -> None:
         return
     if not output.is_dir() or (any(output.iterdir()) and not (output / METADATA_FILE).is_file()):
         raise FileExistsError(f"output_dir: {output} exists and is not an export of this function; not replacing it")
+    extra = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_FILES)
+    if extra:
+        raise FileExistsError(
+            f"output_dir: {output} holds an export and other entries ({', '.join(extra)}); "
+            "not replacing it: move them out or choose another directory"
+        )
     if any(output.iterdir()) and not overwrite:
         raise FileExistsError(f"output_dir: {output} holds an export already; pass overwrite=True to replace it")
 
